@@ -1,0 +1,63 @@
+//! The cost model: estimated output sizes, and the estimated bytes that cross pool boundaries.
+
+use serde::Serialize;
+
+use crate::{Graph, PoolId, TaskId};
+
+/// The size assumed for a task with no size hint: 1 KiB, as Dask's `default-data-size`.
+///
+/// The default is per task: in a decision where some inputs have hints and others don't, the
+/// others count as this many bytes. It never switches the rule for the whole decision.
+pub const DEFAULT_SIZE_HINT: u64 = 1024;
+
+/// The estimated output bytes of task `id`: its size hint, or [`DEFAULT_SIZE_HINT`].
+#[inline]
+pub fn estimated_size(graph: &Graph, id: TaskId) -> u64 {
+    graph.size_hint(id).unwrap_or(DEFAULT_SIZE_HINT)
+}
+
+/// Estimated bytes on edges whose two ends are not in the same pool, for three assignments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct TransferEstimate {
+    /// With only the user's pins (no pass).
+    pub without: u64,
+    /// After the forward step of the pass.
+    pub forward: u64,
+    /// After the whole pass.
+    pub full: u64,
+}
+
+/// Calls `f(task, input)` once per distinct input of each task: an input listed twice by one
+/// task moves once. `mark` is scratch of the graph's length; linear time overall.
+pub(crate) fn for_each_distinct_input(
+    graph: &Graph,
+    task: TaskId,
+    mark: &mut [u32],
+    mut f: impl FnMut(TaskId),
+) {
+    for &input in graph.inputs(task) {
+        let m = &mut mark[input.index()];
+        if *m != task.0 {
+            *m = task.0;
+            f(input);
+        }
+    }
+}
+
+/// Estimated bytes moved between pools if each task ran in `pools[task]`: the sum over distinct
+/// edges of the input's size where the ends' pools differ or either has none (a task with no
+/// pool shares a pool with nothing).
+pub fn cross_pool_bytes(graph: &Graph, pools: &[Option<PoolId>]) -> u64 {
+    let mut mark = vec![u32::MAX; graph.len()];
+    let mut total = 0u64;
+    for t in graph.task_ids() {
+        let here = pools[t.index()];
+        for_each_distinct_input(graph, t, &mut mark, |input| {
+            let there = pools[input.index()];
+            if here.is_none() || here != there {
+                total += estimated_size(graph, input);
+            }
+        });
+    }
+    total
+}

@@ -1,0 +1,227 @@
+//! The JSON graph format: the same graphs as the Rust API, writable by hand or by any language.
+//!
+//! ```json
+//! {"tasks": [
+//!   {"key": "a", "function": "bytes", "params": {"n": 800}, "pool": "A", "size_hint": 800},
+//!   {"key": "b", "function": "bytes", "params": {"n": 80}, "pool": "B", "size_hint": 80},
+//!   {"key": "c", "function": "concat", "inputs": ["a", "b"], "resources": {"gpu": 1},
+//!    "priority": 0, "retries": 2, "any_pool": false}
+//! ]}
+//! ```
+//!
+//! Only `key` and `function` are required. Inputs may name tasks defined later in the file.
+//! Unknown fields are refused (a typo such as `"input"` must not be silently ignored).
+
+use std::collections::BTreeMap;
+
+use drover_annotations::{AnnotationError, Pool, Resources};
+use serde::{Deserialize, Serialize};
+
+use crate::builder::pool_resource;
+use crate::error::GraphError;
+use crate::model::{NewTask, Place};
+use crate::Graph;
+
+/// A whole graph file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GraphFile {
+    /// The tasks, in any order.
+    pub tasks: Vec<TaskSpec>,
+}
+
+/// One task of a graph file. Field names are a contract with other tools: keep them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskSpec {
+    /// The task's unique key.
+    pub key: String,
+    /// The registered function it runs.
+    pub function: String,
+    /// Params handed to the function; omitted or `null` for none.
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub params: serde_json::Value,
+    /// Keys of its inputs, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inputs: Vec<String>,
+    /// The pool it is pinned to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    /// True to forbid any pool restriction (never together with `pool`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub any_pool: bool,
+    /// Resources consumed while running, e.g. `{"gpu": 1}`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub resources: BTreeMap<String, serde_json::Value>,
+    /// Higher runs first.
+    #[serde(default, skip_serializing_if = "is_zero_i32")]
+    pub priority: i32,
+    /// Re-runs after failure.
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub retries: u32,
+    /// Estimated output bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_hint: Option<u64>,
+}
+
+fn is_zero_i32(v: &i32) -> bool {
+    *v == 0
+}
+fn is_zero_u32(v: &u32) -> bool {
+    *v == 0
+}
+
+/// A graph file that could not be read as JSON of the right shape.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid graph JSON at line {line}, column {column}: {message}")]
+pub struct JsonError {
+    /// 1-based line of the problem.
+    pub line: usize,
+    /// 1-based column of the problem.
+    pub column: usize,
+    /// serde's description.
+    pub message: String,
+}
+
+impl From<serde_json::Error> for JsonError {
+    fn from(e: serde_json::Error) -> JsonError {
+        let full = e.to_string();
+        // serde_json appends " at line L column C"; keep just the description.
+        let message = match full.rfind(" at line ") {
+            Some(i) => full[..i].to_owned(),
+            None => full,
+        };
+        JsonError {
+            line: e.line(),
+            column: e.column(),
+            message,
+        }
+    }
+}
+
+impl Graph {
+    /// Reads a graph from JSON text. Malformed JSON gets serde's line and column; a well-formed
+    /// file with a bad graph yields a graph whose [`Graph::validate`] reports the same errors the
+    /// Rust API would.
+    pub fn from_json_str(text: &str) -> Result<Graph, JsonError> {
+        let file: GraphFile = serde_json::from_str(text)?;
+        Ok(Graph::from_file(&file))
+    }
+
+    /// Builds a graph from a parsed file.
+    pub fn from_file(file: &GraphFile) -> Graph {
+        let edges = file.tasks.iter().map(|t| t.inputs.len()).sum();
+        let mut g = Graph::with_capacity(file.tasks.len(), edges);
+        for t in &file.tasks {
+            g.add_spec(t);
+        }
+        g
+    }
+
+    /// Adds one task from its file form. Problems are recorded for [`Graph::validate`].
+    pub fn add_spec(&mut self, t: &TaskSpec) -> crate::TaskId {
+        let mut errors = Vec::new();
+        let place = match (&t.pool, t.any_pool) {
+            (Some(p), true) => {
+                errors.push(GraphError::PoolAndAnyPool {
+                    task: t.key.clone(),
+                    pool: p.clone(),
+                });
+                Place::Any
+            }
+            (Some(p), false) => match Pool::new(p) {
+                Ok(pool) => Place::Pinned(self.intern_pool(&pool)),
+                Err(error) => {
+                    errors.push(GraphError::BadPool {
+                        task: t.key.clone(),
+                        error,
+                    });
+                    Place::Free
+                }
+            },
+            (None, true) => Place::Any,
+            (None, false) => Place::Free,
+        };
+        let resources = match spec_resources(&t.resources) {
+            Ok(r) => {
+                if let Some(resource) = pool_resource(&r) {
+                    errors.push(GraphError::PoolResourceOnTask {
+                        task: t.key.clone(),
+                        pool: resource[drover_annotations::POOL_RESOURCE_PREFIX.len()..].to_owned(),
+                        resource,
+                    });
+                }
+                self.intern_resources(&r)
+            }
+            Err(error) => {
+                errors.push(GraphError::BadResources {
+                    task: t.key.clone(),
+                    error,
+                });
+                0
+            }
+        };
+        self.pending_inputs.clear();
+        for k in &t.inputs {
+            let id = self.slot(k);
+            self.pending_inputs.push(id);
+        }
+        let params = (!t.params.is_null()).then(|| t.params.to_string().into_boxed_str());
+        let id = self.store(NewTask {
+            key: Some(&t.key),
+            function: &t.function,
+            params,
+            place,
+            resources,
+            priority: t.priority,
+            retries: t.retries,
+            size_hint: t.size_hint,
+        });
+        self.errors.append(&mut errors);
+        id
+    }
+
+    /// The graph in its file form (round-trips through [`Graph::from_file`]).
+    pub fn to_file(&self) -> GraphFile {
+        let tasks = self
+            .task_ids()
+            .filter(|&id| self.is_defined(id))
+            .map(|id| TaskSpec {
+                key: self.key(id).to_owned(),
+                function: self.function(id).to_owned(),
+                params: self
+                    .params(id)
+                    .map(|p| serde_json::from_str(p).expect("params are stored as valid JSON"))
+                    .unwrap_or_default(),
+                inputs: self.inputs(id).iter().map(|&i| self.key(i).to_owned()).collect(),
+                pool: match self.place(id) {
+                    Place::Pinned(p) => Some(self.pool_name(p).to_owned()),
+                    _ => None,
+                },
+                any_pool: self.place(id) == Place::Any,
+                resources: self
+                    .resources(id)
+                    .iter()
+                    .map(|(k, v)| (k.to_owned(), serde_json::json!(v)))
+                    .collect(),
+                priority: self.priority(id),
+                retries: self.retries(id),
+                size_hint: self.size_hint(id),
+            })
+            .collect();
+        GraphFile { tasks }
+    }
+}
+
+/// Checks a file's resource map: names, numeric and non-negative amounts.
+fn spec_resources(map: &BTreeMap<String, serde_json::Value>) -> Result<Resources, AnnotationError> {
+    let mut r = Resources::new();
+    for (name, v) in map {
+        let amount = v.as_f64().ok_or_else(|| AnnotationError::NonNumericAmount {
+            name: name.clone(),
+            amount: v.to_string(),
+        })?;
+        r.insert(name, amount)?;
+    }
+    Ok(r)
+}
