@@ -225,3 +225,63 @@ fn spec_resources(map: &BTreeMap<String, serde_json::Value>) -> Result<Resources
     }
     Ok(r)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_json_gets_line_and_column() {
+        let err = Graph::from_json_str("{\"tasks\": [\n  {\"key\": \"a\", }\n]}").unwrap_err();
+        assert_eq!((err.line, err.column), (2, 16));
+        let err = Graph::from_json_str(r#"{"tasks": [{"key": "a"}]}"#).unwrap_err();
+        assert!(err.to_string().contains("missing field `function`"), "{err}");
+        let err = Graph::from_json_str(r#"{"tasks": [{"key": "a", "function": "f", "input": []}]}"#).unwrap_err();
+        assert!(err.to_string().contains("unknown field `input`"), "{err}");
+    }
+
+    #[test]
+    fn file_errors_match_the_rust_api() {
+        let text = r#"{"tasks": [
+            {"key": "a", "function": "f", "pool": "A", "any_pool": true},
+            {"key": "b", "function": "f", "resources": {"gpu": -2}},
+            {"key": "c", "function": "f", "resources": {"gpu": "x"}},
+            {"key": "d", "function": "f", "pool": ""},
+            {"key": "d", "function": "f", "inputs": ["zz"]}
+        ]}"#;
+        let g = Graph::from_json_str(text).unwrap();
+        let errs: Vec<String> = g.validate().unwrap_err().errors.iter().map(|e| e.to_string()).collect();
+        assert_eq!(errs[0], "task \"a\" has both \"pool\": \"A\" and \"any_pool\": true; choose one");
+        assert!(errs[1].contains("\"b\" has bad resources") && errs[1].contains("not negative"));
+        assert!(errs[2].contains("\"c\" has bad resources") && errs[2].contains("not a number"));
+        assert_eq!(errs[3], "task \"d\": pool name is empty");
+        assert_eq!(errs[4], "duplicate key \"d\": two tasks have this key");
+        // The duplicate's inputs are dropped with it; no unknown-input noise from a rejected task.
+        assert_eq!(errs.len(), 5, "{errs:?}");
+
+        let mut rust = Graph::new();
+        rust.task("f", &()).key("d").pool("").add();
+        let rust_errs = rust.validate().unwrap_err().errors;
+        assert_eq!(rust_errs[0].to_string(), errs[3]);
+    }
+
+    #[test]
+    fn round_trips_through_the_file_form() {
+        let text = r#"{"tasks": [
+            {"key": "c", "function": "concat", "inputs": ["a", "b"], "resources": {"gpu": 1},
+             "priority": 3, "retries": 2, "size_hint": 10},
+            {"key": "a", "function": "bytes", "params": {"n": 800, "fill": "y"}, "pool": "A"},
+            {"key": "b", "function": "bytes", "any_pool": true}
+        ]}"#;
+        let g = Graph::from_json_str(text).unwrap();
+        g.validate().unwrap();
+        let file = g.to_file();
+        let again = Graph::from_file(&file);
+        assert_eq!(again.to_file(), file);
+        let c = g.id_of("c").unwrap();
+        assert_eq!(g.inputs(c), [g.id_of("a").unwrap(), g.id_of("b").unwrap()]);
+        assert_eq!((g.priority(c), g.retries(c), g.size_hint(c)), (3, 2, Some(10)));
+        assert_eq!(g.params(g.id_of("a").unwrap()), Some(r#"{"fill":"y","n":800}"#));
+        assert_eq!(g.place(g.id_of("b").unwrap()), Place::Any);
+    }
+}

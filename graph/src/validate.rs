@@ -146,3 +146,168 @@ impl Graph {
         cycle
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::{Graph, GraphError, Place};
+
+    fn errors(g: &Graph) -> Vec<String> {
+        g.validate().unwrap_err().errors.iter().map(|e| e.to_string()).collect()
+    }
+
+    #[test]
+    fn duplicate_keys_are_named() {
+        let mut g = Graph::new();
+        g.task("f", &()).key("a").add();
+        g.task("g", &()).key("a").add();
+        assert_eq!(errors(&g), ["duplicate key \"a\": two tasks have this key"]);
+    }
+
+    #[test]
+    fn unknown_inputs_are_named() {
+        let mut g = Graph::new();
+        g.task("f", &()).key("b").input_key("nope").add();
+        assert_eq!(errors(&g), ["task \"b\" has unknown input \"nope\": no task has that key"]);
+    }
+
+    #[test]
+    fn inputs_may_be_added_later() {
+        let mut g = Graph::new();
+        let b = g.task("f", &()).key("b").input_key("a").add();
+        let a = g.task("f", &()).key("a").add();
+        let topo = g.validate().unwrap();
+        assert_eq!(topo.order(), [a.id(), b.id()]);
+        assert_eq!(topo.consumers(a.id()), [b.id()]);
+        assert_eq!(topo.sinks().collect::<Vec<_>>(), [b.id()]);
+    }
+
+    #[test]
+    fn cycles_name_their_keys_in_dependency_order() {
+        let mut g = Graph::new();
+        g.task("f", &()).key("root").add();
+        g.task("f", &()).key("a").input_key("c").input_key("root").add();
+        g.task("f", &()).key("b").input_key("a").add();
+        g.task("f", &()).key("c").input_key("b").add();
+        g.task("f", &()).key("after").input_key("c").add();
+        let errs = g.validate().unwrap_err().errors;
+        let GraphError::Cycle { keys } = &errs[0] else {
+            panic!("expected a cycle, got {errs:?}");
+        };
+        assert_eq!(keys.first(), keys.last());
+        assert_eq!(keys.len(), 4);
+        // Each key is an input of the next.
+        for w in keys.windows(2) {
+            let consumer = g.id_of(&w[1]).unwrap();
+            assert!(g.inputs(consumer).contains(&g.id_of(&w[0]).unwrap()), "{keys:?}");
+        }
+        assert!(errs[0].to_string().starts_with("cycle: "));
+    }
+
+    #[test]
+    fn self_loop_is_a_cycle() {
+        let mut g = Graph::new();
+        g.task("f", &()).key("me").input_key("me").add();
+        assert_eq!(errors(&g), ["cycle: me -> me"]);
+    }
+
+    #[test]
+    fn bad_pools_and_resources_are_reported_with_the_task() {
+        let mut g = Graph::new();
+        g.task("f", &()).key("p1").pool("").add();
+        g.task("f", &()).key("p2").pool("a b").add();
+        g.task("f", &()).key("r1").resources("gpu=-1").add();
+        g.task("f", &()).key("r2").resources("gpu=lots").add();
+        g.task("f", &()).key("r3").resources("gpu").add();
+        g.task("f", &()).key("r4").resources("pool-A=1").add();
+        g.pool("bad pool", |g| g.task("f", &()).key("s").add());
+        let e = errors(&g);
+        assert_eq!(e[0], "task \"p1\": pool name is empty");
+        assert!(e[1].starts_with("task \"p2\": pool name \"a b\" contains ' '"), "{}", e[1]);
+        assert!(e[2].contains("task \"r1\" has bad resources") && e[2].contains("not negative"));
+        assert!(e[3].contains("\"r2\"") && e[3].contains("\"lots\", which is not a number"));
+        assert!(e[4].contains("\"r3\"") && e[4].contains("part \"gpu\" is not NAME=AMOUNT"));
+        assert!(e[5].contains("\"r4\" lists resource \"pool-A\": pin the task with \"pool\": \"A\""));
+        assert!(e[6].starts_with("pool scope \"bad pool\""), "{}", e[6]);
+        assert_eq!(e.len(), 7);
+    }
+
+    #[test]
+    fn empty_key_and_function() {
+        let mut g = Graph::new();
+        g.task("", &()).key("k").add();
+        g.task("f", &()).key("").add();
+        assert_eq!(
+            errors(&g),
+            ["task \"k\" has an empty function name", "a task has an empty key (function \"f\")"]
+        );
+    }
+
+    #[test]
+    fn handles_from_another_graph_are_refused() {
+        let mut other = Graph::new();
+        let h = other.task("f", &()).add();
+        let mut g = Graph::new();
+        g.task("f", &()).key("x").input(h).add();
+        assert_eq!(errors(&g), ["task \"x\" uses a handle from another graph as an input"]);
+    }
+
+    #[test]
+    fn unserialisable_params_are_reported() {
+        let mut g = Graph::new();
+        let mut bad = std::collections::HashMap::new();
+        bad.insert((1, 2), 3);
+        g.task("f", &bad).key("k").add();
+        assert!(errors(&g)[0].starts_with("task \"k\": params cannot be serialised"));
+    }
+
+    #[test]
+    fn derived_keys_are_stable_and_identical_tasks_merge() {
+        let build = || {
+            let mut g = Graph::new();
+            let a = g.task("load", &serde_json::json!({"n": 3})).add();
+            let b = g.task("double", &()).input(a).add();
+            let b2 = g.task("double", &()).input(a).add();
+            (g, a, b, b2)
+        };
+        let (g1, a1, b1, b1_again) = build();
+        let (g2, a2, _, _) = build();
+        assert_eq!(g1.key(a1.id()), g2.key(a2.id()));
+        assert!(g1.key(a1.id()).starts_with("load-"));
+        assert_eq!(b1, b1_again);
+        assert_eq!(g1.defined_len(), 2);
+        g1.validate().unwrap();
+        // Same derived key with different annotations is a conflict, not a silent merge.
+        let mut g = Graph::new();
+        g.task("load", &()).add();
+        g.task("load", &()).retries(2).add();
+        assert!(errors(&g)[0].starts_with("duplicate key \"load-"));
+    }
+
+    #[test]
+    fn annotations_compose_across_scopes_and_task_settings() {
+        use drover_annotations::Annotations;
+        let mut g = Graph::new();
+        let t = g.pool("A", |g| {
+            g.annotate(Annotations::new().retries(3).priority(2), |g| {
+                g.task("f", &()).resources("gpu=1").size_hint(5).add()
+            })
+        });
+        let inner = g.pool("A", |g| g.pool("B", |g| g.task("f", &()).key("inner").add()));
+        let any = g.pool("A", |g| g.any_pool(|g| g.task("f", &()).key("any").add()));
+        let own = g.any_pool(|g| g.task("f", &()).key("own").pool("C").add());
+        let id = t.id();
+        assert_eq!(g.place(id), Place::Pinned(g.pool_id("A").unwrap()));
+        assert_eq!((g.retries(id), g.priority(id), g.size_hint(id)), (3, 2, Some(5)));
+        assert_eq!(g.resources(id).to_string(), "gpu=1");
+        assert_eq!(g.place(inner.id()), Place::Pinned(g.pool_id("B").unwrap()));
+        assert_eq!(g.place(any.id()), Place::Any);
+        assert_eq!(g.place(own.id()), Place::Pinned(g.pool_id("C").unwrap()));
+        g.validate().unwrap();
+    }
+
+    #[test]
+    fn empty_graph_is_valid() {
+        let g = Graph::new();
+        assert!(g.validate().unwrap().order().is_empty());
+    }
+}
