@@ -1,1 +1,65 @@
-//! Drover
+//! # Drover
+//!
+//! A distributed task-graph scheduler with worker pools. This facade crate re-exports what a
+//! user needs to build graphs:
+//!
+//! * [`Graph`] and its builder ([`Graph::task`], [`Graph::call`], scoped annotations
+//!   [`Graph::pool`], [`Graph::any_pool`], [`Graph::annotate`]), typed [`Handle`]s;
+//! * the JSON graph format ([`GraphFile`], [`Graph::from_json_str`]);
+//! * validation ([`Graph::validate`]) and the propagate-pools pass ([`propagate_pools`]);
+//! * export to DOT, JSON and SVG ([`export`]);
+//! * annotations ([`Pool`], [`Resources`], [`Annotations`]).
+//!
+//! See README.md for the JSON format and the `drover` command.
+
+pub use drover_annotations::{AnnotationError, Annotations, Placement, Pool, Resources};
+pub use drover_graph::export;
+pub use drover_graph::{
+    propagate_pools, Graph, GraphError, GraphFile, Handle, HandleList, InvalidGraph, JsonError, Place,
+    PoolId, Propagation, Reason, TaskFn, TaskId, TaskSpec, Topology, TransferEstimate, Untyped,
+    DEFAULT_SIZE_HINT,
+};
+
+/// A graph that has been validated and propagated: everything a picture or a scheduler needs.
+#[derive(Debug, Clone)]
+pub struct Planned {
+    /// The graph.
+    pub graph: Graph,
+    /// Its topological order and consumers.
+    pub topology: Topology,
+    /// The pool of every task and why.
+    pub propagation: Propagation,
+}
+
+impl Planned {
+    /// Validates `graph` and runs the propagate-pools pass over it.
+    pub fn new(graph: Graph) -> Result<Planned, InvalidGraph> {
+        let topology = graph.validate()?;
+        let propagation = propagate_pools(&graph, &topology);
+        Ok(Planned {
+            graph,
+            topology,
+            propagation,
+        })
+    }
+
+    /// Renders the graph with its pools in `format`.
+    pub fn export(&self, format: export::Format, options: export::ExportOptions) -> String {
+        export::export(&self.graph, &self.topology, &self.propagation, format, options)
+    }
+
+    /// Writes an SVG picture of the graph with its pools to `path`.
+    pub fn export_svg(&self, path: impl AsRef<std::path::Path>) -> std::io::Result<()> {
+        std::fs::write(path, self.export(export::Format::Svg, Default::default()))
+    }
+
+    /// The pool name of `task` after the pass, if any.
+    pub fn pool_of<T>(&self, task: Handle<T>) -> Option<&str> {
+        self.propagation.pool_name(&self.graph, task.id())
+    }
+
+    /// Why `task` has its pool.
+    pub fn reason_of<T>(&self, task: Handle<T>) -> Reason {
+        self.propagation.reason(task.id())
+    }
+}

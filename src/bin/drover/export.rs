@@ -1,0 +1,34 @@
+//! `drover export GRAPH.json --format dot|json|svg -o FILE`.
+
+use std::path::PathBuf;
+
+use drover::export::{ExportOptions, Format};
+
+use crate::{load, Failure};
+
+/// Arguments of `drover export`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The JSON graph file.
+    graph: PathBuf,
+    /// Output format.
+    #[arg(long, value_parser = ["dot", "json", "svg"])]
+    format: String,
+    /// Output file (`-` for standard output).
+    #[arg(short = 'o', long = "output")]
+    output: PathBuf,
+    /// In DOT and SVG, above this many tasks collapse tasks with the same function, pool and
+    /// reason into one node (0 never summarises).
+    #[arg(long, default_value_t = 300)]
+    summarise_above: usize,
+}
+
+/// Runs the command.
+pub fn run(args: Args) -> Result<(), Failure> {
+    let format: Format = args.format.parse().map_err(Failure::Usage)?;
+    let (_, planned) = load(&args.graph)?;
+    let options = ExportOptions {
+        summarise_above: (args.summarise_above > 0).then_some(args.summarise_above),
+    };
+    crate::write_output(&args.output, &planned.export(format, options))
+}

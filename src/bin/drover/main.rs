@@ -1,0 +1,83 @@
+//! The `drover` command: check and export graphs (run comes with the runtime).
+//!
+//! Exit codes: 0 success; 1 the graph is invalid (bad JSON or a bad graph); 2 bad usage,
+//! including a graph file that cannot be read or an output that cannot be written.
+
+mod check;
+mod export;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use drover::{Graph, GraphFile, Planned};
+
+/// Drover: a distributed task-graph scheduler with worker pools.
+#[derive(Debug, Parser)]
+#[command(name = "drover", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate a JSON graph, propagate pools, and print each task's pool and reason with the
+    /// estimated bytes crossing pools.
+    Check(check::Args),
+    /// Write a picture or data of a JSON graph with its pools (DOT, JSON or SVG).
+    Export(export::Args),
+}
+
+/// A failure, with the exit code it maps to.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// The graph is bad: exit 1.
+    BadGraph(String),
+    /// Bad usage or unusable files: exit 2.
+    Usage(String),
+}
+
+/// Reads, validates and propagates a graph file. Returns the file too (for its task order).
+pub(crate) fn load(path: &Path) -> Result<(GraphFile, Planned), Failure> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Failure::Usage(format!("cannot read graph file {}: {e}", path.display())))?;
+    let file: GraphFile = serde_json::from_str(&text)
+        .map_err(|e| Failure::BadGraph(format!("{}: {}", path.display(), drover::JsonError::from(e))))?;
+    let planned = Planned::new(Graph::from_file(&file)).map_err(|e| {
+        let n = e.errors.len();
+        let noun = if n == 1 { "error" } else { "errors" };
+        Failure::BadGraph(format!("{}: invalid graph ({n} {noun}):\n{e}", path.display()))
+    })?;
+    Ok((file, planned))
+}
+
+/// Writes `text` to `path`, or to stdout when `path` is `-`.
+pub(crate) fn write_output(path: &PathBuf, text: &str) -> Result<(), Failure> {
+    if path.as_os_str() == "-" {
+        use std::io::Write;
+        return std::io::stdout()
+            .write_all(text.as_bytes())
+            .map_err(|e| Failure::Usage(format!("cannot write to stdout: {e}")));
+    }
+    std::fs::write(path, text).map_err(|e| Failure::Usage(format!("cannot write {}: {e}", path.display())))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Check(args) => check::run(args),
+        Command::Export(args) => export::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::BadGraph(msg)) => {
+            eprintln!("error: {msg}");
+            ExitCode::from(1)
+        }
+        Err(Failure::Usage(msg)) => {
+            eprintln!("error: {msg}");
+            ExitCode::from(2)
+        }
+    }
+}
