@@ -70,18 +70,44 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Only pool-A workers can access this proprietary random data!
     let a = g.pool("A", |g| {
-        let shape = Shape { rows: 10, cols: 10, seed: 1 };
-        g.call::<RandomArray, _>(&shape, ()).key("a").size_hint(100 * F64).add()
+        let shape = Shape {
+            rows: 10,
+            cols: 10,
+            seed: 1,
+        };
+        g.call::<RandomArray, _>(&shape, ())
+            .key("a")
+            .size_hint(100 * F64)
+            .add()
     });
     // Only pool-B workers can access this proprietary random data!
     let b = g.pool("B", |g| {
-        let shape = Shape { rows: 10, cols: 1, seed: 2 };
-        g.call::<RandomArray, _>(&shape, ()).key("b").size_hint(10 * F64).add()
+        let shape = Shape {
+            rows: 10,
+            cols: 1,
+            seed: 2,
+        };
+        g.call::<RandomArray, _>(&shape, ())
+            .key("b")
+            .size_hint(10 * F64)
+            .add()
     });
 
-    let a_minus_1 = g.call::<SubScalar, _>(&1.0, a).key("a - 1").size_hint(100 * F64).add();
-    let run_in_a = g.call::<Sum, _>(&(), a_minus_1).key("run_in_a").size_hint(F64).add();
-    let a_mean = g.call::<Mean, _>(&(), a).key("a.mean()").size_hint(F64).add();
+    let a_minus_1 = g
+        .call::<SubScalar, _>(&1.0, a)
+        .key("a - 1")
+        .size_hint(100 * F64)
+        .add();
+    let run_in_a = g
+        .call::<Sum, _>(&(), a_minus_1)
+        .key("run_in_a")
+        .size_hint(F64)
+        .add();
+    let a_mean = g
+        .call::<Mean, _>(&(), a)
+        .key("a.mean()")
+        .size_hint(F64)
+        .add();
     let run_in_b = g
         .call::<SubArrayScalar, _>(&(), (b, a_mean))
         .key("run_in_b")
@@ -98,7 +124,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ("a.mean()", a_mean.untyped()),
         ("run_in_b", run_in_b.untyped()),
     ] {
-        println!("{name:10}  {:5}  {}", plan.pool_of(task).unwrap_or("-"), plan.reason_of(task));
+        println!(
+            "{name:10}  {:5}  {}",
+            plan.pool_of(task).unwrap_or("-"),
+            plan.reason_of(task)
+        );
     }
     let e = plan.propagation.estimate;
     println!(

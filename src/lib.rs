@@ -15,9 +15,9 @@
 pub use drover_annotations::{AnnotationError, Annotations, Placement, Pool, Resources};
 pub use drover_graph::export;
 pub use drover_graph::{
-    propagate_pools, Graph, GraphError, GraphFile, Handle, HandleList, InvalidGraph, JsonError, Place,
-    PoolId, Propagation, Reason, TaskFn, TaskId, TaskSpec, Topology, TransferEstimate, Untyped,
-    DEFAULT_SIZE_HINT,
+    propagate_pools, Graph, GraphError, GraphFile, Handle, HandleList, InvalidGraph, JsonError,
+    Place, PoolId, Propagation, Reason, TaskFn, TaskId, TaskSpec, Topology, TransferEstimate,
+    Untyped, DEFAULT_SIZE_HINT,
 };
 
 /// A graph that has been validated and propagated: everything a picture or a scheduler needs.
@@ -45,7 +45,13 @@ impl Planned {
 
     /// Renders the graph with its pools in `format`.
     pub fn export(&self, format: export::Format, options: export::ExportOptions) -> String {
-        export::export(&self.graph, &self.topology, &self.propagation, format, options)
+        export::export(
+            &self.graph,
+            &self.topology,
+            &self.propagation,
+            format,
+            options,
+        )
     }
 
     /// Writes an SVG picture of the graph with its pools to `path`.

@@ -199,11 +199,17 @@ mod tests {
             ("gpu=1,,cpu=2", "part \"\" is not NAME=AMOUNT"),
             ("=3", "part \"=3\""),
             ("gpu=", "part \"gpu=\""),
-            ("gpu=two", "resource \"gpu\" has amount \"two\", which is not a number"),
+            (
+                "gpu=two",
+                "resource \"gpu\" has amount \"two\", which is not a number",
+            ),
             ("gpu=-1", "amounts must be finite and not negative"),
             ("gpu=inf", "amounts must be finite"),
             ("g pu=1", "resource name \"g pu\" contains ' '"),
-            ("gpu=1,gpu=2", "resource \"gpu\" is given twice in \"gpu=1,gpu=2\""),
+            (
+                "gpu=1,gpu=2",
+                "resource \"gpu\" is given twice in \"gpu=1,gpu=2\"",
+            ),
         ];
         for (input, want) in cases {
             let err = input.parse::<Resources>().unwrap_err().to_string();

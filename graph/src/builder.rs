@@ -112,7 +112,11 @@ fn params_json<P: Serialize + ?Sized>(params: &P) -> Result<Option<Box<str>>, St
 impl Graph {
     /// Starts a task running the function named `function` on `params` (any serde type; `&()`
     /// for none). Its output type is unknown to Rust: see [`Graph::call`] for typed tasks.
-    pub fn task<'g, P: Serialize + ?Sized>(&'g mut self, function: &'g str, params: &P) -> TaskBuilder<'g> {
+    pub fn task<'g, P: Serialize + ?Sized>(
+        &'g mut self,
+        function: &'g str,
+        params: &P,
+    ) -> TaskBuilder<'g> {
         self.builder(function, params_json(params))
     }
 
@@ -128,7 +132,11 @@ impl Graph {
         b
     }
 
-    fn builder<'g, T>(&'g mut self, function: &'g str, params: Result<Option<Box<str>>, String>) -> TaskBuilder<'g, T> {
+    fn builder<'g, T>(
+        &'g mut self,
+        function: &'g str,
+        params: Result<Option<Box<str>>, String>,
+    ) -> TaskBuilder<'g, T> {
         self.pending_inputs.clear();
         TaskBuilder {
             graph: self,

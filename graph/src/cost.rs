@@ -27,15 +27,28 @@ pub struct TransferEstimate {
     pub full: u64,
 }
 
-/// Calls `f(task, input)` once per distinct input of each task: an input listed twice by one
-/// task moves once. `mark` is scratch of the graph's length; linear time overall.
+/// Calls `f(input)` once per distinct input of `task`: an input listed twice by one task moves
+/// once. Short input lists (the common case) are deduplicated by scanning the list itself;
+/// long ones use `mark`, scratch of the graph's length holding `u32::MAX` or earlier task ids.
+/// Linear time overall.
+#[inline]
 pub(crate) fn for_each_distinct_input(
     graph: &Graph,
     task: TaskId,
     mark: &mut [u32],
     mut f: impl FnMut(TaskId),
 ) {
-    for &input in graph.inputs(task) {
+    const SCAN: usize = 8;
+    let inputs = graph.inputs(task);
+    if inputs.len() <= SCAN {
+        for (i, &input) in inputs.iter().enumerate() {
+            if !inputs[..i].contains(&input) {
+                f(input);
+            }
+        }
+        return;
+    }
+    for &input in inputs {
         let m = &mut mark[input.index()];
         if *m != task.0 {
             *m = task.0;

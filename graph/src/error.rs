@@ -64,7 +64,9 @@ pub enum GraphError {
         error: AnnotationError,
     },
     /// A task lists a `pool-X` resource; pools are set with the pool annotation instead.
-    #[error("task {task:?} lists resource {resource:?}: pin the task with \"pool\": {pool:?} instead")]
+    #[error(
+        "task {task:?} lists resource {resource:?}: pin the task with \"pool\": {pool:?} instead"
+    )]
     PoolResourceOnTask {
         /// The task.
         task: String,

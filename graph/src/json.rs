@@ -193,7 +193,11 @@ impl Graph {
                     .params(id)
                     .map(|p| serde_json::from_str(p).expect("params are stored as valid JSON"))
                     .unwrap_or_default(),
-                inputs: self.inputs(id).iter().map(|&i| self.key(i).to_owned()).collect(),
+                inputs: self
+                    .inputs(id)
+                    .iter()
+                    .map(|&i| self.key(i).to_owned())
+                    .collect(),
                 pool: match self.place(id) {
                     Place::Pinned(p) => Some(self.pool_name(p).to_owned()),
                     _ => None,
@@ -217,10 +221,12 @@ impl Graph {
 fn spec_resources(map: &BTreeMap<String, serde_json::Value>) -> Result<Resources, AnnotationError> {
     let mut r = Resources::new();
     for (name, v) in map {
-        let amount = v.as_f64().ok_or_else(|| AnnotationError::NonNumericAmount {
-            name: name.clone(),
-            amount: v.to_string(),
-        })?;
+        let amount = v
+            .as_f64()
+            .ok_or_else(|| AnnotationError::NonNumericAmount {
+                name: name.clone(),
+                amount: v.to_string(),
+            })?;
         r.insert(name, amount)?;
     }
     Ok(r)
@@ -235,8 +241,13 @@ mod tests {
         let err = Graph::from_json_str("{\"tasks\": [\n  {\"key\": \"a\", }\n]}").unwrap_err();
         assert_eq!((err.line, err.column), (2, 16));
         let err = Graph::from_json_str(r#"{"tasks": [{"key": "a"}]}"#).unwrap_err();
-        assert!(err.to_string().contains("missing field `function`"), "{err}");
-        let err = Graph::from_json_str(r#"{"tasks": [{"key": "a", "function": "f", "input": []}]}"#).unwrap_err();
+        assert!(
+            err.to_string().contains("missing field `function`"),
+            "{err}"
+        );
+        let err =
+            Graph::from_json_str(r#"{"tasks": [{"key": "a", "function": "f", "input": []}]}"#)
+                .unwrap_err();
         assert!(err.to_string().contains("unknown field `input`"), "{err}");
     }
 
@@ -250,8 +261,17 @@ mod tests {
             {"key": "d", "function": "f", "inputs": ["zz"]}
         ]}"#;
         let g = Graph::from_json_str(text).unwrap();
-        let errs: Vec<String> = g.validate().unwrap_err().errors.iter().map(|e| e.to_string()).collect();
-        assert_eq!(errs[0], "task \"a\" has both \"pool\": \"A\" and \"any_pool\": true; choose one");
+        let errs: Vec<String> = g
+            .validate()
+            .unwrap_err()
+            .errors
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
+        assert_eq!(
+            errs[0],
+            "task \"a\" has both \"pool\": \"A\" and \"any_pool\": true; choose one"
+        );
         assert!(errs[1].contains("\"b\" has bad resources") && errs[1].contains("not negative"));
         assert!(errs[2].contains("\"c\" has bad resources") && errs[2].contains("not a number"));
         assert_eq!(errs[3], "task \"d\": pool name is empty");
@@ -280,8 +300,14 @@ mod tests {
         assert_eq!(again.to_file(), file);
         let c = g.id_of("c").unwrap();
         assert_eq!(g.inputs(c), [g.id_of("a").unwrap(), g.id_of("b").unwrap()]);
-        assert_eq!((g.priority(c), g.retries(c), g.size_hint(c)), (3, 2, Some(10)));
-        assert_eq!(g.params(g.id_of("a").unwrap()), Some(r#"{"fill":"y","n":800}"#));
+        assert_eq!(
+            (g.priority(c), g.retries(c), g.size_hint(c)),
+            (3, 2, Some(10))
+        );
+        assert_eq!(
+            g.params(g.id_of("a").unwrap()),
+            Some(r#"{"fill":"y","n":800}"#)
+        );
         assert_eq!(g.place(g.id_of("b").unwrap()), Place::Any);
     }
 }

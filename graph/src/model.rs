@@ -269,7 +269,12 @@ impl Graph {
 
     /// The derived key of a task: `function-<16 hex digits>`, a stable hash of the function name,
     /// the params text and the input keys in order.
-    pub(crate) fn derive_key(&self, function: &str, params: Option<&str>, inputs: &[TaskId]) -> String {
+    pub(crate) fn derive_key(
+        &self,
+        function: &str,
+        params: Option<&str>,
+        inputs: &[TaskId],
+    ) -> String {
         let mut h = Xxh3::new();
         h.update(function.as_bytes());
         h.update(&[0]);
@@ -291,7 +296,8 @@ impl Graph {
         let key = match task.key {
             Some(k) => k,
             None => {
-                derived = self.derive_key(task.function, task.params.as_deref(), &self.pending_inputs);
+                derived =
+                    self.derive_key(task.function, task.params.as_deref(), &self.pending_inputs);
                 &derived
             }
         };
@@ -307,7 +313,8 @@ impl Graph {
         }
         let id = self.slot(key);
         let function = self.functions.intern(task.function).0;
-        let inputs_start = u32::try_from(self.input_arena.len()).expect("more than 2^32 input edges");
+        let inputs_start =
+            u32::try_from(self.input_arena.len()).expect("more than 2^32 input edges");
         let record = TaskRecord {
             defined: true,
             function,

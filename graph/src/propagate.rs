@@ -17,7 +17,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::cost::{cross_pool_bytes, estimated_size, for_each_distinct_input, TransferEstimate};
+use crate::cost::{estimated_size, for_each_distinct_input, TransferEstimate};
 use crate::model::Place;
 use crate::{Graph, PoolId, TaskId, Topology};
 
@@ -97,6 +97,7 @@ pub fn propagate_pools(graph: &Graph, topo: &Topology) -> Propagation {
     let n = graph.len();
     let mut pools: Vec<Option<PoolId>> = Vec::with_capacity(n);
     let mut reasons: Vec<Reason> = Vec::with_capacity(n);
+    let mut free: Vec<bool> = Vec::with_capacity(n);
     for id in graph.task_ids() {
         let (pool, reason) = match graph.place(id) {
             Place::Pinned(p) => (Some(p), Reason::Pinned),
@@ -105,40 +106,113 @@ pub fn propagate_pools(graph: &Graph, topo: &Topology) -> Propagation {
         };
         pools.push(pool);
         reasons.push(reason);
+        free.push(reason == Reason::None);
     }
-    let without = cross_pool_bytes(graph, &pools);
-
-    forward(graph, topo, &mut pools, &mut reasons);
-    let forward_bytes = cross_pool_bytes(graph, &pools);
-
-    backward(graph, topo, &mut pools, &mut reasons);
-    let full = cross_pool_bytes(graph, &pools);
-
+    // Dense per-task sizes: the passes below read them once per edge.
+    let sizes = Sizes::of(graph);
+    let mut scratch = Scratch::new(graph);
+    forward(
+        graph,
+        topo,
+        &sizes,
+        &free,
+        &mut scratch,
+        &mut pools,
+        &mut reasons,
+    );
+    backward(topo, &free, &mut pools, &mut reasons);
+    let estimate = scratch.estimate(graph, &sizes, &pools, &reasons);
     Propagation {
         pools,
         reasons,
-        estimate: TransferEstimate {
-            without,
-            forward: forward_bytes,
-            full,
-        },
+        estimate,
     }
 }
 
-fn forward(graph: &Graph, topo: &Topology, pools: &mut [Option<PoolId>], reasons: &mut [Reason]) {
+/// Estimated output size per task, indexed by task id.
+struct Sizes(Vec<u64>);
+
+impl Sizes {
+    fn of(graph: &Graph) -> Sizes {
+        Sizes(graph.task_ids().map(|t| estimated_size(graph, t)).collect())
+    }
+}
+
+/// Scratch reused by every step: the distinct-input marks.
+struct Scratch {
+    mark: Vec<u32>,
+}
+
+impl Scratch {
+    fn new(graph: &Graph) -> Scratch {
+        Scratch {
+            mark: vec![u32::MAX; graph.len()],
+        }
+    }
+
+    /// The three transfer estimates in one pass over the edges. A task's pool before the pass
+    /// is its pool if pinned; after forward, its pool if pinned or forward (backward only
+    /// assigns tasks forward left without a pool).
+    fn estimate(
+        &mut self,
+        graph: &Graph,
+        sizes: &Sizes,
+        pools: &[Option<PoolId>],
+        reasons: &[Reason],
+    ) -> TransferEstimate {
+        let at = |t: TaskId| {
+            let (p, r) = (pools[t.index()], reasons[t.index()]);
+            let before = if r == Reason::Pinned { p } else { None };
+            let after_forward = if matches!(r, Reason::Pinned | Reason::Forward) {
+                p
+            } else {
+                None
+            };
+            (before, after_forward, p)
+        };
+        let crosses = |a: Option<PoolId>, b: Option<PoolId>| b.is_none() || a != b;
+        self.mark.fill(u32::MAX);
+        let mut est = TransferEstimate {
+            without: 0,
+            forward: 0,
+            full: 0,
+        };
+        for t in graph.task_ids() {
+            let here = at(t);
+            for_each_distinct_input(graph, t, &mut self.mark, |input| {
+                let there = at(input);
+                let size = sizes.0[input.index()];
+                est.without += size * u64::from(crosses(there.0, here.0));
+                est.forward += size * u64::from(crosses(there.1, here.1));
+                est.full += size * u64::from(crosses(there.2, here.2));
+            });
+        }
+        est
+    }
+}
+
+fn forward(
+    graph: &Graph,
+    topo: &Topology,
+    sizes: &Sizes,
+    free: &[bool],
+    scratch: &mut Scratch,
+    pools: &mut [Option<PoolId>],
+    reasons: &mut [Reason],
+) {
     let mut votes = vec![0u64; graph.pool_count()];
     let mut voted: Vec<PoolId> = Vec::new();
-    let mut mark = vec![u32::MAX; graph.len()];
+    scratch.mark.fill(u32::MAX);
     for &t in topo.order() {
-        if graph.place(t) != Place::Free {
+        if !free[t.index()] {
             continue;
         }
-        for_each_distinct_input(graph, t, &mut mark, |input| {
+        for_each_distinct_input(graph, t, &mut scratch.mark, |input| {
             if let Some(p) = pools[input.index()] {
                 if votes[p.index()] == 0 && !voted.contains(&p) {
                     voted.push(p);
                 }
-                votes[p.index()] += estimated_size(graph, input);
+                votes[p.index()] += sizes.0[input.index()];
             }
         });
         if voted.is_empty() {
@@ -147,8 +221,7 @@ fn forward(graph: &Graph, topo: &Topology, pools: &mut [Option<PoolId>], reasons
         let best = voted.iter().map(|p| votes[p.index()]).max().unwrap_or(0);
         let mut winners = voted.iter().filter(|p| votes[p.index()] == best);
         let first = winners.next().copied();
-        let tie = winners.next().is_some();
-        if tie {
+        if winners.next().is_some() {
             reasons[t.index()] = Reason::Tie;
         } else {
             pools[t.index()] = first;
@@ -160,9 +233,9 @@ fn forward(graph: &Graph, topo: &Topology, pools: &mut [Option<PoolId>], reasons
     }
 }
 
-fn backward(graph: &Graph, topo: &Topology, pools: &mut [Option<PoolId>], reasons: &mut [Reason]) {
+fn backward(topo: &Topology, free: &[bool], pools: &mut [Option<PoolId>], reasons: &mut [Reason]) {
     for &t in topo.order().iter().rev() {
-        if graph.place(t) != Place::Free || pools[t.index()].is_some() {
+        if !free[t.index()] || pools[t.index()].is_some() {
             continue;
         }
         let mut only: Option<PoolId> = None;
@@ -249,10 +322,31 @@ mod tests {
         let mut g = Graph::new();
         let a = pinned(&mut g, "a", "A", Some(800));
         let b = pinned(&mut g, "b", "B", Some(80));
-        let a1 = g.task("sub_scalar", &1).key("a-1").input(a).size_hint(800).add();
-        let run_in_a = g.task("sum", &()).key("run_in_a").input(a1).size_hint(8).add();
-        let mean = g.task("mean", &()).key("a.mean").input(a).size_hint(8).add();
-        let run_in_b = g.task("sub", &()).key("run_in_b").input(b).input(mean).size_hint(80).add();
+        let a1 = g
+            .task("sub_scalar", &1)
+            .key("a-1")
+            .input(a)
+            .size_hint(800)
+            .add();
+        let run_in_a = g
+            .task("sum", &())
+            .key("run_in_a")
+            .input(a1)
+            .size_hint(8)
+            .add();
+        let mean = g
+            .task("mean", &())
+            .key("a.mean")
+            .input(a)
+            .size_hint(8)
+            .add();
+        let run_in_b = g
+            .task("sub", &())
+            .key("run_in_b")
+            .input(b)
+            .input(mean)
+            .size_hint(80)
+            .add();
         let p = run(&g);
         assert_eq!(at(&g, &p, run_in_a), some("A", Reason::Forward));
         assert_eq!(at(&g, &p, mean), some("A", Reason::Forward));
@@ -327,7 +421,13 @@ mod tests {
         let mut g = Graph::new();
         let a = pinned(&mut g, "a", "A", Some(10));
         let b = pinned(&mut g, "b", "B", Some(20));
-        let anyb = g.any_pool(|g| g.task("map", &()).key("anyb").input(b).size_hint(1 << 20).add());
+        let anyb = g.any_pool(|g| {
+            g.task("map", &())
+                .key("anyb")
+                .input(b)
+                .size_hint(1 << 20)
+                .add()
+        });
         let c = g.task("join", &()).key("c").input(anyb).input(a).add();
         let src = g.any_pool(|g| g.task("load", &()).key("src").add());
         g.task("use", &()).key("u").input(src).pool("A").add();

@@ -32,7 +32,10 @@ impl Topology {
 
     /// Tasks nothing consumes: the graph's outputs.
     pub fn sinks(&self) -> impl Iterator<Item = TaskId> + '_ {
-        self.order.iter().copied().filter(|&t| self.consumers(t).is_empty())
+        self.order
+            .iter()
+            .copied()
+            .filter(|&t| self.consumers(t).is_empty())
     }
 }
 
@@ -89,7 +92,10 @@ impl Graph {
             }
         }
         let mut pending: Vec<u32> = self.tasks.iter().map(|t| t.inputs_len).collect();
-        let mut queue: VecDeque<TaskId> = self.task_ids().filter(|t| pending[t.index()] == 0).collect();
+        let mut queue: VecDeque<TaskId> = self
+            .task_ids()
+            .filter(|t| pending[t.index()] == 0)
+            .collect();
         let mut order = Vec::with_capacity(n);
         let topo_consumers = |t: TaskId| {
             &consumers[consumer_start[t.index()] as usize..consumer_start[t.index() + 1] as usize]
@@ -152,7 +158,12 @@ mod tests {
     use crate::{Graph, GraphError, Place};
 
     fn errors(g: &Graph) -> Vec<String> {
-        g.validate().unwrap_err().errors.iter().map(|e| e.to_string()).collect()
+        g.validate()
+            .unwrap_err()
+            .errors
+            .iter()
+            .map(|e| e.to_string())
+            .collect()
     }
 
     #[test]
@@ -167,7 +178,10 @@ mod tests {
     fn unknown_inputs_are_named() {
         let mut g = Graph::new();
         g.task("f", &()).key("b").input_key("nope").add();
-        assert_eq!(errors(&g), ["task \"b\" has unknown input \"nope\": no task has that key"]);
+        assert_eq!(
+            errors(&g),
+            ["task \"b\" has unknown input \"nope\": no task has that key"]
+        );
     }
 
     #[test]
@@ -185,7 +199,11 @@ mod tests {
     fn cycles_name_their_keys_in_dependency_order() {
         let mut g = Graph::new();
         g.task("f", &()).key("root").add();
-        g.task("f", &()).key("a").input_key("c").input_key("root").add();
+        g.task("f", &())
+            .key("a")
+            .input_key("c")
+            .input_key("root")
+            .add();
         g.task("f", &()).key("b").input_key("a").add();
         g.task("f", &()).key("c").input_key("b").add();
         g.task("f", &()).key("after").input_key("c").add();
@@ -198,7 +216,10 @@ mod tests {
         // Each key is an input of the next.
         for w in keys.windows(2) {
             let consumer = g.id_of(&w[1]).unwrap();
-            assert!(g.inputs(consumer).contains(&g.id_of(&w[0]).unwrap()), "{keys:?}");
+            assert!(
+                g.inputs(consumer).contains(&g.id_of(&w[0]).unwrap()),
+                "{keys:?}"
+            );
         }
         assert!(errs[0].to_string().starts_with("cycle: "));
     }
@@ -222,11 +243,17 @@ mod tests {
         g.pool("bad pool", |g| g.task("f", &()).key("s").add());
         let e = errors(&g);
         assert_eq!(e[0], "task \"p1\": pool name is empty");
-        assert!(e[1].starts_with("task \"p2\": pool name \"a b\" contains ' '"), "{}", e[1]);
+        assert!(
+            e[1].starts_with("task \"p2\": pool name \"a b\" contains ' '"),
+            "{}",
+            e[1]
+        );
         assert!(e[2].contains("task \"r1\" has bad resources") && e[2].contains("not negative"));
         assert!(e[3].contains("\"r2\"") && e[3].contains("\"lots\", which is not a number"));
         assert!(e[4].contains("\"r3\"") && e[4].contains("part \"gpu\" is not NAME=AMOUNT"));
-        assert!(e[5].contains("\"r4\" lists resource \"pool-A\": pin the task with \"pool\": \"A\""));
+        assert!(
+            e[5].contains("\"r4\" lists resource \"pool-A\": pin the task with \"pool\": \"A\"")
+        );
         assert!(e[6].starts_with("pool scope \"bad pool\""), "{}", e[6]);
         assert_eq!(e.len(), 7);
     }
@@ -238,7 +265,10 @@ mod tests {
         g.task("f", &()).key("").add();
         assert_eq!(
             errors(&g),
-            ["task \"k\" has an empty function name", "a task has an empty key (function \"f\")"]
+            [
+                "task \"k\" has an empty function name",
+                "a task has an empty key (function \"f\")"
+            ]
         );
     }
 
@@ -248,7 +278,10 @@ mod tests {
         let h = other.task("f", &()).add();
         let mut g = Graph::new();
         g.task("f", &()).key("x").input(h).add();
-        assert_eq!(errors(&g), ["task \"x\" uses a handle from another graph as an input"]);
+        assert_eq!(
+            errors(&g),
+            ["task \"x\" uses a handle from another graph as an input"]
+        );
     }
 
     #[test]
@@ -292,12 +325,17 @@ mod tests {
                 g.task("f", &()).resources("gpu=1").size_hint(5).add()
             })
         });
-        let inner = g.pool("A", |g| g.pool("B", |g| g.task("f", &()).key("inner").add()));
+        let inner = g.pool("A", |g| {
+            g.pool("B", |g| g.task("f", &()).key("inner").add())
+        });
         let any = g.pool("A", |g| g.any_pool(|g| g.task("f", &()).key("any").add()));
         let own = g.any_pool(|g| g.task("f", &()).key("own").pool("C").add());
         let id = t.id();
         assert_eq!(g.place(id), Place::Pinned(g.pool_id("A").unwrap()));
-        assert_eq!((g.retries(id), g.priority(id), g.size_hint(id)), (3, 2, Some(5)));
+        assert_eq!(
+            (g.retries(id), g.priority(id), g.size_hint(id)),
+            (3, 2, Some(5))
+        );
         assert_eq!(g.resources(id).to_string(), "gpu=1");
         assert_eq!(g.place(inner.id()), Place::Pinned(g.pool_id("B").unwrap()));
         assert_eq!(g.place(any.id()), Place::Any);

@@ -16,7 +16,11 @@ struct RawTask {
 
 fn raw_dag() -> impl Strategy<Value = Vec<RawTask>> {
     prop::collection::vec(
-        (0u8..10, prop::option::of(0u64..3000), prop::collection::vec(any::<prop::sample::Index>(), 0..4)),
+        (
+            0u8..10,
+            prop::option::of(0u64..3000),
+            prop::collection::vec(any::<prop::sample::Index>(), 0..4),
+        ),
         1..50,
     )
     .prop_map(|tasks| {
@@ -26,7 +30,11 @@ fn raw_dag() -> impl Strategy<Value = Vec<RawTask>> {
             .map(|(i, (place, size, idx))| RawTask {
                 place,
                 size,
-                inputs: if i == 0 { vec![] } else { idx.iter().map(|x| x.index(i)).collect() },
+                inputs: if i == 0 {
+                    vec![]
+                } else {
+                    idx.iter().map(|x| x.index(i)).collect()
+                },
             })
             .collect()
     })
@@ -40,7 +48,9 @@ fn specs(raw: &[RawTask]) -> Vec<TaskSpec> {
             function: format!("f{}", i % 3),
             params: serde_json::Value::Null,
             inputs: t.inputs.iter().map(|j| format!("t{j}")).collect(),
-            pool: (6..=8).contains(&t.place).then(|| ["A", "B", "C"][(t.place - 6) as usize].to_owned()),
+            pool: (6..=8)
+                .contains(&t.place)
+                .then(|| ["A", "B", "C"][(t.place - 6) as usize].to_owned()),
             any_pool: t.place == 9,
             resources: BTreeMap::new(),
             priority: 0,
@@ -50,7 +60,10 @@ fn specs(raw: &[RawTask]) -> Vec<TaskSpec> {
         .collect()
 }
 
-type Outcome = (BTreeMap<String, (Option<String>, Reason)>, drover_graph::TransferEstimate);
+type Outcome = (
+    BTreeMap<String, (Option<String>, Reason)>,
+    drover_graph::TransferEstimate,
+);
 
 /// Per key: (pool, reason), plus the estimate.
 fn outcome(g: &Graph) -> Outcome {
@@ -58,7 +71,12 @@ fn outcome(g: &Graph) -> Outcome {
     let p = propagate_pools(g, &topo);
     let per_key = g
         .task_ids()
-        .map(|t| (g.key(t).to_owned(), (p.pool_name(g, t).map(str::to_owned), p.reason(t))))
+        .map(|t| {
+            (
+                g.key(t).to_owned(),
+                (p.pool_name(g, t).map(str::to_owned), p.reason(t)),
+            )
+        })
         .collect();
     (per_key, p.estimate)
 }

@@ -25,9 +25,15 @@ fn quote(s: &str) -> String {
 /// Style attributes for a node of the given pool and reason.
 fn node_style(fill: &str, reason: Reason) -> String {
     match reason {
-        Reason::Pinned => format!("style=\"filled,bold\", penwidth=3, fillcolor={}", quote(fill)),
+        Reason::Pinned => format!(
+            "style=\"filled,bold\", penwidth=3, fillcolor={}",
+            quote(fill)
+        ),
         Reason::Forward | Reason::Backward => format!("style=filled, fillcolor={}", quote(fill)),
-        Reason::Any => format!("style=\"filled,dashed,rounded\", fillcolor={}", quote(ANY_FILL)),
+        Reason::Any => format!(
+            "style=\"filled,dashed,rounded\", fillcolor={}",
+            quote(ANY_FILL)
+        ),
         Reason::Tie | Reason::None => {
             format!("style=\"filled,dotted\", fillcolor={}", quote(FREE_FILL))
         }
@@ -35,7 +41,12 @@ fn node_style(fill: &str, reason: Reason) -> String {
 }
 
 /// The graph as DOT text.
-pub fn to_dot(graph: &Graph, topo: &Topology, prop: &Propagation, options: ExportOptions) -> String {
+pub fn to_dot(
+    graph: &Graph,
+    topo: &Topology,
+    prop: &Propagation,
+    options: ExportOptions,
+) -> String {
     let view = build_view(graph, topo, prop, options);
     let mut out = String::new();
     out.push_str("digraph drover {\n  rankdir=TB;\n  node [shape=box, fontname=\"Helvetica\"];\n");
@@ -44,7 +55,9 @@ pub fn to_dot(graph: &Graph, topo: &Topology, prop: &Propagation, options: Expor
         let _ = writeln!(
             out,
             "  label={}; labelloc=t;",
-            quote(&format!("{tasks} tasks summarised as {groups} groups (function, pool, reason)"))
+            quote(&format!(
+                "{tasks} tasks summarised as {groups} groups (function, pool, reason)"
+            ))
         );
     }
     out.push_str("  subgraph cluster_legend {\n    label=\"legend\"; style=dashed;\n");
@@ -57,19 +70,56 @@ pub fn to_dot(graph: &Graph, topo: &Topology, prop: &Propagation, options: Expor
             node_style(colour, Reason::Forward)
         );
     }
-    let _ = writeln!(out, "    \"legend:pinned\" [label=\"pinned (bold)\", {}];", node_style(FREE_FILL, Reason::Pinned));
-    let _ = writeln!(out, "    \"legend:any\" [label=\"any pool\", {}];", node_style(ANY_FILL, Reason::Any));
-    let _ = writeln!(out, "    \"legend:free\" [label=\"free (tie / none)\", {}];", node_style(FREE_FILL, Reason::None));
-    out.push_str("    \"legend:cross\" [label=\"dashed red edge: crosses pools\", shape=plaintext];\n");
+    let _ = writeln!(
+        out,
+        "    \"legend:pinned\" [label=\"pinned (bold)\", {}];",
+        node_style(FREE_FILL, Reason::Pinned)
+    );
+    let _ = writeln!(
+        out,
+        "    \"legend:any\" [label=\"any pool\", {}];",
+        node_style(ANY_FILL, Reason::Any)
+    );
+    let _ = writeln!(
+        out,
+        "    \"legend:free\" [label=\"free (tie / none)\", {}];",
+        node_style(FREE_FILL, Reason::None)
+    );
+    out.push_str(
+        "    \"legend:cross\" [label=\"dashed red edge: crosses pools\", shape=plaintext];\n",
+    );
     out.push_str("  }\n");
-    for (i, ViewNode { label, pool, reason }) in view.nodes.iter().enumerate() {
+    for (
+        i,
+        ViewNode {
+            label,
+            pool,
+            reason,
+        },
+    ) in view.nodes.iter().enumerate()
+    {
         let fill = pool.map(|p| view.colour(p)).unwrap_or(FREE_FILL);
-        let _ = writeln!(out, "  n{i} [label={}, {}];", quote(label), node_style(fill, *reason));
+        let _ = writeln!(
+            out,
+            "  n{i} [label={}, {}];",
+            quote(label),
+            node_style(fill, *reason)
+        );
     }
     for e in &view.edges {
         let (a, b) = (view.nodes[e.from].pool, view.nodes[e.to].pool);
-        let cross = if b.is_none() || a != b { ", style=dashed, color=\"#c0392b\"" } else { "" };
-        let _ = writeln!(out, "  n{} -> n{} [label={}{cross}];", e.from, e.to, quote(&human_bytes(e.bytes)));
+        let cross = if b.is_none() || a != b {
+            ", style=dashed, color=\"#c0392b\""
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            out,
+            "  n{} -> n{} [label={}{cross}];",
+            e.from,
+            e.to,
+            quote(&human_bytes(e.bytes))
+        );
     }
     out.push_str("}\n");
     out

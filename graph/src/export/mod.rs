@@ -53,7 +53,9 @@ impl std::str::FromStr for Format {
             "dot" => Ok(Format::Dot),
             "json" => Ok(Format::Json),
             "svg" => Ok(Format::Svg),
-            other => Err(format!("unknown export format {other:?}: use dot, json or svg")),
+            other => Err(format!(
+                "unknown export format {other:?}: use dot, json or svg"
+            )),
         }
     }
 }
@@ -147,7 +149,12 @@ pub(crate) fn placement_text(graph: &Graph, pool: Option<PoolId>, reason: Reason
     }
 }
 
-pub(crate) fn build_view(graph: &Graph, topo: &Topology, prop: &Propagation, options: ExportOptions) -> View {
+pub(crate) fn build_view(
+    graph: &Graph,
+    topo: &Topology,
+    prop: &Propagation,
+    options: ExportOptions,
+) -> View {
     let mut names: Vec<PoolId> = graph.pools().map(|(p, _)| p).collect();
     names.sort_by(|a, b| graph.pool_name(*a).cmp(graph.pool_name(*b)));
     let legend = names
@@ -155,7 +162,9 @@ pub(crate) fn build_view(graph: &Graph, topo: &Topology, prop: &Propagation, opt
         .enumerate()
         .map(|(i, p)| (p, PALETTE[i % PALETTE.len()]))
         .collect();
-    let summarise = options.summarise_above.is_some_and(|limit| graph.len() > limit);
+    let summarise = options
+        .summarise_above
+        .is_some_and(|limit| graph.len() > limit);
     if summarise {
         grouped_view(graph, topo, prop, legend)
     } else {
@@ -163,7 +172,12 @@ pub(crate) fn build_view(graph: &Graph, topo: &Topology, prop: &Propagation, opt
     }
 }
 
-fn task_view(graph: &Graph, topo: &Topology, prop: &Propagation, legend: Vec<(PoolId, &'static str)>) -> View {
+fn task_view(
+    graph: &Graph,
+    topo: &Topology,
+    prop: &Propagation,
+    legend: Vec<(PoolId, &'static str)>,
+) -> View {
     // Nodes in topological order, so pictures read top-down the way the work flows.
     let mut index = vec![0usize; graph.len()];
     let mut nodes = Vec::with_capacity(graph.len());
@@ -199,7 +213,12 @@ fn task_view(graph: &Graph, topo: &Topology, prop: &Propagation, legend: Vec<(Po
     }
 }
 
-fn grouped_view(graph: &Graph, topo: &Topology, prop: &Propagation, legend: Vec<(PoolId, &'static str)>) -> View {
+fn grouped_view(
+    graph: &Graph,
+    topo: &Topology,
+    prop: &Propagation,
+    legend: Vec<(PoolId, &'static str)>,
+) -> View {
     type GroupKey<'g> = (&'g str, Option<PoolId>, Reason);
     let mut group_of: HashMap<GroupKey<'_>, usize> = HashMap::new();
     let mut members: Vec<(GroupKey<'_>, usize)> = Vec::new();
@@ -217,7 +236,10 @@ fn grouped_view(graph: &Graph, topo: &Topology, prop: &Propagation, legend: Vec<
     let nodes = members
         .iter()
         .map(|&((function, pool, reason), count)| ViewNode {
-            label: format!("{function} ×{count}\n{}", placement_text(graph, pool, reason)),
+            label: format!(
+                "{function} ×{count}\n{}",
+                placement_text(graph, pool, reason)
+            ),
             pool,
             reason,
         })

@@ -34,11 +34,21 @@ fn look(fill: &str, reason: Reason) -> StyleAttr {
 fn add_box(vg: &mut VisualGraph, label: &str, style: StyleAttr) -> layout::adt::dag::NodeHandle {
     let shape = ShapeKind::new_box(label);
     let size = get_shape_size(Orientation::TopToBottom, &shape, FONT, false);
-    vg.add_node(Element::create(shape, style, Orientation::TopToBottom, size))
+    vg.add_node(Element::create(
+        shape,
+        style,
+        Orientation::TopToBottom,
+        size,
+    ))
 }
 
 /// The graph as an SVG document.
-pub fn to_svg(graph: &Graph, topo: &Topology, prop: &Propagation, options: ExportOptions) -> String {
+pub fn to_svg(
+    graph: &Graph,
+    topo: &Topology,
+    prop: &Propagation,
+    options: ExportOptions,
+) -> String {
     let view = build_view(graph, topo, prop, options);
     let mut vg = VisualGraph::new(Orientation::TopToBottom);
 
@@ -49,7 +59,11 @@ pub fn to_svg(graph: &Graph, topo: &Topology, prop: &Propagation, options: Expor
     legend.push_str("thick border: pinned\nrounded white: any pool\ngrey: free (tie / none)\ndashed edge: crosses pools");
     add_box(&mut vg, &legend, look(ANY_FILL, Reason::Forward));
     for (p, fill) in &view.legend {
-        add_box(&mut vg, &format!("pool {}", graph.pool_name(*p)), look(fill, Reason::Forward));
+        add_box(
+            &mut vg,
+            &format!("pool {}", graph.pool_name(*p)),
+            look(fill, Reason::Forward),
+        );
     }
 
     let handles: Vec<_> = view
@@ -69,8 +83,18 @@ pub fn to_svg(graph: &Graph, topo: &Topology, prop: &Propagation, options: Expor
             let (a, b) = (view.nodes[e.from].pool, view.nodes[e.to].pool);
             b.is_none() || a != b
         };
-        let style = if cross { LineStyleKind::Dashed } else { LineStyleKind::Normal };
-        let edge_look = StyleAttr::new(colour(if cross { "#c0392b" } else { "#333333" }), 1, None, 0, 11);
+        let style = if cross {
+            LineStyleKind::Dashed
+        } else {
+            LineStyleKind::Normal
+        };
+        let edge_look = StyleAttr::new(
+            colour(if cross { "#c0392b" } else { "#333333" }),
+            1,
+            None,
+            0,
+            11,
+        );
         let arrow = Arrow::new(
             LineEndKind::None,
             LineEndKind::Arrow,

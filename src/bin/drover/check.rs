@@ -39,7 +39,9 @@ pub fn run(args: Args) -> Result<(), Failure> {
         .tasks
         .iter()
         .map(|t| {
-            let id = g.id_of(&t.key).expect("a valid graph defines every key in its file");
+            let id = g
+                .id_of(&t.key)
+                .expect("a valid graph defines every key in its file");
             TaskRow {
                 key: g.key(id),
                 pool: p.pool_name(g, id),
@@ -55,11 +57,28 @@ pub fn run(args: Args) -> Result<(), Failure> {
         let text = serde_json::to_string_pretty(&report).expect("report serialises") + "\n";
         return crate::write_output(&"-".into(), &text);
     }
-    let key_w = report.tasks.iter().map(|r| r.key.len()).max().unwrap_or(0).max(4);
-    let pool_w = report.tasks.iter().map(|r| r.pool.map_or(1, str::len)).max().unwrap_or(0).max(4);
+    let key_w = report
+        .tasks
+        .iter()
+        .map(|r| r.key.len())
+        .max()
+        .unwrap_or(0)
+        .max(4);
+    let pool_w = report
+        .tasks
+        .iter()
+        .map(|r| r.pool.map_or(1, str::len))
+        .max()
+        .unwrap_or(0)
+        .max(4);
     let mut out = format!("{:key_w$}  {:pool_w$}  REASON\n", "TASK", "POOL");
     for r in &report.tasks {
-        out.push_str(&format!("{:key_w$}  {:pool_w$}  {}\n", r.key, r.pool.unwrap_or("-"), r.reason));
+        out.push_str(&format!(
+            "{:key_w$}  {:pool_w$}  {}\n",
+            r.key,
+            r.pool.unwrap_or("-"),
+            r.reason
+        ));
     }
     let e = report.transfer_estimate;
     out.push_str(&format!(

@@ -42,12 +42,20 @@ pub(crate) enum Failure {
 pub(crate) fn load(path: &Path) -> Result<(GraphFile, Planned), Failure> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| Failure::Usage(format!("cannot read graph file {}: {e}", path.display())))?;
-    let file: GraphFile = serde_json::from_str(&text)
-        .map_err(|e| Failure::BadGraph(format!("{}: {}", path.display(), drover::JsonError::from(e))))?;
+    let file: GraphFile = serde_json::from_str(&text).map_err(|e| {
+        Failure::BadGraph(format!(
+            "{}: {}",
+            path.display(),
+            drover::JsonError::from(e)
+        ))
+    })?;
     let planned = Planned::new(Graph::from_file(&file)).map_err(|e| {
         let n = e.errors.len();
         let noun = if n == 1 { "error" } else { "errors" };
-        Failure::BadGraph(format!("{}: invalid graph ({n} {noun}):\n{e}", path.display()))
+        Failure::BadGraph(format!(
+            "{}: invalid graph ({n} {noun}):\n{e}",
+            path.display()
+        ))
     })?;
     Ok((file, planned))
 }
@@ -60,7 +68,8 @@ pub(crate) fn write_output(path: &PathBuf, text: &str) -> Result<(), Failure> {
             .write_all(text.as_bytes())
             .map_err(|e| Failure::Usage(format!("cannot write to stdout: {e}")));
     }
-    std::fs::write(path, text).map_err(|e| Failure::Usage(format!("cannot write {}: {e}", path.display())))
+    std::fs::write(path, text)
+        .map_err(|e| Failure::Usage(format!("cannot write {}: {e}", path.display())))
 }
 
 fn main() -> ExitCode {

@@ -1,0 +1,214 @@
+//! The `drover` command on good and bad graph files: output, exit codes, messages.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn drover(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_drover"))
+        .args(args)
+        .output()
+        .expect("run drover")
+}
+
+fn data(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name)
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn write_temp(dir: &tempfile::TempDir, name: &str, text: &str) -> String {
+    let p: PathBuf = dir.path().join(name);
+    std::fs::write(&p, text).unwrap();
+    p.to_string_lossy().into_owned()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn check_prints_a_table_and_the_estimate() {
+    let o = drover(&["check", &data("pools.json")]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| {
+            l.split("  ")
+                .filter(|s| !s.is_empty())
+                .map(str::trim)
+                .collect()
+        })
+        .collect();
+    assert!(rows.contains(&vec!["run_in_a", "A", "forward"]), "{out}");
+    assert!(rows.contains(&vec!["run_in_b", "B", "forward"]), "{out}");
+    assert!(rows.contains(&vec!["side", "-", "any"]), "{out}");
+    assert!(rows.contains(&vec!["source", "B", "backward"]), "{out}");
+    assert!(out.contains("without the pass"), "{out}");
+}
+
+#[test]
+fn check_json_has_the_fixed_shape() {
+    let o = drover(&["check", "--json", &data("pools.json")]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let tasks = v["tasks"].as_array().unwrap();
+    assert_eq!(tasks.len(), 9);
+    assert_eq!(
+        tasks[0],
+        serde_json::json!({"key": "a", "pool": "A", "reason": "pinned"})
+    );
+    assert_eq!(
+        tasks[4],
+        serde_json::json!({"key": "a.mean()", "pool": "A", "reason": "forward"})
+    );
+    assert_eq!(
+        tasks[6],
+        serde_json::json!({"key": "side", "pool": null, "reason": "any"})
+    );
+    let est = &v["transfer_estimate"];
+    let (without, forward, full) = (
+        est["without"].as_u64().unwrap(),
+        est["forward"].as_u64().unwrap(),
+        est["full"].as_u64().unwrap(),
+    );
+    // a.mean() -> run_in_b (8) and a -> side (800, any-pool shares no pool) still cross.
+    assert_eq!(full, 808);
+    assert!(full < forward && forward < without, "{est}");
+}
+
+#[test]
+fn bad_json_exits_1_with_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = write_temp(
+        &dir,
+        "bad.json",
+        "{\"tasks\": [\n  {\"key\": \"a\" \"function\": \"f\"}\n]}",
+    );
+    let o = drover(&["check", &f]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("line 2, column"), "{}", stderr(&o));
+}
+
+#[test]
+fn bad_graphs_exit_1_naming_the_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            r#"{"tasks": [{"key": "a", "function": "f"}, {"key": "a", "function": "g"}]}"#,
+            "duplicate key \"a\"",
+        ),
+        (
+            r#"{"tasks": [{"key": "a", "function": "f", "inputs": ["ghost"]}]}"#,
+            "task \"a\" has unknown input \"ghost\"",
+        ),
+        (
+            r#"{"tasks": [{"key": "x", "function": "f", "inputs": ["y"]}, {"key": "y", "function": "f", "inputs": ["x"]}]}"#,
+            "cycle: ",
+        ),
+        (
+            r#"{"tasks": [{"key": "a", "function": "f", "pool": "A", "any_pool": true}]}"#,
+            "both \"pool\"",
+        ),
+        (
+            r#"{"tasks": [{"key": "a", "function": "f", "pool": ""}]}"#,
+            "pool name is empty",
+        ),
+        (
+            r#"{"tasks": [{"key": "a", "function": "f", "resources": {"gpu": -1}}]}"#,
+            "not negative",
+        ),
+        (
+            r#"{"tasks": [{"key": "a", "function": "f", "resources": {"gpu": "one"}}]}"#,
+            "not a number",
+        ),
+    ];
+    for (i, (text, want)) in cases.iter().enumerate() {
+        let f = write_temp(&dir, &format!("g{i}.json"), text);
+        for cmd in [
+            vec!["check", f.as_str()],
+            vec!["export", f.as_str(), "--format", "dot", "-o", "-"],
+        ] {
+            let o = drover(&cmd);
+            assert_eq!(o.status.code(), Some(1), "{text}: {}", stderr(&o));
+            assert!(stderr(&o).contains(want), "{text}: {}", stderr(&o));
+            assert!(o.stdout.is_empty());
+        }
+    }
+}
+
+#[test]
+fn bad_usage_exits_2() {
+    let o = drover(&["check"]);
+    assert_eq!(o.status.code(), Some(2));
+    let o = drover(&["export", &data("pools.json"), "--format", "png", "-o", "x"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("png"), "{}", stderr(&o));
+    let o = drover(&["check", "/nonexistent/graph.json"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("cannot read graph file /nonexistent/graph.json"),
+        "{}",
+        stderr(&o)
+    );
+    let o = drover(&["frobnicate"]);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn export_writes_dot_json_and_svg() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+    for (format, file) in [("dot", "g.dot"), ("json", "g.json"), ("svg", "g.svg")] {
+        let o = drover(&[
+            "export",
+            &data("pools.json"),
+            "--format",
+            format,
+            "-o",
+            &out(file),
+        ]);
+        assert!(o.status.success(), "{format}: {}", stderr(&o));
+    }
+    let dot = std::fs::read_to_string(out("g.dot")).unwrap();
+    assert!(dot.starts_with("digraph drover {"));
+    assert!(dot.contains("\"legend:pool:A\"") && dot.contains("\"legend:pool:B\""));
+    assert!(
+        dot.contains("label=\"run_in_b\\nconcat\\nB · forward\""),
+        "{dot}"
+    );
+    assert!(dot.contains("label=\"800 B\""));
+    assert!(
+        dot.contains("style=\"filled,dashed,rounded\""),
+        "any-pool looks different"
+    );
+
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out("g.json")).unwrap()).unwrap();
+    let nodes = json["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 9);
+    let run_in_b = nodes.iter().find(|n| n["key"] == "run_in_b").unwrap();
+    assert_eq!(
+        (&run_in_b["pool"], &run_in_b["reason"]),
+        (&serde_json::json!("B"), &serde_json::json!("forward"))
+    );
+    let edge = json["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["from"] == "a.mean()")
+        .unwrap();
+    assert_eq!(
+        (&edge["bytes"], &edge["cross_pool"]),
+        (&serde_json::json!(8), &serde_json::json!(true))
+    );
+
+    let svg = std::fs::read_to_string(out("g.svg")).unwrap();
+    assert!(svg.contains("<svg") && svg.contains("run_in_b") && svg.contains("pool A"));
+}
