@@ -202,6 +202,12 @@ impl Graph {
         &self.resource_sets[self.tasks[id.index()].resources as usize]
     }
 
+    /// The interned id of task `id`'s resource set: tasks with equal resources share it; 0 is
+    /// the empty set. Lets consumers convert each distinct set once.
+    pub fn resource_set_id(&self, id: TaskId) -> u32 {
+        self.tasks[id.index()].resources
+    }
+
     /// The priority of task `id` (higher first; default 0).
     pub fn priority(&self, id: TaskId) -> i32 {
         self.tasks[id.index()].priority

@@ -1,0 +1,132 @@
+//! QUIC endpoints and the authenticated handshake: the connecting side opens one bidirectional
+//! control stream and sends [`Hello`] (with the token) as its first frame; the accepting side
+//! answers [`Welcome`].
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::codec::{read_frame, write_frame, CodecError};
+use crate::messages::{Hello, Welcome};
+use crate::tls::{client_config, server_config, Identity, TlsError};
+
+/// The largest hello frame (a worker lists its functions and certificate).
+pub const MAX_HELLO_FRAME: usize = 1 << 20;
+
+/// Errors of endpoints and handshakes.
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    /// TLS or QUIC configuration failed.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// Binding the UDP socket failed.
+    #[error("cannot bind {addr}: {error}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        error: std::io::Error,
+    },
+    /// Connecting failed (unreachable, or the certificate did not match the pinned one).
+    #[error("cannot connect to {addr}: {error}")]
+    Connect {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        error: String,
+    },
+    /// The handshake failed.
+    #[error("handshake with {addr} failed: {error}")]
+    Handshake {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        error: String,
+    },
+    /// The other side refused us.
+    #[error("refused by {addr}: {reason}")]
+    Refused {
+        /// The address.
+        addr: SocketAddr,
+        /// Its reason.
+        reason: String,
+    },
+}
+
+/// An endpoint that accepts connections presenting `identity`, and can connect out.
+pub fn server_endpoint(
+    identity: &Identity,
+    bind: SocketAddr,
+    idle_timeout: Duration,
+) -> Result<quinn::Endpoint, EndpointError> {
+    let config = server_config(identity, idle_timeout)?;
+    quinn::Endpoint::server(config, bind).map_err(|error| EndpointError::Bind { addr: bind, error })
+}
+
+/// An endpoint that only connects out.
+pub fn client_endpoint() -> Result<quinn::Endpoint, EndpointError> {
+    let bind: SocketAddr = "0.0.0.0:0".parse().expect("valid address");
+    quinn::Endpoint::client(bind).map_err(|error| EndpointError::Bind { addr: bind, error })
+}
+
+/// Connects to `addr`, trusting exactly the certificate `pinned`.
+pub async fn connect(
+    endpoint: &quinn::Endpoint,
+    addr: SocketAddr,
+    pinned: &[u8],
+    idle_timeout: Duration,
+) -> Result<quinn::Connection, EndpointError> {
+    let config = client_config(pinned, idle_timeout)?;
+    let connecting = endpoint
+        .connect_with(config, addr, crate::SERVER_NAME)
+        .map_err(|e| EndpointError::Connect {
+            addr,
+            error: e.to_string(),
+        })?;
+    connecting.await.map_err(|e| EndpointError::Connect {
+        addr,
+        error: e.to_string(),
+    })
+}
+
+/// The control stream of an established session.
+pub struct Session {
+    /// Frames to the other side.
+    pub send: quinn::SendStream,
+    /// Frames from the other side.
+    pub recv: quinn::RecvStream,
+    /// The id the scheduler gave us.
+    pub id: u32,
+}
+
+/// Opens the control stream, says hello, and waits for the welcome.
+pub async fn say_hello(conn: &quinn::Connection, hello: &Hello) -> Result<Session, EndpointError> {
+    let addr = conn.remote_address();
+    let fail = |e: &dyn std::fmt::Display| EndpointError::Handshake {
+        addr,
+        error: e.to_string(),
+    };
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| fail(&e))?;
+    write_frame(&mut send, hello).await.map_err(|e| fail(&e))?;
+    match read_frame::<Welcome>(&mut recv, MAX_HELLO_FRAME).await {
+        Ok(Some(Welcome::Accepted { id })) => Ok(Session { send, recv, id }),
+        Ok(Some(Welcome::Refused { reason })) => Err(EndpointError::Refused { addr, reason }),
+        Ok(None) => Err(fail(&"connection closed before the welcome")),
+        Err(CodecError::Stream(e)) => Err(EndpointError::Refused {
+            addr,
+            reason: format!("connection closed: {e}"),
+        }),
+        Err(e) => Err(fail(&e)),
+    }
+}
+
+/// Accepts the control stream of a new connection and reads its hello.
+pub async fn read_hello(
+    conn: &quinn::Connection,
+) -> Result<(quinn::SendStream, quinn::RecvStream, Hello), String> {
+    let (send, mut recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
+    match read_frame::<Hello>(&mut recv, MAX_HELLO_FRAME).await {
+        Ok(Some(h)) => Ok((send, recv, h)),
+        Ok(None) => Err("stream closed before hello".to_owned()),
+        Err(e) => Err(e.to_string()),
+    }
+}

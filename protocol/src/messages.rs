@@ -1,0 +1,251 @@
+//! Messages. Control messages travel in batches (`Vec<M>` per frame); bulk data moves on peer
+//! streams as raw bytes after a small header.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// A task's id in the scheduler: dense, never reused while the scheduler runs.
+pub type TaskIdx = u32;
+/// A worker's id in the scheduler.
+pub type WorkerId = u32;
+
+/// The first frame on a connection's control stream.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Hello {
+    /// Must equal [`crate::PROTOCOL_VERSION`].
+    pub protocol: u32,
+    /// The secret token from `access.json`.
+    pub token: String,
+    /// Who is connecting.
+    pub role: Role,
+}
+
+/// Who is connecting.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Role {
+    /// A worker offering to run tasks.
+    Worker(WorkerHello),
+    /// A client submitting graphs.
+    Client {
+        /// A name for logs.
+        name: String,
+    },
+}
+
+/// What a worker says about itself.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkerHello {
+    /// Its name (unique names help reading logs and reports).
+    pub name: String,
+    /// Its resources, e.g. `pool-A=1,gpu=2`, as (name, amount).
+    pub resources: Vec<(String, f64)>,
+    /// How many tasks it runs at once.
+    pub nthreads: u32,
+    /// Where peers and clients fetch its results.
+    pub peer_addr: SocketAddr,
+    /// The DER certificate its peer endpoint presents (pinned by fetchers).
+    pub peer_cert: Vec<u8>,
+    /// The functions its registry knows.
+    pub functions: Vec<String>,
+}
+
+/// The scheduler's answer to [`Hello`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Welcome {
+    /// Accepted, with the id given to the newcomer.
+    Accepted {
+        /// The worker or client id.
+        id: u32,
+    },
+    /// Refused, and why.
+    Refused {
+        /// A readable reason.
+        reason: String,
+    },
+}
+
+/// How to reach a worker's peer endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeerInfo {
+    /// The worker's id.
+    pub id: WorkerId,
+    /// Its name.
+    pub name: String,
+    /// Its peer address.
+    pub addr: SocketAddr,
+    /// Its DER certificate.
+    pub cert: Vec<u8>,
+}
+
+/// A task for a worker to run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ComputeTask {
+    /// The scheduler's id of the task (its result is stored under it).
+    pub id: TaskIdx,
+    /// The task's key, for messages.
+    pub key: String,
+    /// The registered function.
+    pub function: String,
+    /// Params as JSON text, or none.
+    pub params: Option<String>,
+    /// Inputs in order: each result's id and the worker holding it.
+    pub inputs: Vec<(TaskIdx, WorkerId)>,
+    /// Consumable resources held while running.
+    pub resources: Vec<(String, f64)>,
+    /// Higher runs first.
+    pub priority: i32,
+}
+
+/// Scheduler to worker.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ToWorker {
+    /// Run this task.
+    Compute(ComputeTask),
+    /// Drop these results.
+    Free(Vec<TaskIdx>),
+    /// These peers exist (sent on join and when workers join).
+    Peers(Vec<PeerInfo>),
+    /// This peer is gone.
+    PeerGone(WorkerId),
+}
+
+/// Worker to scheduler.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum FromWorker {
+    /// A task finished; its result is held here.
+    Finished {
+        /// The task.
+        id: TaskIdx,
+        /// Result size in bytes.
+        size: u64,
+        /// Run time in microseconds (not counting input fetches).
+        duration_us: u64,
+        /// Inputs fetched from other workers for this task: (input, from worker, bytes). The
+        /// fetching worker keeps them as replicas.
+        fetched: Vec<(TaskIdx, WorkerId, u64)>,
+    },
+    /// A task failed.
+    Failed {
+        /// The task.
+        id: TaskIdx,
+        /// What went wrong (error message, panic payload, exit code and stderr).
+        error: String,
+        /// Run time in microseconds.
+        duration_us: u64,
+    },
+}
+
+/// Client to scheduler.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum FromClient {
+    /// Run a graph (JSON graph format). `run` is the client's own number for it.
+    Submit {
+        /// The client's run number.
+        run: u32,
+        /// The graph in the JSON graph format.
+        graph_json: String,
+        /// Keys whose results the client will fetch: kept until released.
+        wants: Vec<String>,
+    },
+    /// Where are these results? Answered by [`ToClient::Located`].
+    Locate {
+        /// Keys to locate.
+        keys: Vec<String>,
+    },
+    /// The client no longer needs these results.
+    Release {
+        /// Keys to release.
+        keys: Vec<String>,
+    },
+}
+
+/// The final state of a task, as clients see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaskStatus {
+    /// Finished; its result is held by `worker`.
+    Finished,
+    /// Failed, or an input failed.
+    Failed,
+}
+
+/// A task's state change, streamed to the clients that submitted it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskEvent {
+    /// The client's run.
+    pub run: u32,
+    /// The task key.
+    pub key: String,
+    /// What happened.
+    pub status: TaskStatus,
+    /// The worker it ran on (none when an input failed first).
+    pub worker: Option<String>,
+    /// The pool the scheduler placed it in (none when unrestricted).
+    pub pool: Option<String>,
+    /// Output bytes.
+    pub output_bytes: u64,
+    /// Run time in microseconds.
+    pub duration_us: u64,
+    /// Input bytes moved into it from other workers.
+    pub moved_bytes: u64,
+    /// The part of `moved_bytes` that came from workers in other pools.
+    pub cross_pool_bytes: u64,
+    /// The error, for failed tasks.
+    pub error: Option<String>,
+}
+
+/// Scheduler to client.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ToClient {
+    /// The run was accepted: this many tasks are in it.
+    Accepted {
+        /// The client's run.
+        run: u32,
+        /// Number of tasks.
+        tasks: u32,
+    },
+    /// The run was refused (invalid graph); nothing changed on the scheduler.
+    Rejected {
+        /// The client's run.
+        run: u32,
+        /// Why.
+        error: String,
+    },
+    /// Tasks finished or failed.
+    Events(Vec<TaskEvent>),
+    /// Something the user should know (e.g. a pool has no workers).
+    Warning(String),
+    /// Where results are: key, and the holder (none if not held).
+    Located(Vec<(String, Option<PeerInfo>)>),
+}
+
+/// The first frame on a peer fetch stream.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FetchRequest {
+    /// The secret token.
+    pub token: String,
+    /// Results wanted, in order.
+    pub ids: Vec<TaskIdx>,
+}
+
+/// Header before each result on a peer fetch stream.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum FetchReply {
+    /// `len` raw bytes follow.
+    Data {
+        /// The result.
+        id: TaskIdx,
+        /// Its size.
+        len: u64,
+    },
+    /// Not held here.
+    Missing {
+        /// The result.
+        id: TaskIdx,
+    },
+    /// The request was refused (bad token); the stream ends.
+    Refused {
+        /// Why.
+        reason: String,
+    },
+}

@@ -1,0 +1,654 @@
+//! The scheduler's pure core: a synchronous state machine. The server feeds it [`Event`]s and
+//! sends the [`Command`]s it returns; no sockets, clocks or tasks here, so every rule is unit
+//! tested in microseconds (see `tests.rs`).
+//!
+//! Life of a task: *waiting* (inputs pending) → *ready* (queued by placement) → *assigned* to a
+//! worker → *memory* (held by one or more workers) → *released* when no pending task and no
+//! client needs it; or *failed*, which fails its dependents with a reason naming it.
+
+mod placement;
+mod submit;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+use std::sync::Arc;
+
+use drover_protocol::{
+    ComputeTask, FromClient, FromWorker, PeerInfo, TaskEvent, TaskIdx, TaskStatus, ToClient,
+    ToWorker, WorkerHello, WorkerId,
+};
+
+pub use placement::Restriction;
+
+/// A client's id.
+pub type ClientId = u32;
+/// A pool's id in the scheduler (global across graphs).
+pub type PoolIdx = u32;
+
+/// Something that happened, fed to [`Core::handle`].
+#[derive(Debug)]
+pub enum Event {
+    /// A worker passed the handshake.
+    WorkerJoined {
+        /// Its id.
+        id: WorkerId,
+        /// What it said.
+        hello: WorkerHello,
+    },
+    /// A worker's connection ended.
+    WorkerLeft {
+        /// Its id.
+        id: WorkerId,
+    },
+    /// A client passed the handshake.
+    ClientJoined {
+        /// Its id.
+        id: ClientId,
+    },
+    /// A client's connection ended.
+    ClientLeft {
+        /// Its id.
+        id: ClientId,
+    },
+    /// Messages from a worker.
+    Worker(WorkerId, FromWorker),
+    /// Messages from a client.
+    Client(ClientId, FromClient),
+}
+
+/// Something to send, returned by [`Core::handle`].
+#[derive(Debug, Clone)]
+pub enum Command {
+    /// To a worker.
+    Worker(WorkerId, ToWorker),
+    /// To a client.
+    Client(ClientId, ToClient),
+}
+
+/// Where a task is in its life.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum State {
+    Waiting,
+    Ready,
+    Assigned(WorkerId),
+    Memory,
+    Released,
+    Failed(Arc<str>),
+}
+
+/// What the pass said about a task's pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StaticPlace {
+    /// Pinned by the user: hard.
+    Pinned(PoolIdx),
+    /// Any-pool: never restricted.
+    Any,
+    /// Chosen by the pass (or none): re-decided at run time from real sizes and locations.
+    Pass(Option<PoolIdx>),
+}
+
+#[derive(Debug)]
+pub(crate) struct Task {
+    pub key: Arc<str>,
+    pub function: Arc<str>,
+    pub params: Option<Arc<str>>,
+    pub inputs: Box<[TaskIdx]>,
+    pub consumers: Vec<TaskIdx>,
+    pub place: StaticPlace,
+    pub resources: Arc<[(String, f64)]>,
+    pub priority: i32,
+    pub retries_left: u32,
+    pub state: State,
+    /// Input occurrences not yet in memory.
+    pub pending: u32,
+    /// Consumer occurrences not yet finished, plus client wants.
+    pub waiters: u32,
+    pub holders: Vec<WorkerId>,
+    pub size: u64,
+    /// The run that created it; others are in `Core::extra_runs`.
+    pub run: u32,
+    /// Where it was placed when assigned (for events).
+    pub placed_pool: Option<PoolIdx>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Worker {
+    pub name: Arc<str>,
+    pub pools: Vec<PoolIdx>,
+    pub resources: Vec<(String, f64)>,
+    pub nthreads: u32,
+    pub inflight: u32,
+    pub peer: PeerInfo,
+    /// Results held here.
+    pub has: HashSet<TaskIdx>,
+    /// Tasks assigned here and not finished.
+    pub assigned: HashSet<TaskIdx>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Run {
+    pub client: ClientId,
+    pub client_run: u32,
+}
+
+/// A ready task in a queue: higher priority first, then first come.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct ReadyEntry {
+    pub priority: i32,
+    pub order: std::cmp::Reverse<u64>,
+    pub task: TaskIdx,
+}
+
+/// The scheduler's state. See the module docs.
+#[derive(Debug, Default)]
+pub struct Core {
+    pub(crate) tasks: Vec<Task>,
+    pub(crate) keys: HashMap<Arc<str>, TaskIdx>,
+    pub(crate) workers: BTreeMap<WorkerId, Worker>,
+    pub(crate) pools: Vec<Arc<str>>,
+    pub(crate) pool_index: HashMap<Arc<str>, PoolIdx>,
+    pub(crate) functions: HashMap<Arc<str>, ()>,
+    pub(crate) runs: Vec<Run>,
+    pub(crate) extra_runs: HashMap<TaskIdx, Vec<u32>>,
+    pub(crate) clients: HashMap<ClientId, HashSet<TaskIdx>>,
+    pub(crate) ready: BTreeMap<Restriction, BinaryHeap<ReadyEntry>>,
+    pub(crate) warned: HashSet<(ClientId, PoolIdx)>,
+    pub(crate) seq: u64,
+    /// Running mean of task durations, microseconds.
+    pub(crate) mean_duration_us: f64,
+    /// Assumed transfer bandwidth, bytes per microsecond.
+    pub(crate) bandwidth: f64,
+    pub(crate) out: Vec<Command>,
+}
+
+/// Counts for monitoring and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Stats {
+    /// Tasks known (any state).
+    pub tasks: usize,
+    /// Tasks whose results are held.
+    pub in_memory: usize,
+    /// Tasks queued ready.
+    pub ready: usize,
+    /// Tasks assigned to workers.
+    pub assigned: usize,
+    /// Connected workers.
+    pub workers: usize,
+}
+
+impl Core {
+    /// An empty scheduler.
+    pub fn new() -> Core {
+        Core {
+            mean_duration_us: 1000.0,
+            bandwidth: 100.0,
+            ..Default::default()
+        }
+    }
+
+    /// Handles one event and returns what to send.
+    pub fn handle(&mut self, event: Event) -> Vec<Command> {
+        match event {
+            Event::WorkerJoined { id, hello } => self.worker_joined(id, hello),
+            Event::WorkerLeft { id } => self.worker_left(id),
+            Event::ClientJoined { id } => {
+                self.clients.entry(id).or_default();
+            }
+            Event::ClientLeft { id } => self.client_left(id),
+            Event::Worker(w, msg) => match msg {
+                FromWorker::Finished {
+                    id,
+                    size,
+                    duration_us,
+                    fetched,
+                } => self.finished(w, id, size, duration_us, &fetched),
+                FromWorker::Failed {
+                    id,
+                    error,
+                    duration_us,
+                } => self.failed(w, id, error, duration_us),
+            },
+            Event::Client(c, msg) => match msg {
+                FromClient::Submit {
+                    run,
+                    graph_json,
+                    wants,
+                } => self.submit(c, run, &graph_json, &wants),
+                FromClient::Locate { keys } => self.locate(c, keys),
+                FromClient::Release { keys } => self.release_wants(c, &keys),
+            },
+        }
+        self.schedule();
+        std::mem::take(&mut self.out)
+    }
+
+    /// Counts of tasks and workers.
+    pub fn stats(&self) -> Stats {
+        let mut s = Stats {
+            tasks: self.tasks.len(),
+            workers: self.workers.len(),
+            ..Default::default()
+        };
+        for t in &self.tasks {
+            match t.state {
+                State::Memory => s.in_memory += 1,
+                State::Ready => s.ready += 1,
+                State::Assigned(_) => s.assigned += 1,
+                _ => {}
+            }
+        }
+        s
+    }
+
+    pub(crate) fn intern_pool(&mut self, name: &str) -> PoolIdx {
+        if let Some(&p) = self.pool_index.get(name) {
+            return p;
+        }
+        let p = self.pools.len() as PoolIdx;
+        let name: Arc<str> = Arc::from(name);
+        self.pools.push(name.clone());
+        self.pool_index.insert(name, p);
+        p
+    }
+
+    fn worker_joined(&mut self, id: WorkerId, hello: WorkerHello) {
+        let resources: drover_annotations::Resources = {
+            let mut r = drover_annotations::Resources::new();
+            for (k, v) in &hello.resources {
+                // The server checked names and amounts already; skip anything odd.
+                let _ = r.insert(k, *v);
+            }
+            r
+        };
+        let pools: Vec<PoolIdx> = resources
+            .pools()
+            .map(|p| self.intern_pool(p.name()))
+            .collect();
+        let peer = PeerInfo {
+            id,
+            name: hello.name.clone(),
+            addr: hello.peer_addr,
+            cert: hello.peer_cert.clone(),
+        };
+        let others: Vec<PeerInfo> = self.workers.values().map(|w| w.peer.clone()).collect();
+        for &other in self.workers.keys() {
+            self.out
+                .push(Command::Worker(other, ToWorker::Peers(vec![peer.clone()])));
+        }
+        self.out.push(Command::Worker(id, ToWorker::Peers(others)));
+        self.warned.retain(|(_, p)| !pools.contains(p));
+        self.workers.insert(
+            id,
+            Worker {
+                name: Arc::from(hello.name.as_str()),
+                pools,
+                resources: resources
+                    .consumable()
+                    .map(|(k, v)| (k.to_owned(), v))
+                    .collect(),
+                nthreads: hello.nthreads.max(1),
+                inflight: 0,
+                peer,
+                has: HashSet::new(),
+                assigned: HashSet::new(),
+            },
+        );
+    }
+
+    fn worker_left(&mut self, id: WorkerId) {
+        let Some(w) = self.workers.remove(&id) else {
+            return;
+        };
+        for &other in self.workers.keys() {
+            self.out
+                .push(Command::Worker(other, ToWorker::PeerGone(id)));
+        }
+        // Its running and queued tasks go back to the queues.
+        let mut assigned: Vec<TaskIdx> = w.assigned.into_iter().collect();
+        assigned.sort_unstable();
+        for t in assigned {
+            if self.tasks[t as usize].state == State::Assigned(id) {
+                self.tasks[t as usize].state = State::Waiting;
+                self.make_ready_or_recompute(t);
+            }
+        }
+        // Results only it held are recomputed from lineage if still needed.
+        let mut lost: Vec<TaskIdx> = w.has.into_iter().collect();
+        lost.sort_unstable();
+        for t in lost {
+            let task = &mut self.tasks[t as usize];
+            task.holders.retain(|&h| h != id);
+            if task.holders.is_empty() && task.state == State::Memory {
+                task.state = State::Waiting;
+                if task.waiters > 0 {
+                    self.lost_result(t);
+                } else {
+                    task.state = State::Released;
+                }
+            }
+        }
+    }
+
+    /// A result vanished while still needed: its waiting consumers count it as pending again,
+    /// and it is recomputed.
+    fn lost_result(&mut self, t: TaskIdx) {
+        let consumers = self.tasks[t as usize].consumers.clone();
+        for c in consumers {
+            let ct = &mut self.tasks[c as usize];
+            if matches!(ct.state, State::Waiting | State::Ready) {
+                ct.pending += 1;
+                if ct.state == State::Ready {
+                    // Stays queued; it is skipped until ready again.
+                    ct.state = State::Waiting;
+                }
+            }
+        }
+        self.make_ready_or_recompute(t);
+    }
+
+    /// Makes a waiting task ready when its inputs are held, recomputing released inputs.
+    pub(crate) fn make_ready_or_recompute_pub(&mut self, t: TaskIdx) {
+        self.make_ready_or_recompute(t)
+    }
+
+    fn make_ready_or_recompute(&mut self, t: TaskIdx) {
+        let inputs = self.tasks[t as usize].inputs.clone();
+        let mut pending = 0;
+        for &i in inputs.iter() {
+            match self.tasks[i as usize].state {
+                State::Memory => {}
+                State::Released => {
+                    self.tasks[i as usize].state = State::Waiting;
+                    self.tasks[i as usize].waiters += 1;
+                    pending += 1;
+                    self.make_ready_or_recompute(i);
+                }
+                _ => pending += 1,
+            }
+        }
+        let task = &mut self.tasks[t as usize];
+        task.pending = pending;
+        if pending == 0 {
+            self.push_ready(t);
+        }
+    }
+
+    fn client_left(&mut self, id: ClientId) {
+        if let Some(wants) = self.clients.remove(&id) {
+            let mut wants: Vec<TaskIdx> = wants.into_iter().collect();
+            wants.sort_unstable();
+            for t in wants {
+                self.unwait(t);
+            }
+        }
+        self.warned.retain(|(c, _)| *c != id);
+    }
+
+    fn locate(&mut self, client: ClientId, keys: Vec<String>) {
+        let found = keys
+            .into_iter()
+            .map(|k| {
+                let holder = self.keys.get(k.as_str()).and_then(|&t| {
+                    let task = &self.tasks[t as usize];
+                    (task.state == State::Memory)
+                        .then(|| task.holders.first().and_then(|w| self.workers.get(w)))
+                        .flatten()
+                        .map(|w| w.peer.clone())
+                });
+                (k, holder)
+            })
+            .collect();
+        self.out
+            .push(Command::Client(client, ToClient::Located(found)));
+    }
+
+    fn release_wants(&mut self, client: ClientId, keys: &[String]) {
+        for k in keys {
+            let Some(&t) = self.keys.get(k.as_str()) else {
+                continue;
+            };
+            let removed = self.clients.get_mut(&client).is_some_and(|w| w.remove(&t));
+            if removed {
+                self.unwait(t);
+            }
+        }
+    }
+
+    /// One waiter of `t` is gone; frees its result when none is left.
+    pub(crate) fn unwait(&mut self, t: TaskIdx) {
+        let task = &mut self.tasks[t as usize];
+        task.waiters = task.waiters.saturating_sub(1);
+        self.release_if_unneeded(t);
+    }
+
+    /// Frees `t`'s result on every holder when no pending task or client needs it.
+    fn release_if_unneeded(&mut self, t: TaskIdx) {
+        let task = &mut self.tasks[t as usize];
+        if task.waiters == 0 && task.state == State::Memory {
+            task.state = State::Released;
+            let holders = std::mem::take(&mut task.holders);
+            for w in holders {
+                if let Some(worker) = self.workers.get_mut(&w) {
+                    worker.has.remove(&t);
+                }
+                self.out.push(Command::Worker(w, ToWorker::Free(vec![t])));
+            }
+        }
+    }
+
+    pub(crate) fn push_ready(&mut self, t: TaskIdx) {
+        let restriction = self.restriction(t);
+        let task = &mut self.tasks[t as usize];
+        task.state = State::Ready;
+        self.seq += 1;
+        self.ready.entry(restriction).or_default().push(ReadyEntry {
+            priority: task.priority,
+            order: std::cmp::Reverse(self.seq),
+            task: t,
+        });
+    }
+
+    fn finished(
+        &mut self,
+        w: WorkerId,
+        t: TaskIdx,
+        size: u64,
+        duration_us: u64,
+        fetched: &[(TaskIdx, WorkerId, u64)],
+    ) {
+        let Some(task) = self.tasks.get_mut(t as usize) else {
+            return;
+        };
+        if task.state != State::Assigned(w) {
+            return; // stale: reassigned after its worker was presumed gone
+        }
+        task.state = State::Memory;
+        task.size = size;
+        task.holders.push(w);
+        self.mean_duration_us = 0.9 * self.mean_duration_us + 0.1 * duration_us as f64;
+        let (moved, cross) = self.account_fetches(w, fetched);
+        if let Some(worker) = self.workers.get_mut(&w) {
+            worker.inflight -= 1;
+            worker.assigned.remove(&t);
+            worker.has.insert(t);
+        }
+        self.emit(
+            t,
+            TaskStatus::Finished,
+            Some(w),
+            duration_us,
+            moved,
+            cross,
+            None,
+        );
+        let inputs = self.tasks[t as usize].inputs.clone();
+        for &i in inputs.iter() {
+            self.unwait(i);
+        }
+        let consumers = std::mem::take(&mut self.tasks[t as usize].consumers);
+        for &c in &consumers {
+            let ct = &mut self.tasks[c as usize];
+            if ct.state == State::Waiting {
+                ct.pending -= 1;
+                if ct.pending == 0 {
+                    self.push_ready(c);
+                }
+            }
+        }
+        self.tasks[t as usize].consumers = consumers;
+        self.release_if_unneeded(t);
+    }
+
+    /// Records replicas made by fetches and returns (bytes moved, bytes moved across pools).
+    fn account_fetches(&mut self, w: WorkerId, fetched: &[(TaskIdx, WorkerId, u64)]) -> (u64, u64) {
+        let (mut moved, mut cross) = (0, 0);
+        let my_pools = self
+            .workers
+            .get(&w)
+            .map(|x| x.pools.clone())
+            .unwrap_or_default();
+        for &(input, from, bytes) in fetched {
+            moved += bytes;
+            let from_pools = self.workers.get(&from).map(|x| &x.pools);
+            if from_pools.is_some_and(|p| *p != my_pools) {
+                cross += bytes;
+            }
+            if let Some(task) = self.tasks.get_mut(input as usize) {
+                if task.state == State::Memory && !task.holders.contains(&w) {
+                    task.holders.push(w);
+                    if let Some(worker) = self.workers.get_mut(&w) {
+                        worker.has.insert(input);
+                    }
+                }
+            }
+        }
+        (moved, cross)
+    }
+
+    fn failed(&mut self, w: WorkerId, t: TaskIdx, error: String, duration_us: u64) {
+        let Some(task) = self.tasks.get_mut(t as usize) else {
+            return;
+        };
+        if task.state != State::Assigned(w) {
+            return;
+        }
+        if let Some(worker) = self.workers.get_mut(&w) {
+            worker.inflight -= 1;
+            worker.assigned.remove(&t);
+        }
+        let task = &mut self.tasks[t as usize];
+        if task.retries_left > 0 {
+            task.retries_left -= 1;
+            task.state = State::Waiting;
+            self.make_ready_or_recompute(t);
+            return;
+        }
+        let error: Arc<str> = Arc::from(error.as_str());
+        self.fail(t, error, Some(w), duration_us);
+    }
+
+    /// Fails `t` and, transitively, everything waiting on it.
+    fn fail(&mut self, t: TaskIdx, error: Arc<str>, worker: Option<WorkerId>, duration_us: u64) {
+        let mut stack = vec![(t, error, worker, duration_us)];
+        while let Some((t, error, worker, duration_us)) = stack.pop() {
+            self.tasks[t as usize].state = State::Failed(error.clone());
+            self.emit(
+                t,
+                TaskStatus::Failed,
+                worker,
+                duration_us,
+                0,
+                0,
+                Some(error.to_string()),
+            );
+            let inputs = self.tasks[t as usize].inputs.clone();
+            for &i in inputs.iter() {
+                self.unwait(i);
+            }
+            let key = self.tasks[t as usize].key.clone();
+            for &c in self.tasks[t as usize].consumers.clone().iter() {
+                if matches!(self.tasks[c as usize].state, State::Waiting | State::Ready) {
+                    let reason: Arc<str> = Arc::from(format!("input {key:?} failed: {error}"));
+                    // Mark now so a consumer listed twice is failed once.
+                    self.tasks[c as usize].state = State::Failed(reason.clone());
+                    stack.push((c, reason, None, 0));
+                }
+            }
+        }
+    }
+
+    /// Sends a task event to every run that includes the task.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn emit(
+        &mut self,
+        t: TaskIdx,
+        status: TaskStatus,
+        worker: Option<WorkerId>,
+        duration_us: u64,
+        moved_bytes: u64,
+        cross_pool_bytes: u64,
+        error: Option<String>,
+    ) {
+        let task = &self.tasks[t as usize];
+        let worker_name = worker
+            .and_then(|w| self.workers.get(&w))
+            .map(|w| w.name.to_string());
+        let pool = task.placed_pool.map(|p| self.pools[p as usize].to_string());
+        let mut runs = vec![task.run];
+        if let Some(extra) = self.extra_runs.get(&t) {
+            runs.extend_from_slice(extra);
+        }
+        for r in runs {
+            let run = &self.runs[r as usize];
+            if !self.clients.contains_key(&run.client) {
+                continue;
+            }
+            let event = TaskEvent {
+                run: run.client_run,
+                key: task.key.to_string(),
+                status,
+                worker: worker_name.clone(),
+                pool: pool.clone(),
+                output_bytes: if status == TaskStatus::Finished {
+                    task.size
+                } else {
+                    0
+                },
+                duration_us,
+                moved_bytes,
+                cross_pool_bytes,
+                error: error.clone(),
+            };
+            self.out
+                .push(Command::Client(run.client, ToClient::Events(vec![event])));
+        }
+    }
+
+    /// Builds the message that assigns `t` to `w`.
+    pub(crate) fn compute_message(&self, t: TaskIdx, w: WorkerId) -> ToWorker {
+        let task = &self.tasks[t as usize];
+        let inputs = task
+            .inputs
+            .iter()
+            .map(|&i| {
+                let holders = &self.tasks[i as usize].holders;
+                let holder = if holders.contains(&w) {
+                    w
+                } else {
+                    holders.first().copied().unwrap_or(w)
+                };
+                (i, holder)
+            })
+            .collect();
+        ToWorker::Compute(ComputeTask {
+            id: t,
+            key: task.key.to_string(),
+            function: task.function.to_string(),
+            params: task.params.as_deref().map(str::to_owned),
+            inputs,
+            resources: task.resources.to_vec(),
+            priority: task.priority,
+        })
+    }
+}

@@ -1,0 +1,195 @@
+//! Placement: which pool a ready task is restricted to, and which worker runs it.
+//!
+//! * Pinned tasks are restricted to their pool; any-pool tasks to nothing.
+//! * A task whose pool came from the pass is re-decided when it becomes ready, by the pass's
+//!   forward rule over *actual* result sizes and *actual* locations: every input votes for the
+//!   pools of the worker holding it; the pool with strictly the most bytes wins; a tie leaves it
+//!   unrestricted; with no votes it keeps the pass's pool.
+//! * Among eligible workers with room, the earliest estimated start wins: queued work over
+//!   threads times the mean task duration, plus bytes to fetch over the bandwidth. Ties go to
+//!   the lowest worker id, so the same state always gives the same choice.
+//! * A worker takes tasks up to its threads plus a prefetch window sized to hold about 10 ms of
+//!   work per thread at the observed mean duration: deep for tiny tasks (throughput), shallow
+//!   for long ones (balance).
+
+use std::collections::HashSet;
+
+use drover_protocol::{ToClient, WorkerId};
+
+use super::{ClientId, Command, Core, PoolIdx, State, StaticPlace, Worker};
+use drover_protocol::TaskIdx;
+
+/// Which workers may run a ready task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Restriction {
+    /// Any worker.
+    Anywhere,
+    /// Only workers of this pool.
+    Pool(PoolIdx),
+}
+
+/// Target queued work per thread, in microseconds.
+const PREFETCH_US: f64 = 10_000.0;
+/// Most tasks queued on a worker beyond its threads.
+const MAX_PREFETCH: u32 = 1024;
+
+impl Core {
+    /// Decides the restriction of a task that is becoming ready.
+    pub(crate) fn restriction(&self, t: TaskIdx) -> Restriction {
+        let task = &self.tasks[t as usize];
+        let fallback = match task.place {
+            StaticPlace::Pinned(p) => return Restriction::Pool(p),
+            StaticPlace::Any => return Restriction::Anywhere,
+            StaticPlace::Pass(p) => p,
+        };
+        let mut votes: Vec<(PoolIdx, u64)> = Vec::new();
+        let mut seen: Vec<TaskIdx> = Vec::with_capacity(task.inputs.len());
+        for &i in task.inputs.iter() {
+            if seen.contains(&i) {
+                continue;
+            }
+            seen.push(i);
+            let input = &self.tasks[i as usize];
+            let Some(holder) = input.holders.first().and_then(|h| self.workers.get(h)) else {
+                continue;
+            };
+            for &p in &holder.pools {
+                match votes.iter_mut().find(|(q, _)| *q == p) {
+                    Some((_, b)) => *b += input.size,
+                    None => votes.push((p, input.size)),
+                }
+            }
+        }
+        let Some(best) = votes.iter().map(|(_, b)| *b).max() else {
+            return fallback.map_or(Restriction::Anywhere, Restriction::Pool);
+        };
+        let mut winners = votes.iter().filter(|(_, b)| *b == best);
+        let first = winners.next().map(|(p, _)| *p);
+        match (first, winners.next()) {
+            (Some(p), None) => Restriction::Pool(p),
+            _ => Restriction::Anywhere,
+        }
+    }
+
+    fn capacity(&self, w: &Worker) -> u32 {
+        let per_thread = (PREFETCH_US / self.mean_duration_us.max(1.0)).ceil() as u32;
+        w.nthreads + (per_thread.saturating_mul(w.nthreads)).clamp(1, MAX_PREFETCH)
+    }
+
+    fn eligible(&self, w: &Worker, restriction: Restriction, t: TaskIdx) -> bool {
+        if let Restriction::Pool(p) = restriction {
+            if !w.pools.contains(&p) {
+                return false;
+            }
+        }
+        self.tasks[t as usize].resources.iter().all(|(name, need)| {
+            w.resources
+                .iter()
+                .any(|(have, amount)| have == name && amount >= need)
+        })
+    }
+
+    /// The best worker with room for `t`, if any; and whether any worker at all is eligible.
+    fn best_worker(&self, t: TaskIdx, restriction: Restriction) -> (Option<WorkerId>, bool) {
+        let task = &self.tasks[t as usize];
+        let mut best: Option<(f64, WorkerId)> = None;
+        let mut any_eligible = false;
+        for (&id, w) in &self.workers {
+            if !self.eligible(w, restriction, t) {
+                continue;
+            }
+            any_eligible = true;
+            if w.inflight >= self.capacity(w) {
+                continue;
+            }
+            let missing: u64 = task
+                .inputs
+                .iter()
+                .filter(|i| !w.has.contains(i))
+                .map(|&i| self.tasks[i as usize].size)
+                .sum();
+            let start = f64::from(w.inflight) / f64::from(w.nthreads) * self.mean_duration_us
+                + missing as f64 / self.bandwidth;
+            if best.is_none_or(|(s, _)| start < s) {
+                best = Some((start, id));
+            }
+        }
+        (best.map(|(_, id)| id), any_eligible)
+    }
+
+    /// Assigns queued ready tasks to workers with room, best first in each queue.
+    pub(crate) fn schedule(&mut self) {
+        let restrictions: Vec<_> = self.ready.keys().copied().collect();
+        let mut batches: std::collections::BTreeMap<WorkerId, Vec<drover_protocol::ToWorker>> =
+            Default::default();
+        for r in restrictions {
+            loop {
+                let Some(top) = self.ready.get(&r).and_then(|q| q.peek()) else {
+                    break;
+                };
+                let t = top.task;
+                if self.tasks[t as usize].state != State::Ready {
+                    self.ready.get_mut(&r).map(|q| q.pop());
+                    continue;
+                }
+                let (chosen, any_eligible) = self.best_worker(t, r);
+                let Some(w) = chosen else {
+                    if !any_eligible {
+                        if let Restriction::Pool(p) = r {
+                            self.warn_no_workers(p);
+                        }
+                    }
+                    break;
+                };
+                self.ready.get_mut(&r).map(|q| q.pop());
+                let task = &mut self.tasks[t as usize];
+                task.state = State::Assigned(w);
+                task.placed_pool = match r {
+                    Restriction::Pool(p) => Some(p),
+                    Restriction::Anywhere => None,
+                };
+                let worker = self.workers.get_mut(&w).expect("chosen worker exists");
+                worker.inflight += 1;
+                worker.assigned.insert(t);
+                let msg = self.compute_message(t, w);
+                batches.entry(w).or_default().push(msg);
+            }
+        }
+        self.ready.retain(|_, q| !q.is_empty());
+        for (w, msgs) in batches {
+            for m in msgs {
+                self.out.push(Command::Worker(w, m));
+            }
+        }
+    }
+
+    /// Tells each client with tasks waiting on pool `p` that it has no workers, once.
+    fn warn_no_workers(&mut self, p: PoolIdx) {
+        let waiting: Vec<TaskIdx> = self
+            .ready
+            .get(&Restriction::Pool(p))
+            .map(|q| q.iter().map(|e| e.task).collect())
+            .unwrap_or_default();
+        let mut clients: HashSet<ClientId> = HashSet::new();
+        for t in &waiting {
+            let task = &self.tasks[*t as usize];
+            clients.insert(self.runs[task.run as usize].client);
+            if let Some(extra) = self.extra_runs.get(t) {
+                clients.extend(extra.iter().map(|r| self.runs[*r as usize].client));
+            }
+        }
+        let mut clients: Vec<_> = clients.into_iter().collect();
+        clients.sort_unstable();
+        for c in clients {
+            if self.warned.insert((c, p)) {
+                let msg = format!(
+                    "pool {:?} has no workers: {} task(s) wait until a worker with resource pool-{}=1 joins",
+                    &*self.pools[p as usize],
+                    waiting.len(),
+                    &*self.pools[p as usize]
+                );
+                self.out.push(Command::Client(c, ToClient::Warning(msg)));
+            }
+        }
+    }
+}

@@ -1,0 +1,302 @@
+//! Unit tests of the core: events in, commands out, no sockets.
+
+use super::*;
+
+fn hello(name: &str, resources: &str, nthreads: u32) -> WorkerHello {
+    let r: drover_annotations::Resources = resources.parse().unwrap();
+    WorkerHello {
+        name: name.to_owned(),
+        resources: r.iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+        nthreads,
+        peer_addr: "127.0.0.1:1".parse().unwrap(),
+        peer_cert: vec![],
+        functions: vec![],
+    }
+}
+
+fn computes(cmds: &[Command]) -> Vec<(WorkerId, String)> {
+    cmds.iter()
+        .filter_map(|c| match c {
+            Command::Worker(w, ToWorker::Compute(t)) => Some((*w, t.key.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn events(cmds: &[Command]) -> Vec<TaskEvent> {
+    cmds.iter()
+        .filter_map(|c| match c {
+            Command::Client(_, ToClient::Events(e)) => Some(e.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+struct Sim {
+    core: Core,
+}
+
+impl Sim {
+    fn new(workers: &[(&str, &str, u32)]) -> Sim {
+        let mut core = Core::new();
+        for (i, (name, res, n)) in workers.iter().enumerate() {
+            core.handle(Event::WorkerJoined {
+                id: i as u32,
+                hello: hello(name, res, *n),
+            });
+        }
+        core.handle(Event::ClientJoined { id: 0 });
+        Sim { core }
+    }
+
+    fn submit(&mut self, json: &str, wants: &[&str]) -> Vec<Command> {
+        self.core.handle(Event::Client(
+            0,
+            FromClient::Submit {
+                run: 1,
+                graph_json: json.to_owned(),
+                wants: wants.iter().map(|s| s.to_string()).collect(),
+            },
+        ))
+    }
+
+    fn id(&self, key: &str) -> TaskIdx {
+        self.core.keys[key]
+    }
+
+    fn finish(
+        &mut self,
+        w: WorkerId,
+        key: &str,
+        size: u64,
+        fetched: Vec<(TaskIdx, WorkerId, u64)>,
+    ) -> Vec<Command> {
+        let id = self.id(key);
+        self.core.handle(Event::Worker(
+            w,
+            FromWorker::Finished {
+                id,
+                size,
+                duration_us: 10,
+                fetched,
+            },
+        ))
+    }
+
+    fn fail(&mut self, w: WorkerId, key: &str, error: &str) -> Vec<Command> {
+        let id = self.id(key);
+        self.core.handle(Event::Worker(
+            w,
+            FromWorker::Failed {
+                id,
+                error: error.to_owned(),
+                duration_us: 5,
+            },
+        ))
+    }
+}
+
+const POOLS: &str = r#"{"tasks": [
+  {"key": "a", "function": "bytes", "pool": "A", "size_hint": 800},
+  {"key": "b", "function": "bytes", "pool": "B", "size_hint": 80},
+  {"key": "mean", "function": "len", "inputs": ["a"], "size_hint": 8},
+  {"key": "run_in_b", "function": "concat", "inputs": ["b", "mean"]}
+]}"#;
+
+#[test]
+fn pinned_tasks_go_to_their_pools_and_results_flow() {
+    let mut s = Sim::new(&[
+        ("wa", "pool-A=1", 1),
+        ("wb", "pool-B=1", 1),
+        ("plain", "", 1),
+    ]);
+    let cmds = s.submit(POOLS, &["run_in_b"]);
+    assert!(cmds.iter().any(|c| matches!(
+        c,
+        Command::Client(0, ToClient::Accepted { run: 1, tasks: 4 })
+    )));
+    let mut c = computes(&cmds);
+    c.sort();
+    assert_eq!(c, [(0, "a".to_owned()), (1, "b".to_owned())]);
+    assert!(computes(&s.finish(0, "a", 800, vec![])) == [(0, "mean".to_owned())]);
+    s.finish(1, "b", 80, vec![]);
+    // mean: 8 bytes in A, b: 80 bytes in B -> B.
+    let cmds = s.finish(0, "mean", 8, vec![]);
+    assert_eq!(computes(&cmds), [(1, "run_in_b".to_owned())]);
+    // a is no longer needed once mean ran: freed.
+    let cmds = s.finish(1, "run_in_b", 88, vec![(s.id("mean"), 0, 8)]);
+    let ev = events(&cmds);
+    assert_eq!(ev[0].key, "run_in_b");
+    assert_eq!((ev[0].moved_bytes, ev[0].cross_pool_bytes), (8, 8));
+    assert_eq!(ev[0].pool.as_deref(), Some("B"));
+    // b and mean are freed now; run_in_b is wanted by the client and kept.
+    let frees: Vec<_> = cmds
+        .iter()
+        .filter(|c| matches!(c, Command::Worker(_, ToWorker::Free(_))))
+        .collect();
+    assert_eq!(frees.len(), 3, "{cmds:?}"); // b on wb, mean on wa and its replica on wb
+    assert_eq!(s.core.tasks[s.id("run_in_b") as usize].state, State::Memory);
+    assert_eq!(s.core.tasks[s.id("a") as usize].state, State::Released);
+}
+
+#[test]
+fn run_time_placement_uses_actual_sizes() {
+    // The pass says B (hints), but the real sizes say A.
+    let json = r#"{"tasks": [
+      {"key": "a", "function": "bytes", "pool": "A", "size_hint": 10},
+      {"key": "b", "function": "bytes", "pool": "B", "size_hint": 1000},
+      {"key": "c", "function": "concat", "inputs": ["a", "b"]}
+    ]}"#;
+    let mut s = Sim::new(&[("wa", "pool-A=1", 1), ("wb", "pool-B=1", 1)]);
+    s.submit(json, &[]);
+    s.finish(0, "a", 5000, vec![]);
+    let cmds = s.finish(1, "b", 20, vec![]);
+    assert_eq!(computes(&cmds), [(0, "c".to_owned())]);
+}
+
+#[test]
+fn a_pool_without_workers_warns_then_runs_when_one_joins() {
+    let mut s = Sim::new(&[("plain", "", 2)]);
+    let cmds = s.submit(
+        r#"{"tasks": [{"key": "x", "function": "noop", "pool": "Z"}]}"#,
+        &[],
+    );
+    let warnings: Vec<_> = cmds
+        .iter()
+        .filter_map(|c| match c {
+            Command::Client(0, ToClient::Warning(w)) => Some(w.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(warnings.len(), 1);
+    assert!(
+        warnings[0].contains("pool \"Z\" has no workers"),
+        "{}",
+        warnings[0]
+    );
+    assert!(computes(&cmds).is_empty());
+    let cmds = s.core.handle(Event::WorkerJoined {
+        id: 9,
+        hello: hello("wz", "pool-Z=1", 1),
+    });
+    assert_eq!(computes(&cmds), [(9, "x".to_owned())]);
+}
+
+#[test]
+fn failures_name_the_upstream_key_and_spare_unrelated_tasks() {
+    let json = r#"{"tasks": [
+      {"key": "bad", "function": "command"},
+      {"key": "child", "function": "concat", "inputs": ["bad"]},
+      {"key": "grandchild", "function": "concat", "inputs": ["child", "child"]},
+      {"key": "ok", "function": "noop"}
+    ]}"#;
+    let mut s = Sim::new(&[("w", "", 4)]);
+    s.submit(json, &[]);
+    let cmds = s.fail(0, "bad", "exit code 3: boom");
+    let ev = events(&cmds);
+    assert_eq!(ev.len(), 3, "{ev:?}");
+    assert_eq!(ev[0].error.as_deref(), Some("exit code 3: boom"));
+    let child = ev.iter().find(|e| e.key == "child").unwrap();
+    assert!(
+        child
+            .error
+            .as_ref()
+            .unwrap()
+            .starts_with("input \"bad\" failed"),
+        "{child:?}"
+    );
+    let gc = ev.iter().find(|e| e.key == "grandchild").unwrap();
+    assert!(gc
+        .error
+        .as_ref()
+        .unwrap()
+        .starts_with("input \"child\" failed"));
+    let ev = events(&s.finish(0, "ok", 0, vec![]));
+    assert_eq!(ev[0].status, TaskStatus::Finished);
+}
+
+#[test]
+fn retries_rerun_a_failed_task() {
+    let mut s = Sim::new(&[("w", "", 1)]);
+    s.submit(
+        r#"{"tasks": [{"key": "flaky", "function": "f", "retries": 1}]}"#,
+        &[],
+    );
+    let cmds = s.fail(0, "flaky", "first try");
+    assert_eq!(computes(&cmds), [(0, "flaky".to_owned())]);
+    assert!(events(&cmds).is_empty());
+    let cmds = s.fail(0, "flaky", "second try");
+    assert_eq!(events(&cmds)[0].error.as_deref(), Some("second try"));
+}
+
+#[test]
+fn invalid_graphs_are_rejected_without_changing_state() {
+    let mut s = Sim::new(&[("w", "", 1)]);
+    let cmds = s.submit(
+        r#"{"tasks": [{"key": "a", "function": "f", "inputs": ["a"]}]}"#,
+        &[],
+    );
+    let Command::Client(0, ToClient::Rejected { error, .. }) = &cmds[0] else {
+        panic!("{cmds:?}")
+    };
+    assert!(error.contains("cycle: a -> a"), "{error}");
+    assert_eq!(s.core.stats().tasks, 0);
+}
+
+#[test]
+fn resources_restrict_eligibility() {
+    let mut s = Sim::new(&[("cpu", "", 4), ("gpu", "gpu=1", 1)]);
+    let cmds = s.submit(
+        r#"{"tasks": [{"key": "t", "function": "f", "resources": {"gpu": 1}}]}"#,
+        &[],
+    );
+    assert_eq!(computes(&cmds), [(1, "t".to_owned())]);
+}
+
+#[test]
+fn earliest_start_spreads_work_and_prefers_local_data() {
+    let mut s = Sim::new(&[("w0", "", 1), ("w1", "", 1)]);
+    let json = r#"{"tasks": [
+      {"key": "big", "function": "bytes"},
+      {"key": "use1", "function": "len", "inputs": ["big"]},
+      {"key": "use2", "function": "len", "inputs": ["big"]}
+    ]}"#;
+    s.submit(json, &[]);
+    s.finish(0, "big", 1 << 30, vec![]);
+    let c = computes(&s.core.out.clone());
+    assert!(c.is_empty());
+    // Both consumers went to w0, where the gigabyte is.
+    let st = s.core.stats();
+    assert_eq!(st.assigned, 2);
+    assert!(s.core.workers[&0].assigned.len() == 2);
+}
+
+#[test]
+fn a_lost_worker_s_tasks_and_results_are_recomputed() {
+    let mut s = Sim::new(&[("w0", "", 1), ("w1", "", 1)]);
+    let json = r#"{"tasks": [
+      {"key": "x", "function": "bytes"},
+      {"key": "y", "function": "len", "inputs": ["x"]}
+    ]}"#;
+    s.submit(json, &["y"]);
+    let holder = s
+        .core
+        .workers
+        .iter()
+        .find(|(_, w)| !w.assigned.is_empty())
+        .map(|(id, _)| *id)
+        .unwrap();
+    s.finish(holder, "x", 10, vec![]);
+    let running_y = match s.core.tasks[s.id("y") as usize].state {
+        State::Assigned(w) => w,
+        ref other => panic!("{other:?}"),
+    };
+    let cmds = s.core.handle(Event::WorkerLeft { id: holder });
+    let other = 1 - holder;
+    // x was only on the lost worker: recomputed on the survivor (y, if it was there, waits).
+    assert!(
+        computes(&cmds).contains(&(other, "x".to_owned())),
+        "{cmds:?} y was on {running_y}"
+    );
+}

@@ -1,0 +1,5 @@
+//! Drover's scheduler: [`core`], a pure state machine holding every scheduling rule, and
+//! [`server`], the QUIC shell that turns connections into events and commands into messages.
+
+pub mod core;
+pub mod server;
