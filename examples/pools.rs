@@ -32,7 +32,7 @@ struct SubScalar;
 impl TaskFn for SubScalar {
     const NAME: &'static str = "sub_scalar";
     type Params = f64;
-    type Inputs = Vec<f64>;
+    type Inputs = (Vec<f64>,);
     type Output = Vec<f64>;
 }
 
@@ -41,7 +41,7 @@ struct Sum;
 impl TaskFn for Sum {
     const NAME: &'static str = "sum";
     type Params = ();
-    type Inputs = Vec<f64>;
+    type Inputs = (Vec<f64>,);
     type Output = f64;
 }
 
@@ -50,7 +50,7 @@ struct Mean;
 impl TaskFn for Mean {
     const NAME: &'static str = "mean";
     type Params = ();
-    type Inputs = Vec<f64>;
+    type Inputs = (Vec<f64>,);
     type Output = f64;
 }
 

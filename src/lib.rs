@@ -8,10 +8,17 @@
 //! * the JSON graph format ([`GraphFile`], [`Graph::from_json_str`]);
 //! * validation ([`Graph::validate`]) and the propagate-pools pass ([`propagate_pools`]);
 //! * export to DOT, JSON and SVG ([`export`]);
-//! * annotations ([`Pool`], [`Resources`], [`Annotations`]).
+//! * annotations ([`Pool`], [`Resources`], [`Annotations`]);
+//! * running graphs: [`Client`] (connect by access file, submit, stream events, fetch outputs,
+//!   [`Report`]), [`LocalCluster`] (scheduler and workers in this process, over loopback QUIC),
+//!   [`Registry`] and [`run_worker`] to make a program a worker.
 //!
 //! See README.md for the JSON format and the `drover` command.
 
+pub mod client;
+pub mod local;
+
+pub use client::{Client, ClientError, Report, Run, RunEvent, TaskReport};
 pub use drover_annotations::{AnnotationError, Annotations, Placement, Pool, Resources};
 pub use drover_graph::export;
 pub use drover_graph::{
@@ -19,6 +26,9 @@ pub use drover_graph::{
     Place, PoolId, Propagation, Reason, TaskFn, TaskId, TaskSpec, Topology, TransferEstimate,
     Untyped, DEFAULT_SIZE_HINT,
 };
+pub use drover_protocol::{AccessFile, TaskEvent, TaskStatus};
+pub use drover_worker::{run_worker, Raw, Registry, TaskContext, WorkerConfig};
+pub use local::{ClusterSpec, LocalCluster};
 
 /// A graph that has been validated and propagated: everything a picture or a scheduler needs.
 #[derive(Debug, Clone)]

@@ -364,7 +364,7 @@ pub(crate) fn pool_resource(r: &Resources) -> Option<String> {
 }
 
 impl<T> HandleList for Handle<T> {
-    type Types = T;
+    type Types = (T,);
     fn for_each_id(&self, f: &mut dyn FnMut(TaskId, u64)) {
         f(self.id, self.graph)
     }

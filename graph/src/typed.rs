@@ -8,7 +8,7 @@
 //! impl TaskFn for Mean {
 //!     const NAME: &'static str = "mean";
 //!     type Params = ();
-//!     type Inputs = Vec<f64>;
+//!     type Inputs = (Vec<f64>,);
 //!     type Output = f64;
 //! }
 //! struct Subtract;
@@ -36,14 +36,15 @@ pub trait TaskFn {
     const NAME: &'static str;
     /// Its parameters, serialised to JSON in the graph.
     type Params: Serialize;
-    /// The output types of its inputs: one type for a single input, a tuple for several, a
-    /// `Vec<T>` for any number of inputs of type `T`, `()` for none.
+    /// The output types of its inputs: a tuple (`(T,)` for a single input), a `Vec<T>` for any
+    /// number of inputs of type `T`, `()` for none. A single [`Handle`] passes as `(T,)`.
     type Inputs;
     /// Its output type.
     type Output;
 }
 
-/// Handles whose output types form `Types`: a [`Handle`], a tuple of handles, or a `Vec`.
+/// Handles whose output types form `Types`: a [`Handle`] (as a 1-tuple), a tuple of handles,
+/// or a `Vec`.
 pub trait HandleList {
     /// The output types, matched against [`TaskFn::Inputs`].
     type Types;

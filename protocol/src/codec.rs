@@ -83,6 +83,29 @@ pub async fn read_frame<M: DeserializeOwned>(
     decode(&body).map(Some)
 }
 
+/// Most messages in one frame written by [`batch_writer`].
+pub const MAX_BATCH: usize = 65_536;
+
+/// Sends every batch from `rx` on `send`, merging whatever is queued into one frame (at most
+/// [`MAX_BATCH`] messages), until `rx` closes or the stream fails.
+pub async fn batch_writer<M: Serialize>(
+    mut send: quinn::SendStream,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Vec<M>>,
+) {
+    while let Some(mut batch) = rx.recv().await {
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(more) => batch.extend(more),
+                Err(_) => break,
+            }
+        }
+        if write_frame(&mut send, &batch).await.is_err() {
+            return;
+        }
+    }
+    let _ = send.finish();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

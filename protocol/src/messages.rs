@@ -215,8 +215,8 @@ pub enum ToClient {
     Events(Vec<TaskEvent>),
     /// Something the user should know (e.g. a pool has no workers).
     Warning(String),
-    /// Where results are: key, and the holder (none if not held).
-    Located(Vec<(String, Option<PeerInfo>)>),
+    /// Where results are: key, and its id with the holder (none if not held).
+    Located(Vec<(String, Option<(TaskIdx, PeerInfo)>)>),
 }
 
 /// The first frame on a peer fetch stream.

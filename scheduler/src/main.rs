@@ -1,1 +1,70 @@
-fn main() {}
+//! The `scheduler` binary.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use drover_scheduler::server::{Scheduler, SchedulerConfig};
+
+/// The Drover scheduler: accepts workers and clients over QUIC and runs their task graphs.
+///
+/// On first start it makes a self-signed certificate and a secret token in --state-dir and
+/// writes DIR/access.json (mode 0600): hand that file to workers and clients.
+#[derive(Debug, Parser)]
+#[command(name = "scheduler", version)]
+struct Args {
+    /// Address to listen on (UDP), HOST:PORT; port 0 picks a free port.
+    #[arg(long, default_value = "0.0.0.0:7878")]
+    listen: SocketAddr,
+    /// Directory for the certificate, key, token and access.json.
+    #[arg(long)]
+    state_dir: PathBuf,
+    /// Host name or address written into access.json for others to connect to (default: the
+    /// listen address, or this machine's host name when listening on all interfaces).
+    #[arg(long)]
+    advertise: Option<String>,
+    /// Seconds of silence after which a connection counts as dead.
+    #[arg(long, default_value_t = 10)]
+    idle_timeout_secs: u64,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let scheduler = Scheduler::start(SchedulerConfig {
+            listen: args.listen,
+            state_dir: args.state_dir,
+            advertise: args.advertise,
+            idle_timeout: Duration::from_secs(args.idle_timeout_secs.max(1)),
+        })
+        .await?;
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        scheduler.shutdown().await;
+        Ok(())
+    })
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,1 +1,399 @@
-//! server
+//! The scheduler's QUIC shell. One task owns the [`Core`]; every connection has a reader task
+//! that turns frames into [`Event`]s and a writer task that sends the commands for it, batching
+//! everything queued into one frame.
+//!
+//! State dir: `scheduler.crt` and `scheduler.key` (the self-signed identity), `token` (the
+//! secret) and `access.json` (address, certificate, token; mode 0600). Made on first start,
+//! reused after.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use drover_protocol::access::{readable_by_others, write_private};
+use drover_protocol::codec::{
+    batch_writer, read_frame, write_frame, CodecError, MAX_BATCH, MAX_CONTROL_FRAME,
+};
+use drover_protocol::endpoint::{read_hello, server_endpoint};
+use drover_protocol::tls::Identity;
+use drover_protocol::{
+    tokens_equal, AccessFile, FromClient, FromWorker, Hello, Role, ToClient, ToWorker, Welcome,
+    WorkerHello, PROTOCOL_VERSION,
+};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::core::{ClientId, Command, Core, Event};
+
+/// How the scheduler is started.
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    /// Address to listen on; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Where the identity, token and `access.json` live.
+    pub state_dir: PathBuf,
+    /// Host written into `access.json` (default: the listen host, or this machine's host name
+    /// when listening on all interfaces).
+    pub advertise: Option<String>,
+    /// A connection silent this long is dead.
+    pub idle_timeout: Duration,
+}
+
+/// Errors starting the scheduler.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The state dir could not be used.
+    #[error("state dir {dir}: {error}")]
+    StateDir {
+        /// The directory.
+        dir: String,
+        /// What failed.
+        error: String,
+    },
+    /// Binding or TLS setup failed.
+    #[error(transparent)]
+    Endpoint(#[from] drover_protocol::endpoint::EndpointError),
+}
+
+/// A running scheduler.
+pub struct Scheduler {
+    endpoint: quinn::Endpoint,
+    addr: SocketAddr,
+    access_path: PathBuf,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Loads or makes the identity and token kept in the state dir.
+fn load_state(dir: &Path) -> Result<(Identity, String), StartError> {
+    let err = |e: &dyn std::fmt::Display| StartError::StateDir {
+        dir: dir.display().to_string(),
+        error: e.to_string(),
+    };
+    std::fs::create_dir_all(dir).map_err(|e| err(&e))?;
+    let (crt, key, tok) = (
+        dir.join("scheduler.crt"),
+        dir.join("scheduler.key"),
+        dir.join("token"),
+    );
+    if crt.exists() && key.exists() && tok.exists() {
+        let identity = Identity {
+            cert: std::fs::read(&crt).map_err(|e| err(&e))?,
+            key: std::fs::read(&key).map_err(|e| err(&e))?,
+        };
+        let token = std::fs::read_to_string(&tok)
+            .map_err(|e| err(&e))?
+            .trim()
+            .to_owned();
+        if token.is_empty() {
+            return Err(err(&"token file is empty"));
+        }
+        return Ok((identity, token));
+    }
+    let identity = Identity::generate().map_err(|e| err(&e))?;
+    let token = drover_protocol::new_token();
+    std::fs::write(&crt, &identity.cert).map_err(|e| err(&e))?;
+    write_private(&key, &identity.key).map_err(|e| err(&e))?;
+    write_private(&tok, token.as_bytes()).map_err(|e| err(&e))?;
+    Ok((identity, token))
+}
+
+fn advertised_host(config: &SchedulerConfig) -> String {
+    if let Some(h) = &config.advertise {
+        return h.clone();
+    }
+    if !config.listen.ip().is_unspecified() {
+        return config.listen.ip().to_string();
+    }
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "127.0.0.1".to_owned())
+}
+
+/// Messages into the core loop.
+enum Input {
+    WorkerJoined {
+        id: u32,
+        hello: WorkerHello,
+        tx: mpsc::UnboundedSender<Vec<ToWorker>>,
+    },
+    ClientJoined {
+        id: ClientId,
+        tx: mpsc::UnboundedSender<Vec<ToClient>>,
+    },
+    Events(Vec<Event>),
+}
+
+impl Scheduler {
+    /// Starts listening, writes `access.json`, and runs until [`Scheduler::shutdown`].
+    pub async fn start(config: SchedulerConfig) -> Result<Scheduler, StartError> {
+        let (identity, token) = load_state(&config.state_dir)?;
+        let endpoint = server_endpoint(&identity, config.listen, config.idle_timeout)?;
+        let addr = endpoint.local_addr().map_err(|e| StartError::StateDir {
+            dir: config.state_dir.display().to_string(),
+            error: e.to_string(),
+        })?;
+        let host = advertised_host(&config);
+        let address = if host.contains(':') {
+            format!("[{host}]:{}", addr.port())
+        } else {
+            format!("{host}:{}", addr.port())
+        };
+        let access = AccessFile {
+            address,
+            ..AccessFile::new(addr, &identity.cert, &token)
+        };
+        let access_path = config.state_dir.join("access.json");
+        access
+            .save(&access_path)
+            .map_err(|e| StartError::StateDir {
+                dir: config.state_dir.display().to_string(),
+                error: e.to_string(),
+            })?;
+        if readable_by_others(&access_path) {
+            warn!(path = %access_path.display(), "access.json is readable by other users: it holds the cluster's secret token");
+        }
+        info!(%addr, advertised = %access.address, access_file = %access_path.display(), "scheduler listening");
+
+        let (tx, rx) = mpsc::unbounded_channel();
+        let core_task = tokio::spawn(core_loop(rx));
+        let accept_task =
+            tokio::spawn(accept_loop(endpoint.clone(), Arc::from(token.as_str()), tx));
+        Ok(Scheduler {
+            endpoint,
+            addr,
+            access_path,
+            tasks: vec![core_task, accept_task],
+        })
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Where `access.json` was written.
+    pub fn access_path(&self) -> &Path {
+        &self.access_path
+    }
+
+    /// Closes every connection (peers see "scheduler shutting down") and stops.
+    pub async fn shutdown(self) {
+        self.endpoint
+            .close(quinn::VarInt::from_u32(0), b"scheduler shutting down");
+        for t in &self.tasks {
+            t.abort();
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+    }
+}
+
+async fn accept_loop(endpoint: quinn::Endpoint, token: Arc<str>, tx: mpsc::UnboundedSender<Input>) {
+    let ids = Arc::new(AtomicU32::new(0));
+    while let Some(incoming) = endpoint.accept().await {
+        let (token, tx, ids) = (token.clone(), tx.clone(), ids.clone());
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            match incoming.await {
+                Ok(conn) => serve_connection(conn, &token, tx, &ids).await,
+                Err(e) => warn!(%remote, error = %e, "connection failed during TLS handshake"),
+            }
+        });
+    }
+}
+
+/// Why a hello is refused, if it is.
+fn check_hello(hello: &Hello, token: &str) -> Result<(), String> {
+    if hello.protocol != PROTOCOL_VERSION {
+        return Err(format!(
+            "protocol version {} is not {}",
+            hello.protocol, PROTOCOL_VERSION
+        ));
+    }
+    if !tokens_equal(&hello.token, token) {
+        return Err(if hello.token.is_empty() {
+            "no token".to_owned()
+        } else {
+            "wrong token".to_owned()
+        });
+    }
+    if let Role::Worker(w) = &hello.role {
+        let mut r = drover_annotations::Resources::new();
+        for (k, v) in &w.resources {
+            r.insert(k, *v).map_err(|e| format!("bad resources: {e}"))?;
+        }
+    }
+    Ok(())
+}
+
+async fn serve_connection(
+    conn: quinn::Connection,
+    token: &str,
+    tx: mpsc::UnboundedSender<Input>,
+    ids: &AtomicU32,
+) {
+    let remote = conn.remote_address();
+    let hello = tokio::time::timeout(Duration::from_secs(10), read_hello(&conn)).await;
+    let (mut send, recv, hello) = match hello {
+        Ok(Ok(h)) => h,
+        Ok(Err(e)) => {
+            warn!(%remote, error = %e, "refused connection: no valid hello");
+            conn.close(quinn::VarInt::from_u32(1), b"expected a hello frame");
+            return;
+        }
+        Err(_) => {
+            warn!(%remote, "refused connection: no hello within 10 s");
+            conn.close(quinn::VarInt::from_u32(1), b"hello timeout");
+            return;
+        }
+    };
+    if let Err(reason) = check_hello(&hello, token) {
+        warn!(%remote, %reason, "refused connection");
+        let _ = write_frame(&mut send, &Welcome::Refused { reason }).await;
+        let _ = send.finish();
+        let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
+        return;
+    }
+    let id = ids.fetch_add(1, Ordering::Relaxed);
+    if write_frame(&mut send, &Welcome::Accepted { id })
+        .await
+        .is_err()
+    {
+        return;
+    }
+    match hello.role {
+        Role::Worker(h) => {
+            info!(%remote, worker = id, name = %h.name, resources = ?h.resources, nthreads = h.nthreads, "worker joined");
+            let (wtx, wrx) = mpsc::unbounded_channel();
+            let _ = tx.send(Input::WorkerJoined {
+                id,
+                hello: h,
+                tx: wtx,
+            });
+            tokio::spawn(batch_writer(send, wrx));
+            read_loop::<FromWorker>(&conn, recv, &tx, |batch| {
+                batch.into_iter().map(|m| Event::Worker(id, m)).collect()
+            })
+            .await;
+            info!(%remote, worker = id, "worker left");
+            let _ = tx.send(Input::Events(vec![Event::WorkerLeft { id }]));
+        }
+        Role::Client { name } => {
+            info!(%remote, client = id, %name, "client joined");
+            let (ctx, crx) = mpsc::unbounded_channel();
+            let _ = tx.send(Input::ClientJoined { id, tx: ctx });
+            tokio::spawn(batch_writer(send, crx));
+            read_loop::<FromClient>(&conn, recv, &tx, |batch| {
+                batch.into_iter().map(|m| Event::Client(id, m)).collect()
+            })
+            .await;
+            info!(%remote, client = id, "client left");
+            let _ = tx.send(Input::Events(vec![Event::ClientLeft { id }]));
+        }
+    }
+}
+
+/// Reads batches until the stream ends. A malformed or oversized frame closes the connection
+/// with error code 2 and a reason; nothing of it reaches the core.
+async fn read_loop<M: serde::de::DeserializeOwned>(
+    conn: &quinn::Connection,
+    mut recv: quinn::RecvStream,
+    tx: &mpsc::UnboundedSender<Input>,
+    to_events: impl Fn(Vec<M>) -> Vec<Event>,
+) {
+    loop {
+        match read_frame::<Vec<M>>(&mut recv, MAX_CONTROL_FRAME).await {
+            Ok(Some(batch)) => {
+                if tx.send(Input::Events(to_events(batch))).is_err() {
+                    return;
+                }
+            }
+            Ok(None) => return,
+            Err(CodecError::Stream(_)) => return,
+            Err(e) => {
+                warn!(remote = %conn.remote_address(), error = %e, "closing connection: bad frame");
+                conn.close(quinn::VarInt::from_u32(2), e.to_string().as_bytes());
+                return;
+            }
+        }
+    }
+}
+
+async fn core_loop(mut rx: mpsc::UnboundedReceiver<Input>) {
+    let mut core = Core::new();
+    let mut workers: HashMap<u32, mpsc::UnboundedSender<Vec<ToWorker>>> = HashMap::new();
+    let mut clients: HashMap<ClientId, mpsc::UnboundedSender<Vec<ToClient>>> = HashMap::new();
+    let mut commands: Vec<Command> = Vec::new();
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        // Handle everything already queued before sending: one frame per peer per round.
+        while let Some(input) = next.take() {
+            match input {
+                Input::WorkerJoined { id, hello, tx } => {
+                    workers.insert(id, tx);
+                    commands.extend(core.handle(Event::WorkerJoined { id, hello }));
+                }
+                Input::ClientJoined { id, tx } => {
+                    clients.insert(id, tx);
+                    commands.extend(core.handle(Event::ClientJoined { id }));
+                }
+                Input::Events(events) => {
+                    for e in events {
+                        match &e {
+                            Event::WorkerLeft { id } => {
+                                workers.remove(id);
+                            }
+                            Event::ClientLeft { id } => {
+                                clients.remove(id);
+                            }
+                            _ => {}
+                        }
+                        commands.extend(core.handle(e));
+                    }
+                }
+            }
+            if commands.len() < MAX_BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        dispatch(&mut commands, &workers, &clients);
+    }
+}
+
+fn dispatch(
+    commands: &mut Vec<Command>,
+    workers: &HashMap<u32, mpsc::UnboundedSender<Vec<ToWorker>>>,
+    clients: &HashMap<ClientId, mpsc::UnboundedSender<Vec<ToClient>>>,
+) {
+    let mut to_workers: HashMap<u32, Vec<ToWorker>> = HashMap::new();
+    let mut to_clients: HashMap<ClientId, Vec<ToClient>> = HashMap::new();
+    for c in commands.drain(..) {
+        match c {
+            Command::Worker(w, m) => to_workers.entry(w).or_default().push(m),
+            Command::Client(c, ToClient::Events(mut ev)) => {
+                // Merge consecutive event lists into one message.
+                let out = to_clients.entry(c).or_default();
+                if let Some(ToClient::Events(prev)) = out.last_mut() {
+                    prev.append(&mut ev);
+                } else {
+                    out.push(ToClient::Events(ev));
+                }
+            }
+            Command::Client(c, m) => to_clients.entry(c).or_default().push(m),
+        }
+    }
+    for (w, msgs) in to_workers {
+        if let Some(tx) = workers.get(&w) {
+            let _ = tx.send(msgs);
+        }
+    }
+    for (c, msgs) in to_clients {
+        if let Some(tx) = clients.get(&c) {
+            let _ = tx.send(msgs);
+        }
+    }
+}

@@ -1,1 +1,19 @@
+//! Drover's worker: runs tasks the scheduler assigns, keeps their results, and serves them to
+//! peers and clients.
 //!
+//! * [`registry`]: named task functions, typed (serde params, postcard-encoded inputs and
+//!   outputs) or raw (bytes in, bytes out).
+//! * [`builtins`]: the stock functions (`noop`, `sleep`, `bytes`, `concat`, `len`, `command`).
+//! * [`store`]: results held here, shared byte buffers.
+//! * [`peer`]: the fetch protocol, server and client side, used by peers and clients alike.
+//! * [`runtime`]: the worker itself: connect, execute, report. A user's program becomes a worker
+//!   by handing its own [`Registry`] to [`runtime::run_worker`].
+
+pub mod builtins;
+pub mod peer;
+pub mod registry;
+pub mod runtime;
+pub mod store;
+
+pub use registry::{Raw, Registry, TaskContext};
+pub use runtime::{run_worker, run_worker_notify, WorkerConfig, WorkerError};

@@ -394,7 +394,7 @@ impl Core {
                     (task.state == State::Memory)
                         .then(|| task.holders.first().and_then(|w| self.workers.get(w)))
                         .flatten()
-                        .map(|w| w.peer.clone())
+                        .map(|w| (t, w.peer.clone()))
                 });
                 (k, holder)
             })

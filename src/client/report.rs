@@ -1,0 +1,84 @@
+//! The report every run ends with: per task where and how it ran; totals of bytes moved.
+
+use drover_protocol::{TaskEvent, TaskStatus};
+use serde::Serialize;
+
+/// One task in a [`Report`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TaskReport {
+    /// The task key.
+    pub key: String,
+    /// The worker it ran on.
+    pub worker: Option<String>,
+    /// The pool it was placed in.
+    pub pool: Option<String>,
+    /// `finished` or `failed`.
+    pub status: &'static str,
+    /// Output bytes.
+    pub output_bytes: u64,
+    /// Run time in milliseconds.
+    pub duration_ms: f64,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// Input bytes moved into it from other workers.
+    pub moved_bytes: u64,
+}
+
+/// What a run did. The JSON form is a contract: `tasks` with `key`, `worker`, `pool`, `status`,
+/// `output_bytes`, `duration_ms`, `error`; `bytes_between_workers`; `bytes_between_pools`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Report {
+    /// Per task, in completion order.
+    pub tasks: Vec<TaskReport>,
+    /// Bytes moved between workers.
+    pub bytes_between_workers: u64,
+    /// Bytes moved between workers of different pools.
+    pub bytes_between_pools: u64,
+    /// Tasks that finished.
+    pub finished: usize,
+    /// Tasks that failed.
+    pub failed: usize,
+}
+
+impl Report {
+    /// Builds the report from task events.
+    pub fn from_events(events: &[TaskEvent]) -> Report {
+        let mut r = Report {
+            tasks: Vec::with_capacity(events.len()),
+            bytes_between_workers: 0,
+            bytes_between_pools: 0,
+            finished: 0,
+            failed: 0,
+        };
+        for e in events {
+            r.bytes_between_workers += e.moved_bytes;
+            r.bytes_between_pools += e.cross_pool_bytes;
+            let status = match e.status {
+                TaskStatus::Finished => {
+                    r.finished += 1;
+                    "finished"
+                }
+                TaskStatus::Failed => {
+                    r.failed += 1;
+                    "failed"
+                }
+            };
+            r.tasks.push(TaskReport {
+                key: e.key.clone(),
+                worker: e.worker.clone(),
+                pool: e.pool.clone(),
+                status,
+                output_bytes: e.output_bytes,
+                duration_ms: e.duration_us as f64 / 1000.0,
+                error: e.error.clone(),
+                moved_bytes: e.moved_bytes,
+            });
+        }
+        r
+    }
+
+    /// The report of one task.
+    pub fn task(&self, key: &str) -> Option<&TaskReport> {
+        self.tasks.iter().find(|t| t.key == key)
+    }
+}

@@ -1,0 +1,201 @@
+//! [`LocalCluster`]: a scheduler and workers in this process, talking real QUIC over loopback,
+//! for running graphs on one machine with no set-up.
+
+use std::time::Duration;
+
+use drover_annotations::Resources;
+use drover_protocol::AccessFile;
+use drover_scheduler::server::{Scheduler, SchedulerConfig};
+use drover_worker::{run_worker_notify, Registry, WorkerConfig};
+
+use crate::client::{Client, ClientError};
+
+/// Which workers a local cluster has: `3` is three plain workers; `A=2,B=1` two workers in
+/// pool A and one in pool B; entries combine (`A=2,1`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterSpec {
+    /// (pool or none, how many workers).
+    pub groups: Vec<(Option<String>, usize)>,
+    /// Threads per worker.
+    pub nthreads: u32,
+}
+
+impl ClusterSpec {
+    /// `n` plain workers with `nthreads` each.
+    pub fn plain(n: usize, nthreads: u32) -> ClusterSpec {
+        ClusterSpec {
+            groups: vec![(None, n)],
+            nthreads,
+        }
+    }
+
+    /// Parses `N` or `POOL=N[,POOL=N...]` (see the type docs).
+    pub fn parse(spec: &str, nthreads: u32) -> Result<ClusterSpec, String> {
+        let mut groups = Vec::new();
+        for part in spec.split(',').map(str::trim) {
+            let bad = || format!("bad cluster spec {spec:?}: part {part:?} is not N or POOL=N");
+            let (pool, count) = match part.split_once('=') {
+                Some((p, n)) => {
+                    drover_annotations::Pool::new(p.trim())
+                        .map_err(|e| format!("bad cluster spec {spec:?}: {e}"))?;
+                    (Some(p.trim().to_owned()), n.trim())
+                }
+                None => (None, part),
+            };
+            let n: usize = count.parse().map_err(|_| bad())?;
+            groups.push((pool, n));
+        }
+        if groups.iter().map(|(_, n)| n).sum::<usize>() == 0 {
+            return Err(format!("bad cluster spec {spec:?}: no workers"));
+        }
+        Ok(ClusterSpec { groups, nthreads })
+    }
+}
+
+/// Errors starting a local cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalError {
+    /// The scheduler did not start.
+    #[error("scheduler: {0}")]
+    Scheduler(#[from] drover_scheduler::server::StartError),
+    /// A worker did not join.
+    #[error("worker {name}: {error}")]
+    Worker {
+        /// The worker.
+        name: String,
+        /// Why.
+        error: String,
+    },
+    /// The temporary state dir could not be made.
+    #[error("temporary directory: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A scheduler and workers in this process. Dropping it stops them.
+pub struct LocalCluster {
+    scheduler: Option<Scheduler>,
+    access: AccessFile,
+    workers: Vec<tokio::task::JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl std::fmt::Debug for LocalCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalCluster")
+            .field("address", &self.access.address)
+            .field("workers", &self.workers.len())
+            .finish()
+    }
+}
+
+impl LocalCluster {
+    /// Starts a scheduler on loopback and the workers of `spec`, each with `registry`, and waits
+    /// until every worker has joined.
+    pub async fn start(spec: &ClusterSpec, registry: Registry) -> Result<LocalCluster, LocalError> {
+        let dir = tempfile::tempdir()?;
+        let idle = Duration::from_secs(10);
+        let scheduler = Scheduler::start(SchedulerConfig {
+            listen: "127.0.0.1:0".parse().expect("valid address"),
+            state_dir: dir.path().to_owned(),
+            advertise: None,
+            idle_timeout: idle,
+        })
+        .await?;
+        let access = AccessFile::load(scheduler.access_path()).map_err(|e| LocalError::Worker {
+            name: "-".into(),
+            error: e.to_string(),
+        })?;
+        let mut workers = Vec::new();
+        let mut index = 0;
+        for (pool, count) in &spec.groups {
+            for _ in 0..*count {
+                let name = format!("local-{}-{index}", pool.as_deref().unwrap_or("plain"));
+                index += 1;
+                let mut resources = Resources::new();
+                if let Some(p) = pool {
+                    resources
+                        .insert(&format!("pool-{p}"), 1.0)
+                        .expect("validated pool name");
+                }
+                let config = WorkerConfig {
+                    access: access.clone(),
+                    resources,
+                    nthreads: spec.nthreads.max(1),
+                    name: name.clone(),
+                    idle_timeout: idle,
+                };
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let registry = registry.clone();
+                let task_name = name.clone();
+                workers.push(tokio::spawn(async move {
+                    if let Err(e) = run_worker_notify(config, registry, Some(tx)).await {
+                        tracing::debug!(worker = %task_name, error = %e, "local worker stopped");
+                    }
+                }));
+                rx.await.map_err(|_| LocalError::Worker {
+                    name,
+                    error: "stopped before joining".into(),
+                })?;
+            }
+        }
+        Ok(LocalCluster {
+            scheduler: Some(scheduler),
+            access,
+            workers,
+            _dir: dir,
+        })
+    }
+
+    /// The cluster's access file contents (to connect other clients or workers).
+    pub fn access(&self) -> &AccessFile {
+        &self.access
+    }
+
+    /// A new client of this cluster.
+    pub async fn client(&self) -> Result<Client, ClientError> {
+        Client::connect_with(&self.access).await
+    }
+
+    /// Stops the scheduler and the workers.
+    pub async fn shutdown(mut self) {
+        if let Some(s) = self.scheduler.take() {
+            s.shutdown().await;
+        }
+        for w in self.workers.drain(..) {
+            let _ = tokio::time::timeout(Duration::from_secs(5), w).await;
+        }
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        for w in &self.workers {
+            w.abort();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_parse() {
+        assert_eq!(
+            ClusterSpec::parse("3", 2).unwrap(),
+            ClusterSpec::plain(3, 2)
+        );
+        let s = ClusterSpec::parse("A=2, B=1", 1).unwrap();
+        assert_eq!(
+            s.groups,
+            [(Some("A".to_owned()), 2), (Some("B".to_owned()), 1)]
+        );
+        assert!(ClusterSpec::parse("A=x", 1)
+            .unwrap_err()
+            .contains("part \"A=x\""));
+        assert!(ClusterSpec::parse("0", 1)
+            .unwrap_err()
+            .contains("no workers"));
+        assert!(ClusterSpec::parse("a b=1", 1).is_err());
+    }
+}

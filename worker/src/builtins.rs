@@ -1,0 +1,178 @@
+//! The stock worker's built-in functions. Their outputs are plain bytes.
+//!
+//! | name | params | output |
+//! | --- | --- | --- |
+//! | `noop` | none | empty |
+//! | `sleep` | `{"ms": N}` | empty, after N milliseconds |
+//! | `bytes` | `{"n": N, "fill": "x"}` | N bytes of `fill` (one character, default `x`) |
+//! | `concat` | none | its inputs' bytes joined in order |
+//! | `len` | none | the total byte length of its inputs, as decimal text |
+//! | `command` | `{"argv": [...], "env": {...}, "cwd": "..."}` | the command's stdout; a non-zero exit fails the task with the exit code and the tail of stderr |
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use serde::Deserialize;
+
+use crate::registry::{parse_params, Registry, TaskContext};
+
+/// How much of a failed command's stderr is kept.
+pub const STDERR_TAIL: usize = 2048;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SleepParams {
+    ms: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BytesParams {
+    n: usize,
+    #[serde(default)]
+    fill: Option<char>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CommandParams {
+    argv: Vec<String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    #[serde(default)]
+    cwd: Option<String>,
+}
+
+fn no_params(params: Option<&str>) -> Result<(), String> {
+    match params {
+        None | Some("null") | Some("{}") => Ok(()),
+        Some(p) => Err(format!("takes no params, got {p}")),
+    }
+}
+
+/// Adds every built-in to `r`.
+pub fn register(r: &mut Registry) {
+    r.register_raw("noop", |_, p, _| no_params(p).map(|_| Vec::new()));
+    r.register_raw("sleep", |_, p, _| {
+        let p: SleepParams = parse_params(p)?;
+        std::thread::sleep(std::time::Duration::from_millis(p.ms));
+        Ok(Vec::new())
+    });
+    r.register_raw("bytes", |_, p, _| {
+        let p: BytesParams = parse_params(p)?;
+        let fill = p.fill.unwrap_or('x');
+        let mut buf = [0u8; 4];
+        let unit = fill.encode_utf8(&mut buf).as_bytes();
+        if unit.len() == 1 {
+            Ok(vec![unit[0]; p.n])
+        } else {
+            Ok(unit.repeat(p.n))
+        }
+    });
+    r.register_raw("concat", |_, p, inputs| {
+        no_params(p)?;
+        Ok(inputs.iter().flat_map(|b| b.iter().copied()).collect())
+    });
+    r.register_raw("len", |_, p, inputs| {
+        no_params(p)?;
+        Ok(inputs
+            .iter()
+            .map(Bytes::len)
+            .sum::<usize>()
+            .to_string()
+            .into_bytes())
+    });
+    r.register_raw("command", run_command);
+}
+
+fn run_command(_: &TaskContext, p: Option<&str>, _: &[Bytes]) -> Result<Vec<u8>, String> {
+    let p: CommandParams = parse_params(p)?;
+    let (program, args) = p.argv.split_first().ok_or("argv is empty")?;
+    let mut cmd = std::process::Command::new(program);
+    cmd.args(args)
+        .envs(&p.env)
+        .stdin(std::process::Stdio::null());
+    if let Some(cwd) = &p.cwd {
+        cmd.current_dir(cwd);
+    }
+    let out = cmd
+        .output()
+        .map_err(|e| format!("cannot start {program:?}: {e}"))?;
+    if out.status.success() {
+        return Ok(out.stdout);
+    }
+    let tail_start = out.stderr.len().saturating_sub(STDERR_TAIL);
+    let tail = String::from_utf8_lossy(&out.stderr[tail_start..]);
+    let how = match out.status.code() {
+        Some(code) => format!("exit code {code}"),
+        None => {
+            #[cfg(unix)]
+            {
+                use std::os::unix::process::ExitStatusExt;
+                format!("killed by signal {}", out.status.signal().unwrap_or(0))
+            }
+            #[cfg(not(unix))]
+            {
+                "killed".to_owned()
+            }
+        }
+    };
+    Err(format!(
+        "command {program:?} failed with {how}; stderr: {}",
+        tail.trim_end()
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(name: &str, params: Option<&str>, inputs: &[Bytes]) -> Result<Vec<u8>, String> {
+        let r = Registry::with_builtins();
+        let ctx = TaskContext {
+            key: "k".into(),
+            worker_id: 0,
+            worker_name: "w".into(),
+        };
+        r.get(name).unwrap()(&ctx, params, inputs)
+    }
+
+    #[test]
+    fn builtins_do_what_they_say() {
+        assert_eq!(call("noop", None, &[]).unwrap(), b"");
+        assert_eq!(call("bytes", Some(r#"{"n": 3}"#), &[]).unwrap(), b"xxx");
+        assert_eq!(
+            call("bytes", Some(r#"{"n": 2, "fill": "é"}"#), &[]).unwrap(),
+            "éé".as_bytes()
+        );
+        let ins = [Bytes::from_static(b"ab"), Bytes::from_static(b"c")];
+        assert_eq!(call("concat", None, &ins).unwrap(), b"abc");
+        assert_eq!(call("len", None, &ins).unwrap(), b"3");
+        assert_eq!(call("sleep", Some(r#"{"ms": 1}"#), &[]).unwrap(), b"");
+        assert!(call("bytes", Some(r#"{"count": 3}"#), &[])
+            .unwrap_err()
+            .contains("unknown field"));
+        assert!(call("noop", Some(r#"{"x": 1}"#), &[])
+            .unwrap_err()
+            .contains("takes no params"));
+    }
+
+    #[test]
+    fn command_returns_stdout_or_fails_with_code_and_stderr() {
+        let ok = call(
+            "command",
+            Some(r#"{"argv": ["sh", "-c", "printf hi-$X"], "env": {"X": "there"}}"#),
+            &[],
+        );
+        assert_eq!(ok.unwrap(), b"hi-there");
+        let err = call(
+            "command",
+            Some(r#"{"argv": ["sh", "-c", "echo boom >&2; exit 3"]}"#),
+            &[],
+        )
+        .unwrap_err();
+        assert!(err.contains("exit code 3") && err.contains("boom"), "{err}");
+        let err = call("command", Some(r#"{"argv": ["/no/such/program"]}"#), &[]).unwrap_err();
+        assert!(err.contains("cannot start"), "{err}");
+    }
+}

@@ -1,0 +1,190 @@
+//! The fetch protocol, between workers and from clients to workers. A fetcher opens a stream on
+//! a connection that pinned the holder's certificate, sends a [`FetchRequest`] with the token,
+//! and reads, per result, a [`FetchReply`] header followed by the raw bytes (no re-encoding of
+//! bulk data). A request without the right token is refused and logged.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use drover_protocol::codec::{read_frame, write_frame};
+use drover_protocol::endpoint::connect;
+use drover_protocol::{tokens_equal, FetchReply, FetchRequest, PeerInfo, TaskIdx, WorkerId};
+use tokio::sync::Mutex;
+use tracing::warn;
+
+use crate::store::Store;
+
+/// The largest fetch request frame.
+const MAX_REQUEST: usize = 16 << 20;
+/// The largest reply header frame.
+const MAX_HEADER: usize = 4096;
+/// Bytes reserved up front for a result; larger ones grow as data arrives, so a lying header
+/// cannot make us allocate what was never sent.
+const RESERVE_LIMIT: u64 = 64 << 20;
+
+/// Serves fetches of the results in `store` on `endpoint` until the endpoint closes.
+pub async fn serve(endpoint: quinn::Endpoint, store: Arc<Store>, token: Arc<str>) {
+    while let Some(incoming) = endpoint.accept().await {
+        let (store, token) = (store.clone(), token.clone());
+        tokio::spawn(async move {
+            let Ok(conn) = incoming.await else { return };
+            while let Ok((send, recv)) = conn.accept_bi().await {
+                let (store, token) = (store.clone(), token.clone());
+                let remote = conn.remote_address();
+                tokio::spawn(async move {
+                    if let Err(e) = serve_fetch(send, recv, &store, &token).await {
+                        warn!(%remote, error = %e, "peer fetch failed");
+                    }
+                });
+            }
+        });
+    }
+}
+
+async fn serve_fetch(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    store: &Store,
+    token: &str,
+) -> Result<(), String> {
+    let req: FetchRequest = read_frame(&mut recv, MAX_REQUEST)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or("stream ended before the request")?;
+    if !tokens_equal(&req.token, token) {
+        let reason = if req.token.is_empty() {
+            "no token"
+        } else {
+            "wrong token"
+        };
+        let _ = write_frame(
+            &mut send,
+            &FetchReply::Refused {
+                reason: reason.to_owned(),
+            },
+        )
+        .await;
+        let _ = send.finish();
+        return Err(format!("refused a fetch: {reason}"));
+    }
+    for id in req.ids {
+        match store.get(id) {
+            Some(bytes) => {
+                write_frame(
+                    &mut send,
+                    &FetchReply::Data {
+                        id,
+                        len: bytes.len() as u64,
+                    },
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+                send.write_chunk(bytes).await.map_err(|e| e.to_string())?;
+            }
+            None => write_frame(&mut send, &FetchReply::Missing { id })
+                .await
+                .map_err(|e| e.to_string())?,
+        }
+    }
+    send.finish().map_err(|e| e.to_string())
+}
+
+/// Fetches results from peers, keeping one connection per peer.
+pub struct Fetcher {
+    endpoint: quinn::Endpoint,
+    token: String,
+    idle_timeout: Duration,
+    conns: Mutex<HashMap<WorkerId, quinn::Connection>>,
+}
+
+impl Fetcher {
+    /// A fetcher that connects from `endpoint` and presents `token`.
+    pub fn new(endpoint: quinn::Endpoint, token: String, idle_timeout: Duration) -> Fetcher {
+        Fetcher {
+            endpoint,
+            token,
+            idle_timeout,
+            conns: Mutex::new(HashMap::new()),
+        }
+    }
+
+    async fn connection(&self, peer: &PeerInfo) -> Result<quinn::Connection, String> {
+        let mut conns = self.conns.lock().await;
+        if let Some(c) = conns.get(&peer.id) {
+            if c.close_reason().is_none() {
+                return Ok(c.clone());
+            }
+        }
+        let c = connect(&self.endpoint, peer.addr, &peer.cert, self.idle_timeout)
+            .await
+            .map_err(|e| e.to_string())?;
+        conns.insert(peer.id, c.clone());
+        Ok(c)
+    }
+
+    /// Forgets the connection to a peer that left.
+    pub async fn forget(&self, peer: WorkerId) {
+        if let Some(c) = self.conns.lock().await.remove(&peer) {
+            c.close(quinn::VarInt::from_u32(0), b"peer gone");
+        }
+    }
+
+    /// Fetches `ids` from `peer`, in order.
+    pub async fn fetch(
+        &self,
+        peer: &PeerInfo,
+        ids: &[TaskIdx],
+    ) -> Result<Vec<(TaskIdx, Bytes)>, String> {
+        let who = format!("worker {:?} at {}", peer.name, peer.addr);
+        let conn = self
+            .connection(peer)
+            .await
+            .map_err(|e| format!("cannot reach {who}: {e}"))?;
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| format!("{who}: {e}"))?;
+        let req = FetchRequest {
+            token: self.token.clone(),
+            ids: ids.to_vec(),
+        };
+        write_frame(&mut send, &req)
+            .await
+            .map_err(|e| format!("{who}: {e}"))?;
+        let _ = send.finish();
+        let mut out = Vec::with_capacity(ids.len());
+        for _ in ids {
+            let header: FetchReply = read_frame(&mut recv, MAX_HEADER)
+                .await
+                .map_err(|e| format!("{who}: {e}"))?
+                .ok_or_else(|| format!("{who} ended the transfer early"))?;
+            match header {
+                FetchReply::Data { id, len } => {
+                    let mut buf = Vec::with_capacity(len.min(RESERVE_LIMIT) as usize);
+                    while (buf.len() as u64) < len {
+                        let want = (len - buf.len() as u64).min(1 << 20) as usize;
+                        match recv
+                            .read_chunk(want, true)
+                            .await
+                            .map_err(|e| format!("{who}: {e}"))?
+                        {
+                            Some(chunk) => buf.extend_from_slice(&chunk.bytes),
+                            None => {
+                                return Err(format!(
+                                    "{who} ended the transfer of result {id} early"
+                                ))
+                            }
+                        }
+                    }
+                    out.push((id, Bytes::from(buf)));
+                }
+                FetchReply::Missing { id } => {
+                    return Err(format!("{who} does not hold result {id}"))
+                }
+                FetchReply::Refused { reason } => {
+                    return Err(format!("{who} refused the fetch: {reason}"))
+                }
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,448 @@
+//! The worker process: connects to the scheduler, runs assigned tasks on `nthreads` executor
+//! threads (holding their resources while they run), fetches missing inputs from peers, keeps
+//! results, and reports completions in batches.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use drover_annotations::Resources;
+use drover_protocol::codec::{batch_writer, read_frame, CodecError, MAX_CONTROL_FRAME};
+use drover_protocol::endpoint::{connect, say_hello, server_endpoint};
+use drover_protocol::tls::Identity;
+use drover_protocol::{
+    AccessFile, ComputeTask, FromWorker, Hello, PeerInfo, Role, TaskIdx, ToWorker, WorkerHello,
+    WorkerId, PROTOCOL_VERSION,
+};
+use tokio::sync::{mpsc, RwLock};
+use tracing::{debug, info, warn};
+
+use crate::peer::{serve, Fetcher};
+use crate::registry::{RawFn, Registry, TaskContext};
+use crate::store::Store;
+
+/// How a worker is started.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// How to reach the scheduler.
+    pub access: AccessFile,
+    /// What this worker offers: `pool-X` entries put it in pools; others are consumable.
+    pub resources: Resources,
+    /// Tasks run at once.
+    pub nthreads: u32,
+    /// Its name in logs and reports.
+    pub name: String,
+    /// A silent connection is dead after this long.
+    pub idle_timeout: Duration,
+}
+
+/// Why a worker stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The access file is unusable.
+    #[error("access file: {0}")]
+    Access(String),
+    /// Setting up the endpoint or connecting failed, or the scheduler refused us.
+    #[error(transparent)]
+    Endpoint(#[from] drover_protocol::endpoint::EndpointError),
+    /// The scheduler connection broke.
+    #[error("lost the scheduler: {0}")]
+    Lost(String),
+}
+
+/// The local address this machine uses to reach `remote`: what peers should dial.
+fn local_ip_towards(remote: SocketAddr) -> IpAddr {
+    let any: SocketAddr = if remote.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    }
+    .parse()
+    .expect("valid");
+    std::net::UdpSocket::bind(any)
+        .and_then(|s| s.connect(remote).map(|_| s))
+        .and_then(|s| s.local_addr())
+        .map(|a| a.ip())
+        .unwrap_or(any.ip())
+}
+
+/// A task on its way to an executor thread.
+struct Job {
+    task: ComputeTask,
+    func: Option<Arc<RawFn>>,
+    inputs: Vec<Bytes>,
+    fetched: Vec<(TaskIdx, WorkerId, u64)>,
+}
+
+/// What an executor thread reports.
+struct Done {
+    task: ComputeTask,
+    result: Result<Bytes, String>,
+    duration_us: u64,
+    fetched: Vec<(TaskIdx, WorkerId, u64)>,
+}
+
+/// Local queue entry: higher priority first, then arrival order.
+struct Queued {
+    priority: i32,
+    seq: Reverse<u64>,
+    task: ComputeTask,
+}
+impl PartialEq for Queued {
+    fn eq(&self, o: &Self) -> bool {
+        (self.priority, self.seq) == (o.priority, o.seq)
+    }
+}
+impl Eq for Queued {}
+impl PartialOrd for Queued {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Queued {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (self.priority, self.seq).cmp(&(o.priority, o.seq))
+    }
+}
+
+fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a non-string panic payload".to_owned()
+    }
+}
+
+fn spawn_executors(
+    n: u32,
+    name: &str,
+    id: WorkerId,
+    done: mpsc::UnboundedSender<Done>,
+) -> std::sync::mpsc::Sender<Job> {
+    let (tx, rx) = std::sync::mpsc::channel::<Job>();
+    let rx = Arc::new(Mutex::new(rx));
+    for i in 0..n {
+        let (rx, done, name) = (rx.clone(), done.clone(), name.to_owned());
+        std::thread::Builder::new()
+            .name(format!("drover-exec-{i}"))
+            .spawn(move || loop {
+                let job = match rx.lock().map(|r| r.recv()) {
+                    Ok(Ok(job)) => job,
+                    _ => return,
+                };
+                let start = Instant::now();
+                let result = match &job.func {
+                    None => Err(format!(
+                        "worker {name:?} has no function {:?}",
+                        job.task.function
+                    )),
+                    Some(f) => {
+                        let ctx = TaskContext {
+                            key: job.task.key.clone(),
+                            worker_id: id,
+                            worker_name: name.clone(),
+                        };
+                        match catch_unwind(AssertUnwindSafe(|| {
+                            f(&ctx, job.task.params.as_deref(), &job.inputs)
+                        })) {
+                            Ok(r) => r.map(Bytes::from),
+                            Err(p) => Err(format!("task panicked: {}", panic_message(p))),
+                        }
+                    }
+                };
+                let duration_us = start.elapsed().as_micros() as u64;
+                if done
+                    .send(Done {
+                        task: job.task,
+                        result,
+                        duration_us,
+                        fetched: job.fetched,
+                    })
+                    .is_err()
+                {
+                    return;
+                }
+            })
+            .expect("spawn executor thread");
+    }
+    tx
+}
+
+/// Runs a worker until the scheduler goes away. `Ok` when the scheduler shut down cleanly.
+pub async fn run_worker(config: WorkerConfig, registry: Registry) -> Result<(), WorkerError> {
+    run_worker_notify(config, registry, None).await
+}
+
+/// [`run_worker`], sending the worker's id on `ready` once the scheduler accepted it.
+pub async fn run_worker_notify(
+    config: WorkerConfig,
+    registry: Registry,
+    ready: Option<tokio::sync::oneshot::Sender<WorkerId>>,
+) -> Result<(), WorkerError> {
+    let sched_addr = config.access.socket_addr().map_err(WorkerError::Access)?;
+    let sched_cert = config.access.cert_der().map_err(WorkerError::Access)?;
+    let identity = Identity::generate().map_err(|e| WorkerError::Access(e.to_string()))?;
+    let bind = SocketAddr::new(local_ip_towards(sched_addr), 0);
+    let endpoint = server_endpoint(&identity, bind, config.idle_timeout)?;
+    let peer_addr = endpoint
+        .local_addr()
+        .map_err(|e| WorkerError::Access(e.to_string()))?;
+    let conn = connect(&endpoint, sched_addr, &sched_cert, config.idle_timeout).await?;
+    let hello = Hello {
+        protocol: PROTOCOL_VERSION,
+        token: config.access.token.clone(),
+        role: Role::Worker(WorkerHello {
+            name: config.name.clone(),
+            resources: config
+                .resources
+                .iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect(),
+            nthreads: config.nthreads.max(1),
+            peer_addr,
+            peer_cert: identity.cert.clone(),
+            functions: registry.names(),
+        }),
+    };
+    let session = say_hello(&conn, &hello).await?;
+    let id = session.id;
+    info!(worker = id, name = %config.name, %peer_addr, scheduler = %sched_addr, "worker connected");
+    if let Some(ready) = ready {
+        let _ = ready.send(id);
+    }
+
+    let store = Arc::new(Store::new());
+    let token: Arc<str> = Arc::from(config.access.token.as_str());
+    tokio::spawn(serve(endpoint.clone(), store.clone(), token.clone()));
+    let (out_tx, out_rx) = mpsc::unbounded_channel::<Vec<FromWorker>>();
+    tokio::spawn(batch_writer(session.send, out_rx));
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
+    let jobs = spawn_executors(config.nthreads.max(1), &config.name, id, done_tx);
+    let fetcher = Arc::new(Fetcher::new(
+        endpoint.clone(),
+        config.access.token.clone(),
+        config.idle_timeout,
+    ));
+    let peers: Arc<RwLock<HashMap<WorkerId, PeerInfo>>> = Arc::default();
+    let (ready_tx, mut ready_rx) = mpsc::unbounded_channel::<Result<Job, (ComputeTask, String)>>();
+
+    let mut local = Local {
+        queue: BinaryHeap::new(),
+        seq: 0,
+        running: 0,
+        nthreads: config.nthreads.max(1),
+        capacity: config
+            .resources
+            .consumable()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect(),
+        used: HashMap::new(),
+    };
+    let mut recv = session.recv;
+    let frames = async move {
+        // Frames from the scheduler, forwarded so the select below stays cancel-safe.
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                let r = read_frame::<Vec<ToWorker>>(&mut recv, MAX_CONTROL_FRAME).await;
+                let end = !matches!(r, Ok(Some(_)));
+                if tx.send(r).is_err() || end {
+                    return;
+                }
+            }
+        });
+        rx
+    };
+    let mut frames = frames.await;
+    let outcome = loop {
+        tokio::select! {
+            frame = frames.recv() => match frame {
+                Some(Ok(Some(batch))) => {
+                    for msg in batch {
+                        match msg {
+                            ToWorker::Compute(task) => {
+                                local.seq += 1;
+                                local.queue.push(Queued { priority: task.priority, seq: Reverse(local.seq), task });
+                            }
+                            ToWorker::Free(ids) => ids.into_iter().for_each(|i| store.remove(i)),
+                            ToWorker::Peers(list) => {
+                                let mut p = peers.write().await;
+                                for info in list {
+                                    p.insert(info.id, info);
+                                }
+                            }
+                            ToWorker::PeerGone(w) => {
+                                peers.write().await.remove(&w);
+                                fetcher.forget(w).await;
+                            }
+                        }
+                    }
+                }
+                Some(Ok(None)) | None => break conn.close_reason().map(|r| r.to_string()),
+                Some(Err(CodecError::Stream(e))) => break Some(e),
+                Some(Err(e)) => {
+                    warn!(error = %e, "bad frame from the scheduler");
+                    conn.close(quinn::VarInt::from_u32(2), e.to_string().as_bytes());
+                    break Some(e.to_string());
+                }
+            },
+            Some(done) = done_rx.recv() => {
+                local.release(&done.task);
+                let msg = match done.result {
+                    Ok(bytes) => {
+                        let size = bytes.len() as u64;
+                        store.put(done.task.id, bytes);
+                        FromWorker::Finished { id: done.task.id, size, duration_us: done.duration_us, fetched: done.fetched }
+                    }
+                    Err(error) => {
+                        debug!(key = %done.task.key, %error, "task failed");
+                        FromWorker::Failed { id: done.task.id, error, duration_us: done.duration_us }
+                    }
+                };
+                let _ = out_tx.send(vec![msg]);
+            }
+            Some(ready) = ready_rx.recv() => match ready {
+                Ok(job) => { let _ = jobs.send(job); }
+                Err((task, error)) => {
+                    local.release(&task);
+                    let _ = out_tx.send(vec![FromWorker::Failed { id: task.id, error, duration_us: 0 }]);
+                }
+            },
+        }
+        // Start what fits: a free thread and the task's resources.
+        while let Some(task) = local.next_runnable() {
+            let func = registry.get(&task.function).cloned();
+            let missing: Vec<(TaskIdx, WorkerId)> = task
+                .inputs
+                .iter()
+                .copied()
+                .filter(|(i, _)| !store.contains(*i))
+                .collect();
+            if missing.is_empty() {
+                let inputs = task
+                    .inputs
+                    .iter()
+                    .map(|(i, _)| store.get(*i).expect("checked above"))
+                    .collect();
+                let _ = jobs.send(Job {
+                    task,
+                    func,
+                    inputs,
+                    fetched: Vec::new(),
+                });
+                continue;
+            }
+            let (store, fetcher, peers, ready_tx) = (
+                store.clone(),
+                fetcher.clone(),
+                peers.clone(),
+                ready_tx.clone(),
+            );
+            tokio::spawn(async move {
+                let r = fetch_inputs(&store, &fetcher, &peers, &missing).await;
+                let _ = ready_tx.send(match r {
+                    Ok(fetched) => {
+                        let inputs: Option<Vec<Bytes>> =
+                            task.inputs.iter().map(|(i, _)| store.get(*i)).collect();
+                        match inputs {
+                            Some(inputs) => Ok(Job {
+                                task,
+                                func,
+                                inputs,
+                                fetched,
+                            }),
+                            None => Err((task, "an input was freed while fetching".to_owned())),
+                        }
+                    }
+                    Err(e) => Err((task, format!("cannot fetch inputs: {e}"))),
+                });
+            });
+        }
+    };
+    endpoint.close(quinn::VarInt::from_u32(0), b"worker stopping");
+    match outcome {
+        Some(reason) if !reason.contains("scheduler shutting down") => {
+            Err(WorkerError::Lost(reason))
+        }
+        _ => {
+            info!(worker = id, "scheduler shut down; worker exiting");
+            Ok(())
+        }
+    }
+}
+
+/// Fetches `missing` (input, holder) into the store; returns what came from where.
+async fn fetch_inputs(
+    store: &Store,
+    fetcher: &Fetcher,
+    peers: &RwLock<HashMap<WorkerId, PeerInfo>>,
+    missing: &[(TaskIdx, WorkerId)],
+) -> Result<Vec<(TaskIdx, WorkerId, u64)>, String> {
+    let mut by_holder: HashMap<WorkerId, Vec<TaskIdx>> = HashMap::new();
+    for &(i, w) in missing {
+        let ids = by_holder.entry(w).or_default();
+        if !ids.contains(&i) {
+            ids.push(i);
+        }
+    }
+    let mut fetched = Vec::new();
+    for (holder, ids) in by_holder {
+        let peer =
+            peers.read().await.get(&holder).cloned().ok_or_else(|| {
+                format!("worker {holder} holding results {ids:?} is unknown here")
+            })?;
+        for (id, bytes) in fetcher.fetch(&peer, &ids).await? {
+            fetched.push((id, holder, bytes.len() as u64));
+            store.put(id, bytes);
+        }
+    }
+    Ok(fetched)
+}
+
+/// The local run queue with thread and resource accounting.
+struct Local {
+    queue: BinaryHeap<Queued>,
+    seq: u64,
+    running: u32,
+    nthreads: u32,
+    capacity: HashMap<String, f64>,
+    used: HashMap<String, f64>,
+}
+
+impl Local {
+    /// Takes the best queued task if a thread and its resources are free, and holds them.
+    fn next_runnable(&mut self) -> Option<ComputeTask> {
+        if self.running >= self.nthreads {
+            return None;
+        }
+        let top = self.queue.peek()?;
+        let fits = top.task.resources.iter().all(|(name, need)| {
+            let cap = self.capacity.get(name).copied().unwrap_or(0.0);
+            self.used.get(name).copied().unwrap_or(0.0) + need <= cap + 1e-9
+        });
+        if !fits && self.running > 0 {
+            return None; // wait for running tasks to give resources back
+        }
+        let task = self.queue.pop()?.task;
+        for (name, need) in &task.resources {
+            *self.used.entry(name.clone()).or_default() += need;
+        }
+        self.running += 1;
+        Some(task)
+    }
+
+    fn release(&mut self, task: &ComputeTask) {
+        self.running -= 1;
+        for (name, need) in &task.resources {
+            if let Some(u) = self.used.get_mut(name) {
+                *u = (*u - need).max(0.0);
+            }
+        }
+    }
+}
