@@ -1,10 +1,12 @@
-//! The `drover` command: check and export graphs (run comes with the runtime).
+//! The `drover` command: check, export and run graphs.
 //!
-//! Exit codes: 0 success; 1 the graph is invalid (bad JSON or a bad graph); 2 bad usage,
-//! including a graph file that cannot be read or an output that cannot be written.
+//! Exit codes: 0 success; 1 the graph is invalid (bad JSON or a bad graph) or a task failed;
+//! 2 bad usage, including a graph file that cannot be read, an output that cannot be written,
+//! or a scheduler that cannot be reached.
 
 mod check;
 mod export;
+mod run;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -27,6 +29,8 @@ enum Command {
     Check(check::Args),
     /// Write a picture or data of a JSON graph with its pools (DOT, JSON or SVG).
     Export(export::Args),
+    /// Run a JSON graph on a local cluster or a scheduler; print each sink's output.
+    Run(run::Args),
 }
 
 /// A failure, with the exit code it maps to.
@@ -36,6 +40,8 @@ pub(crate) enum Failure {
     BadGraph(String),
     /// Bad usage or unusable files: exit 2.
     Usage(String),
+    /// The run completed but tasks failed: exit 1 (already reported).
+    TasksFailed,
 }
 
 /// Reads, validates and propagates a graph file. Returns the file too (for its task order).
@@ -77,6 +83,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Check(args) => check::run(args),
         Command::Export(args) => export::run(args),
+        Command::Run(args) => run::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -84,6 +91,7 @@ fn main() -> ExitCode {
             eprintln!("error: {msg}");
             ExitCode::from(1)
         }
+        Err(Failure::TasksFailed) => ExitCode::from(1),
         Err(Failure::Usage(msg)) => {
             eprintln!("error: {msg}");
             ExitCode::from(2)

@@ -1,0 +1,207 @@
+//! `drover run GRAPH.json (--local SPEC | --access-file FILE) [--nthreads T] [--outputs DIR]
+//! [--report FILE]`.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use drover::{Client, ClusterSpec, LocalCluster, Registry, RunEvent, TaskStatus};
+
+use crate::{load, Failure};
+
+/// Arguments of `drover run`.
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("cluster").required(true).args(["local", "access_file"])))]
+pub struct Args {
+    /// The JSON graph file.
+    graph: PathBuf,
+    /// Run on a local cluster: `N` plain workers, or `A=2,B=1` workers per pool.
+    #[arg(long)]
+    local: Option<String>,
+    /// Run on the scheduler named in this access.json.
+    #[arg(long)]
+    access_file: Option<PathBuf>,
+    /// Threads per local worker.
+    #[arg(long, default_value_t = 1)]
+    nthreads: u32,
+    /// Write each sink task's raw output to DIR/KEY (characters outside [A-Za-z0-9._-] in the
+    /// key become '_').
+    #[arg(long)]
+    outputs: Option<PathBuf>,
+    /// Write the run's report as JSON to this file.
+    #[arg(long)]
+    report: Option<PathBuf>,
+}
+
+/// A file name for a task key.
+fn file_name(key: &str) -> String {
+    let s: String = key
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if s.is_empty() || s == "." || s == ".." {
+        format!("_{s}")
+    } else {
+        s
+    }
+}
+
+/// Output shown on the terminal: text as text, anything else by size.
+fn show(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(t)
+            if !t
+                .chars()
+                .any(|c| c.is_control() && !matches!(c, '\n' | '\t' | '\r')) =>
+        {
+            t.to_owned()
+        }
+        _ => format!("<{} bytes>", bytes.len()),
+    }
+}
+
+/// Runs the command.
+pub fn run(args: Args) -> Result<(), Failure> {
+    let (file, planned) = load(&args.graph)?;
+    let spec = match &args.local {
+        Some(s) => Some(ClusterSpec::parse(s, args.nthreads).map_err(Failure::Usage)?),
+        None => None,
+    };
+    let sinks: Vec<String> = {
+        let g = &planned.graph;
+        let is_sink: std::collections::HashSet<&str> =
+            planned.topology.sinks().map(|t| g.key(t)).collect();
+        file.tasks
+            .iter()
+            .map(|t| t.key.clone())
+            .filter(|k| is_sink.contains(k.as_str()))
+            .collect()
+    };
+    let text = std::fs::read_to_string(&args.graph).map_err(|e| Failure::Usage(e.to_string()))?;
+    let rt = tokio::runtime::Runtime::new()
+        .map_err(|e| Failure::Usage(format!("cannot start runtime: {e}")))?;
+    rt.block_on(async {
+        let (cluster, client) = match (&spec, &args.access_file) {
+            (Some(spec), _) => {
+                let cluster = LocalCluster::start(spec, Registry::with_builtins())
+                    .await
+                    .map_err(|e| Failure::Usage(format!("cannot start the local cluster: {e}")))?;
+                let client = cluster
+                    .client()
+                    .await
+                    .map_err(|e| Failure::Usage(e.to_string()))?;
+                (Some(cluster), client)
+            }
+            (None, Some(path)) => (
+                None,
+                Client::connect(path)
+                    .await
+                    .map_err(|e| Failure::Usage(e.to_string()))?,
+            ),
+            (None, None) => unreachable!("clap requires one of --local and --access-file"),
+        };
+        let mut run = client
+            .submit_json(text, &sinks)
+            .await
+            .map_err(|e| match e {
+                drover::ClientError::Rejected(m) => Failure::BadGraph(m),
+                other => Failure::Usage(other.to_string()),
+            })?;
+        let tty = std::io::stderr().is_terminal();
+        let bar = if tty {
+            indicatif::ProgressBar::new(u64::from(run.task_count()))
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
+        // A hidden bar drops println: write straight to stderr then.
+        let say = |line: String| {
+            if tty {
+                bar.println(line)
+            } else {
+                eprintln!("{line}")
+            }
+        };
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} tasks {elapsed} {msg}")
+                .expect("valid template"),
+        );
+        while let Some(ev) = run.next_event().await {
+            match ev {
+                RunEvent::Task(t) => {
+                    bar.inc(1);
+                    if t.status == TaskStatus::Failed {
+                        say(format!(
+                            "failed: {}: {}",
+                            t.key,
+                            t.error.unwrap_or_default()
+                        ));
+                    }
+                }
+                RunEvent::Warning(w) => say(format!("warning: {w}")),
+            }
+        }
+        bar.finish_and_clear();
+        if !run.is_complete() {
+            return Err(Failure::Usage(
+                "lost the scheduler before the run completed".into(),
+            ));
+        }
+        let report = run.report();
+        if let Some(dir) = &args.outputs {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| Failure::Usage(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        for key in &sinks {
+            match run.get_bytes(key).await {
+                Ok(bytes) => {
+                    println!("{key}: {}", show(&bytes));
+                    if let Some(dir) = &args.outputs {
+                        let path = dir.join(file_name(key));
+                        std::fs::write(&path, &bytes).map_err(|e| {
+                            Failure::Usage(format!("cannot write {}: {e}", path.display()))
+                        })?;
+                    }
+                }
+                Err(drover::ClientError::TaskFailed { .. }) => {}
+                Err(e) => eprintln!("error: {e}"),
+            }
+        }
+        if let Some(path) = &args.report {
+            let text = serde_json::to_string_pretty(&report).expect("report serialises") + "\n";
+            crate::write_output(path, &text)?;
+        }
+        eprintln!(
+            "{} finished, {} failed; {} bytes moved between workers, {} between pools",
+            report.finished,
+            report.failed,
+            report.bytes_between_workers,
+            report.bytes_between_pools
+        );
+        if let Some(c) = cluster {
+            c.shutdown().await;
+        }
+        if report.failed > 0 {
+            return Err(Failure::TasksFailed);
+        }
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_become_safe_file_names() {
+        assert_eq!(file_name("a.mean()"), "a.mean__");
+        assert_eq!(file_name("../x"), ".._x");
+        assert_eq!(file_name(".."), "_..");
+        assert_eq!(show(b"hello\n"), "hello\n");
+        assert_eq!(show(&[0, 159, 146]), "<3 bytes>");
+    }
+}

@@ -1,0 +1,196 @@
+//! Helpers for tests that run real `scheduler` and `worker` processes on loopback: start them
+//! with ephemeral ports, wait for their log lines (never sleep), and kill them on drop.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Generous deadline for anything to happen.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+/// `target/<profile>/`, where cargo puts the workspace's binaries.
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test exe path");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps/<test>")
+        .to_owned()
+}
+
+/// A workspace binary (`scheduler`, `worker`, `drover`) or example (`examples/pools`).
+pub fn binary(name: &str) -> PathBuf {
+    let p = target_dir().join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: build the workspace first (cargo test --workspace does)",
+        p.display()
+    );
+    p
+}
+
+/// A child process that is killed when dropped, with its stderr lines readable.
+pub struct Proc {
+    pub child: Child,
+    lines: mpsc::Receiver<String>,
+    pub seen: Vec<String>,
+    pub name: String,
+}
+
+impl Proc {
+    /// Starts `program args`, capturing stderr (stdout too when `capture_stdout`).
+    pub fn start(name: &str, program: &Path, args: &[&str]) -> Proc {
+        let mut child = Command::new(program)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", program.display()));
+        let (tx, rx) = mpsc::channel();
+        let stderr = child.stderr.take().expect("piped");
+        let tx2 = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let stdout = child.stdout.take().expect("piped");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx2.send(format!("stdout: {line}")).is_err() {
+                    return;
+                }
+            }
+        });
+        Proc {
+            child,
+            lines: rx,
+            seen: Vec::new(),
+            name: name.to_owned(),
+        }
+    }
+
+    /// Waits for an output line containing `needle`; panics with what was seen at the deadline.
+    pub fn wait_for(&mut self, needle: &str) -> String {
+        let end = Instant::now() + DEADLINE;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "{}: no line with {needle:?} within {DEADLINE:?}; saw:\n{}",
+                    self.name,
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Waits for the process to exit; returns its code and all its output lines.
+    pub fn finish(mut self) -> (Option<i32>, Vec<String>) {
+        let end = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                // Drain what the reader threads still have.
+                while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
+                    self.seen.push(line);
+                }
+                return (status.code(), std::mem::take(&mut self.seen));
+            }
+            match self.lines.recv_timeout(Duration::from_millis(100)) {
+                Ok(line) => self.seen.push(line),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = self.child.wait().expect("wait");
+                    return (status.code(), std::mem::take(&mut self.seen));
+                }
+            }
+            assert!(
+                Instant::now() < end,
+                "{} did not exit within {DEADLINE:?}; saw:\n{}",
+                self.name,
+                self.seen.join("\n")
+            );
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A scheduler on 127.0.0.1 with an ephemeral port and its own state dir.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub scheduler: Proc,
+    pub workers: Vec<Proc>,
+}
+
+impl Cluster {
+    /// Starts the scheduler and waits until it listens.
+    pub fn start() -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = dir.path().to_str().expect("utf-8 path").to_owned();
+        let mut scheduler = Proc::start(
+            "scheduler",
+            &binary("scheduler"),
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--state-dir",
+                &state,
+                "--idle-timeout-secs",
+                "5",
+            ],
+        );
+        scheduler.wait_for("scheduler listening");
+        Cluster {
+            dir,
+            scheduler,
+            workers: Vec::new(),
+        }
+    }
+
+    /// The access file's path.
+    pub fn access(&self) -> String {
+        self.dir
+            .path()
+            .join("access.json")
+            .to_str()
+            .expect("utf-8")
+            .to_owned()
+    }
+
+    /// Starts a worker (`program` is `worker` or an example acting as one) and waits until the
+    /// scheduler accepted it.
+    pub fn add_worker(&mut self, program: &Path, prefix: &[&str], name: &str, resources: &str) {
+        let access = self.access();
+        let mut args: Vec<&str> = prefix.to_vec();
+        args.extend([
+            "--access-file",
+            &access,
+            "--name",
+            name,
+            "--resources",
+            resources,
+        ]);
+        let mut w = Proc::start(name, program, &args);
+        w.wait_for("worker connected");
+        self.workers.push(w);
+    }
+}
