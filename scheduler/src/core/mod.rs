@@ -25,6 +25,8 @@ pub use placement::Restriction;
 pub type ClientId = u32;
 /// A pool's id in the scheduler (global across graphs).
 pub type PoolIdx = u32;
+/// A task's consumable resources, shared by tasks with the same set.
+pub(crate) type ResourceList = Arc<[(String, f64)]>;
 
 /// Something that happened, fed to [`Core::handle`].
 #[derive(Debug)]
@@ -96,7 +98,7 @@ pub(crate) struct Task {
     pub inputs: Box<[TaskIdx]>,
     pub consumers: Vec<TaskIdx>,
     pub place: StaticPlace,
-    pub resources: Arc<[(String, f64)]>,
+    pub resources: ResourceList,
     pub priority: i32,
     pub retries_left: u32,
     pub state: State,

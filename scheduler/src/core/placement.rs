@@ -90,9 +90,11 @@ impl Core {
     }
 
     /// The best worker with room for `t`, if any; and whether any worker at all is eligible.
+    /// Best is the earliest estimated start; ties go to the worker missing fewer inputs (so
+    /// zero-byte inputs still pull work to where they are), then to the lowest id.
     fn best_worker(&self, t: TaskIdx, restriction: Restriction) -> (Option<WorkerId>, bool) {
         let task = &self.tasks[t as usize];
-        let mut best: Option<(f64, WorkerId)> = None;
+        let mut best: Option<(f64, usize, WorkerId)> = None;
         let mut any_eligible = false;
         for (&id, w) in &self.workers {
             if !self.eligible(w, restriction, t) {
@@ -102,42 +104,38 @@ impl Core {
             if w.inflight >= self.capacity(w) {
                 continue;
             }
-            let missing: u64 = task
-                .inputs
-                .iter()
-                .filter(|i| !w.has.contains(i))
-                .map(|&i| self.tasks[i as usize].size)
-                .sum();
+            let (mut missing_bytes, mut missing) = (0u64, 0usize);
+            for i in task.inputs.iter().filter(|i| !w.has.contains(i)) {
+                missing_bytes += self.tasks[*i as usize].size;
+                missing += 1;
+            }
             let start = f64::from(w.inflight) / f64::from(w.nthreads) * self.mean_duration_us
-                + missing as f64 / self.bandwidth;
-            if best.is_none_or(|(s, _)| start < s) {
-                best = Some((start, id));
+                + missing_bytes as f64 / self.bandwidth;
+            let better = match best {
+                None => true,
+                Some((s, m, _)) => start < s || (start == s && missing < m),
+            };
+            if better {
+                best = Some((start, missing, id));
             }
         }
-        (best.map(|(_, id)| id), any_eligible)
+        (best.map(|(_, _, id)| id), any_eligible)
     }
 
     /// Assigns queued ready tasks to workers with room, best first in each queue.
     pub(crate) fn schedule(&mut self) {
         let restrictions: Vec<_> = self.ready.keys().copied().collect();
-        let mut batches: std::collections::BTreeMap<WorkerId, Vec<drover_protocol::ToWorker>> =
-            Default::default();
         for r in restrictions {
-            loop {
-                let Some(top) = self.ready.get(&r).and_then(|q| q.peek()) else {
-                    break;
-                };
-                let t = top.task;
+            while let Some(t) = self.ready.get(&r).and_then(|q| q.peek()).map(|e| e.task) {
                 if self.tasks[t as usize].state != State::Ready {
+                    // Stale entry: the task was requeued or its inputs were lost.
                     self.ready.get_mut(&r).map(|q| q.pop());
                     continue;
                 }
                 let (chosen, any_eligible) = self.best_worker(t, r);
                 let Some(w) = chosen else {
-                    if !any_eligible {
-                        if let Restriction::Pool(p) = r {
-                            self.warn_no_workers(p);
-                        }
+                    if let (false, Restriction::Pool(p)) = (any_eligible, r) {
+                        self.warn_no_workers(p);
                     }
                     break;
                 };
@@ -152,15 +150,10 @@ impl Core {
                 worker.inflight += 1;
                 worker.assigned.insert(t);
                 let msg = self.compute_message(t, w);
-                batches.entry(w).or_default().push(msg);
+                self.out.push(Command::Worker(w, msg));
             }
         }
         self.ready.retain(|_, q| !q.is_empty());
-        for (w, msgs) in batches {
-            for m in msgs {
-                self.out.push(Command::Worker(w, m));
-            }
-        }
     }
 
     /// Tells each client with tasks waiting on pool `p` that it has no workers, once.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use drover_graph::{propagate_pools, Graph, Place};
 use drover_protocol::{TaskIdx, TaskStatus, ToClient};
 
-use super::{ClientId, Command, Core, Run, State, StaticPlace, Task};
+use super::{ClientId, Command, Core, ResourceList, Run, State, StaticPlace, Task};
 
 impl Core {
     pub(crate) fn submit(
@@ -49,7 +49,7 @@ impl Core {
             client_run: run,
         });
 
-        let mut resource_sets: Vec<Option<Arc<[(String, f64)]>>> = Vec::new();
+        let mut resource_sets: Vec<Option<ResourceList>> = Vec::new();
         let mut map: Vec<TaskIdx> = vec![0; graph.len()];
         let mut fresh: Vec<TaskIdx> = Vec::new();
         let mut restart: Vec<TaskIdx> = Vec::new();
