@@ -22,7 +22,7 @@ const MAX_REQUEST: usize = 16 << 20;
 const MAX_HEADER: usize = 4096;
 /// Bytes reserved up front for a result; larger ones grow as data arrives, so a lying header
 /// cannot make us allocate what was never sent.
-const RESERVE_LIMIT: u64 = 64 << 20;
+const RESERVE_LIMIT: u64 = 1 << 30;
 
 /// Serves fetches of the results in `store` on `endpoint` until the endpoint closes.
 pub async fn serve(endpoint: quinn::Endpoint, store: Arc<Store>, token: Arc<str>) {

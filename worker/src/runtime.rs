@@ -406,22 +406,36 @@ async fn fetch_inputs(
 }
 
 /// The local run queue with thread and resource accounting.
+///
+/// A task that holds resources is handed to the executor threads only when a thread and its
+/// resources are free. Tasks without resources are handed over up to [`THREAD_QUEUE`] per thread
+/// ahead, so a thread finishing one finds the next without waiting for a round trip through this
+/// loop (the thread count still bounds how many run at once).
 struct Local {
     queue: BinaryHeap<Queued>,
     seq: u64,
+    /// Tasks handed to the threads and not done.
     running: u32,
     nthreads: u32,
     capacity: HashMap<String, f64>,
     used: HashMap<String, f64>,
 }
 
+/// Resource-free tasks handed to the executor threads ahead, per thread.
+const THREAD_QUEUE: u32 = 16;
+
 impl Local {
-    /// Takes the best queued task if a thread and its resources are free, and holds them.
+    /// Takes the best queued task if it may start now, and holds what it needs.
     fn next_runnable(&mut self) -> Option<ComputeTask> {
-        if self.running >= self.nthreads {
+        let top = self.queue.peek()?;
+        let limit = if top.task.resources.is_empty() {
+            self.nthreads * THREAD_QUEUE
+        } else {
+            self.nthreads
+        };
+        if self.running >= limit {
             return None;
         }
-        let top = self.queue.peek()?;
         let fits = top.task.resources.iter().all(|(name, need)| {
             let cap = self.capacity.get(name).copied().unwrap_or(0.0);
             self.used.get(name).copied().unwrap_or(0.0) + need <= cap + 1e-9
