@@ -18,7 +18,9 @@
 pub mod client;
 pub mod local;
 
-pub use client::{Client, ClientError, Report, Run, RunEvent, TaskReport};
+pub use client::{
+    BlockingClient, BlockingRun, Client, ClientError, Report, Run, RunEvent, TaskReport,
+};
 pub use drover_annotations::{AnnotationError, Annotations, Placement, Pool, Resources};
 pub use drover_graph::export;
 pub use drover_graph::{

@@ -242,3 +242,71 @@ fn bad_worker_resources_exit_2_quoting_the_bad_part() {
     let out = lines.join("\n");
     assert!(out.contains("\"gpu\"") && out.contains("\"lots\""), "{out}");
 }
+
+#[test]
+fn the_blocking_client_streams_events_and_fetches_outputs() {
+    let mut c = Cluster::start();
+    c.add_worker(&binary("worker"), &[], "w1", "pool-A=1");
+    c.add_worker(&binary("worker"), &[], "w2", "");
+    let client = drover::BlockingClient::connect(c.access()).unwrap();
+    let mut g = drover::Graph::new();
+    let a = g
+        .task("bytes", &serde_json::json!({"n": 4, "fill": "q"}))
+        .key("a")
+        .pool("A")
+        .add();
+    let b = g.task("concat", &()).key("b").input(a).input(a).add();
+    let mut run = client.submit(&g).unwrap();
+    let mut seen = Vec::new();
+    while let Some(ev) = run.next_event() {
+        if let drover::RunEvent::Task(t) = ev {
+            seen.push((t.key, t.worker, t.pool, t.output_bytes));
+        }
+    }
+    assert_eq!(seen.len(), 2);
+    assert!(
+        seen.contains(&("a".into(), Some("w1".into()), Some("A".into()), 4)),
+        "{seen:?}"
+    );
+    assert_eq!(&run.get_bytes(g.key(b.id())).unwrap()[..], b"qqqqqqqq");
+    // An invalid graph is refused with the same message as `drover check` gives.
+    let err = client
+        .submit_json(
+            r#"{"tasks": [{"key": "x", "function": "f", "inputs": ["nope"]}]}"#.into(),
+            &[],
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("unknown input \"nope\""), "{err}");
+}
+
+#[test]
+fn a_restarted_scheduler_keeps_its_certificate_and_token() {
+    let mut c = Cluster::start();
+    let first = std::fs::read_to_string(c.access()).unwrap();
+    c.scheduler.child.kill().unwrap();
+    c.scheduler.child.wait().unwrap();
+    let state = c.dir.path().to_str().unwrap().to_owned();
+    let mut again = Proc::start(
+        "scheduler",
+        &binary("scheduler"),
+        &["--listen", "127.0.0.1:0", "--state-dir", &state],
+    );
+    again.wait_for("scheduler listening");
+    let second = std::fs::read_to_string(c.access()).unwrap();
+    let (a, b): (serde_json::Value, serde_json::Value) = (
+        serde_json::from_str(&first).unwrap(),
+        serde_json::from_str(&second).unwrap(),
+    );
+    assert_eq!(a["certificate"], b["certificate"]);
+    assert_eq!(a["token"], b["token"]);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(c.access()).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    c.scheduler = again;
+    c.add_worker(&binary("worker"), &[], "w", "");
+}

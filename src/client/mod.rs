@@ -1,6 +1,7 @@
 //! The client: connect to a scheduler by its access file, submit graphs, stream task events,
 //! fetch outputs straight from the workers holding them, and build the run's [`Report`].
 
+mod blocking;
 mod report;
 
 use std::collections::HashMap;
@@ -21,6 +22,7 @@ use drover_worker::peer::Fetcher;
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, oneshot};
 
+pub use blocking::{BlockingClient, BlockingRun};
 pub use report::{Report, TaskReport};
 
 /// Client errors.
