@@ -131,7 +131,7 @@ async fn main() {
     .await
     .unwrap();
     let client = cluster.client().await.unwrap();
-    let mut timed = |fill: &'static str, consumer_pool: &'static str| {
+    let timed = |fill: &'static str, consumer_pool: &'static str| {
         let client = client.clone();
         async move {
             let mut g = Graph::new();
