@@ -229,21 +229,6 @@ fn drover_run_local_runs_a_json_graph() {
 }
 
 #[test]
-fn bad_worker_resources_exit_2_quoting_the_bad_part() {
-    let c = Cluster::start();
-    let access = c.access();
-    let w = Proc::start(
-        "worker",
-        &binary("worker"),
-        &["--access-file", &access, "--resources", "pool-A=1,gpu=lots"],
-    );
-    let (code, lines) = w.finish();
-    assert_eq!(code, Some(2));
-    let out = lines.join("\n");
-    assert!(out.contains("\"gpu\"") && out.contains("\"lots\""), "{out}");
-}
-
-#[test]
 fn the_blocking_client_streams_events_and_fetches_outputs() {
     let mut c = Cluster::start();
     c.add_worker(&binary("worker"), &[], "w1", "pool-A=1");
