@@ -39,3 +39,46 @@ async fn a_chain_moves_data_peer_to_peer_and_sinks_are_fetched() {
     let _ = (l, TaskStatus::Finished);
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_task_fails_with_its_payload_and_the_worker_lives_on() {
+    let mut registry = Registry::with_builtins();
+    registry.register_raw("explode", |_, _, _| panic!("kaboom at step 3"));
+    let cluster = LocalCluster::start(&ClusterSpec::plain(1, 1), registry)
+        .await
+        .unwrap();
+    let client = cluster.client().await.unwrap();
+    let mut g = Graph::new();
+    let boom = g.task("explode", &()).key("boom").add();
+    g.task("concat", &()).key("after_boom").input(boom).add();
+    g.task("bytes", &serde_json::json!({"n": 1}))
+        .key("unrelated")
+        .add();
+    let mut run = client.submit(&g).await.unwrap();
+    let report = run.wait().await.unwrap();
+    let boom = report.task("boom").unwrap();
+    assert_eq!(boom.status, "failed");
+    assert_eq!(
+        boom.error.as_deref(),
+        Some("task panicked: kaboom at step 3")
+    );
+    let after = report.task("after_boom").unwrap();
+    assert!(
+        after
+            .error
+            .as_deref()
+            .unwrap()
+            .starts_with("input \"boom\" failed"),
+        "{after:?}"
+    );
+    assert_eq!(report.task("unrelated").unwrap().status, "finished");
+    // The same (only) worker runs the next graph.
+    let mut g = Graph::new();
+    g.task("bytes", &serde_json::json!({"n": 2}))
+        .key("later")
+        .add();
+    let mut run = client.submit(&g).await.unwrap();
+    assert_eq!(run.wait().await.unwrap().finished, 1);
+    assert_eq!(&run.get_bytes("later").await.unwrap()[..], b"xx");
+    cluster.shutdown().await;
+}

@@ -1,0 +1,281 @@
+//! Faults and hostile input against real processes: wrong credentials, garbage frames, tasks
+//! whose function or params are wrong.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{binary, Cluster, Proc};
+use drover_protocol::codec::encode;
+use drover_protocol::endpoint::{client_endpoint, connect, say_hello};
+use drover_protocol::tls::Identity;
+use drover_protocol::{AccessFile, Hello, Role, PROTOCOL_VERSION};
+
+fn access(c: &Cluster) -> AccessFile {
+    AccessFile::load(std::path::Path::new(&c.access())).unwrap()
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn client_hello(token: &str) -> Hello {
+    Hello {
+        protocol: PROTOCOL_VERSION,
+        token: token.to_owned(),
+        role: Role::Client {
+            name: "intruder".into(),
+        },
+    }
+}
+
+#[test]
+fn wrong_or_missing_tokens_are_refused_and_logged() {
+    let mut c = Cluster::start();
+    let a = access(&c);
+    rt().block_on(async {
+        for (token, why) in [("not-the-token", "wrong token"), ("", "no token")] {
+            let ep = client_endpoint().unwrap();
+            let conn = connect(
+                &ep,
+                a.socket_addr().unwrap(),
+                &a.cert_der().unwrap(),
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+            let err = say_hello(&conn, &client_hello(token))
+                .await
+                .err()
+                .expect("refused");
+            assert!(err.to_string().contains(why), "{err}");
+        }
+        // The real token still works.
+        let ep = client_endpoint().unwrap();
+        let conn = connect(
+            &ep,
+            a.socket_addr().unwrap(),
+            &a.cert_der().unwrap(),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        say_hello(&conn, &client_hello(&a.token)).await.unwrap();
+    });
+    c.scheduler.wait_for("wrong token");
+    c.scheduler.wait_for("no token");
+    // A client with a wrong token through the public API gets a clear error.
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("access.json");
+    AccessFile {
+        token: "nope".into(),
+        ..a
+    }
+    .save(&bad)
+    .unwrap();
+    let err = drover::BlockingClient::connect(&bad)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("refused") && err.contains("wrong token"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_wrong_certificate_is_refused_before_anything_is_sent() {
+    let mut c = Cluster::start();
+    let a = access(&c);
+    let other = Identity::generate().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("access.json");
+    AccessFile::new(a.socket_addr().unwrap(), &other.cert, &a.token)
+        .save(&bad)
+        .unwrap();
+    let err = drover::BlockingClient::connect(&bad)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("cannot connect") && err.contains("certificate"),
+        "{err}"
+    );
+    c.scheduler.wait_for("TLS handshake");
+    // A worker with the wrong certificate is refused the same way.
+    let w = Proc::start(
+        "worker",
+        &binary("worker"),
+        &["--access-file", bad.to_str().unwrap()],
+    );
+    let (code, lines) = w.finish();
+    assert_eq!(code, Some(1));
+    assert!(
+        lines.join("\n").contains("certificate"),
+        "{}",
+        lines.join("\n")
+    );
+}
+
+#[test]
+fn garbage_frames_close_only_their_connection() {
+    let mut c = Cluster::start();
+    c.add_worker(&binary("worker"), &[], "w", "");
+    let a = access(&c);
+    let addr = a.socket_addr().unwrap();
+    let cert = a.cert_der().unwrap();
+    let rt = rt();
+    rt.block_on(async {
+        let ep = client_endpoint().unwrap();
+        // A long-lived honest client, to show other connections are unaffected.
+        let honest = connect(&ep, addr, &cert, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let _session = say_hello(&honest, &client_hello(&a.token)).await.unwrap();
+        let valid = encode(&vec![drover_protocol::FromClient::Locate {
+            keys: vec!["k".into()],
+        }])
+        .unwrap();
+        let mut tasks = tokio::task::JoinSet::new();
+        for lane in 0..4u64 {
+            let (ep, cert, token, valid) =
+                (ep.clone(), cert.clone(), a.token.clone(), valid.clone());
+            tasks.spawn(async move {
+                let mut seed =
+                    0x2545_f491_4f6c_dd1d ^ (lane + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                let mut next = move || {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    seed
+                };
+                for round in 0..500u32 {
+                    let conn = connect(&ep, addr, &cert, Duration::from_secs(5))
+                        .await
+                        .unwrap();
+                    let (mut send, _recv) = if round % 2 == 0 {
+                        let s = say_hello(&conn, &client_hello(&token)).await.unwrap();
+                        (s.send, s.recv)
+                    } else {
+                        conn.open_bi().await.unwrap()
+                    };
+                    let frame: Vec<u8> = match round % 5 {
+                        // random bytes
+                        0 => (0..(next() % 300)).map(|_| next() as u8).collect(),
+                        // an oversized length prefix
+                        1 => [u32::MAX.to_le_bytes().to_vec(), vec![1, 2, 3]].concat(),
+                        // a valid frame, truncated
+                        2 => valid[..valid.len() - 1 - (next() as usize % (valid.len() - 1))]
+                            .to_vec(),
+                        // a valid frame with a flipped byte
+                        3 => {
+                            let mut f = valid.clone();
+                            let i = 4 + next() as usize % (f.len() - 4);
+                            f[i] ^= 0xff;
+                            f
+                        }
+                        // a length prefix that promises more than is sent
+                        _ => [100u32.to_le_bytes().to_vec(), vec![0; 10]].concat(),
+                    };
+                    let _ = send.write_all(&frame).await;
+                    let _ = send.finish();
+                    if round % 50 == 0 {
+                        // Now and then wait for the scheduler to act on it.
+                        let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
+                    } else {
+                        conn.close(quinn::VarInt::from_u32(0), b"done");
+                    }
+                }
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            r.unwrap();
+        }
+        assert!(
+            honest.close_reason().is_none(),
+            "the honest client was disconnected: {:?}",
+            honest.close_reason()
+        );
+    });
+    c.scheduler.wait_for("bad frame");
+    // The scheduler still runs graphs.
+    let dir = tempfile::tempdir().unwrap();
+    let g = dir.path().join("g.json");
+    std::fs::write(&g, r#"{"tasks": [{"key": "a", "function": "bytes", "params": {"n": 3}}, {"key": "b", "function": "len", "inputs": ["a"]}]}"#).unwrap();
+    let access = c.access();
+    let (code, lines) = Proc::start(
+        "drover run",
+        &binary("drover"),
+        &["run", g.to_str().unwrap(), "--access-file", &access],
+    )
+    .finish();
+    assert_eq!(code, Some(0), "{}", lines.join("\n"));
+    assert!(
+        lines.iter().any(|l| l == "stdout: b: 3"),
+        "{}",
+        lines.join("\n")
+    );
+}
+
+#[test]
+fn unknown_functions_and_bad_params_fail_only_their_tasks() {
+    let mut c = Cluster::start();
+    c.add_worker(&binary("worker"), &[], "w", "");
+    let dir = tempfile::tempdir().unwrap();
+    let g = dir.path().join("g.json");
+    std::fs::write(
+        &g,
+        r#"{"tasks": [
+            {"key": "nofn", "function": "no_such_function"},
+            {"key": "badparams", "function": "bytes", "params": {"n": "many"}},
+            {"key": "ok", "function": "bytes", "params": {"n": 2}}
+        ]}"#,
+    )
+    .unwrap();
+    let report = dir.path().join("r.json");
+    let access = c.access();
+    let (code, lines) = Proc::start(
+        "drover run",
+        &binary("drover"),
+        &[
+            "run",
+            g.to_str().unwrap(),
+            "--access-file",
+            &access,
+            "--report",
+            report.to_str().unwrap(),
+        ],
+    )
+    .finish();
+    assert_eq!(code, Some(1), "{}", lines.join("\n"));
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let err = |k: &str| {
+        r["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["key"] == k)
+            .unwrap()["error"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
+    };
+    assert_eq!(
+        err("nofn"),
+        "worker \"w\" has no function \"no_such_function\""
+    );
+    assert!(
+        err("badparams").starts_with("params do not fit"),
+        "{}",
+        err("badparams")
+    );
+    assert!(
+        err("badparams").contains("invalid type"),
+        "{}",
+        err("badparams")
+    );
+    assert!(lines.iter().any(|l| l == "stdout: ok: xx"));
+}
