@@ -279,3 +279,83 @@ fn unknown_functions_and_bad_params_fail_only_their_tasks() {
     );
     assert!(lines.iter().any(|l| l == "stdout: ok: xx"));
 }
+
+#[test]
+fn a_worker_killed_mid_graph_loses_nothing() {
+    let mut c = Cluster::start();
+    let access = c.access();
+    let worker = binary("worker");
+    let start = |name: &str, log: &str| {
+        let mut w = Proc::start_logging(
+            name,
+            &worker,
+            &[
+                "--access-file",
+                &access,
+                "--name",
+                name,
+                "--idle-timeout-secs",
+                "3",
+            ],
+            log,
+        );
+        w.wait_for("worker connected");
+        w
+    };
+    let _survivor = start("survivor", "info");
+    let mut victim = start("victim", "info,drover_worker=debug");
+    // Eight data tasks, eight slow tasks, and a final task that needs every result: whatever
+    // the victim made and still held must be recomputed from lineage after it dies.
+    let mut tasks = Vec::new();
+    let mut all = Vec::new();
+    for i in 0..8 {
+        tasks.push(format!(
+            r#"{{"key": "d{i}", "function": "bytes", "params": {{"n": 1000, "fill": "{i}"}}}}"#
+        ));
+        tasks.push(format!(
+            r#"{{"key": "s{i}", "function": "command", "inputs": ["d{i}"], "params": {{"argv": ["sh", "-c", "sleep 0.2; printf s"]}}}}"#
+        ));
+        all.push(format!("\"d{i}\", \"s{i}\""));
+    }
+    tasks.push(format!(
+        r#"{{"key": "all", "function": "concat", "inputs": [{}]}}"#,
+        all.join(", ")
+    ));
+    tasks.push(r#"{"key": "n", "function": "len", "inputs": ["all"]}"#.to_owned());
+    let dir = tempfile::tempdir().unwrap();
+    let g = dir.path().join("g.json");
+    std::fs::write(&g, format!("{{\"tasks\": [{}]}}", tasks.join(","))).unwrap();
+    let report = dir.path().join("r.json");
+    let run = Proc::start(
+        "drover run",
+        &binary("drover"),
+        &[
+            "run",
+            g.to_str().unwrap(),
+            "--access-file",
+            &access,
+            "--report",
+            report.to_str().unwrap(),
+        ],
+    );
+    // Kill the victim as soon as it has finished a task (its result is still needed by "all").
+    victim.wait_for("task done");
+    victim.kill();
+    let (code, lines) = run.finish();
+    assert_eq!(code, Some(0), "{}", lines.join("\n"));
+    assert!(
+        lines.iter().any(|l| l == "stdout: n: 8008"),
+        "{}",
+        lines.join("\n")
+    );
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let tasks = r["tasks"].as_array().unwrap();
+    assert!(tasks.iter().all(|t| t["status"] == "finished"), "{r}");
+    let reruns: u64 = tasks.iter().map(|t| t["reruns"].as_u64().unwrap()).sum();
+    assert!(
+        reruns >= 1,
+        "something the victim held or ran must have been re-run: {r}"
+    );
+    c.scheduler.wait_for("worker left");
+}

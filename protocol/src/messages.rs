@@ -125,6 +125,16 @@ pub enum FromWorker {
         /// fetching worker keeps them as replicas.
         fetched: Vec<(TaskIdx, WorkerId, u64)>,
     },
+    /// A task could not start: fetching its inputs from `holder` failed (the holder may be
+    /// gone). The scheduler stops trusting that copy, recomputes what is lost, and requeues it.
+    InputsLost {
+        /// The task.
+        id: TaskIdx,
+        /// The worker the fetch failed from.
+        holder: WorkerId,
+        /// What went wrong.
+        error: String,
+    },
     /// A task failed.
     Failed {
         /// The task.
@@ -192,6 +202,8 @@ pub struct TaskEvent {
     pub cross_pool_bytes: u64,
     /// The error, for failed tasks.
     pub error: Option<String>,
+    /// How many times it was started (more than 1 when re-run after a worker loss or retry).
+    pub attempts: u32,
 }
 
 /// Scheduler to client.

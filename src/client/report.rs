@@ -22,6 +22,8 @@ pub struct TaskReport {
     pub error: Option<String>,
     /// Input bytes moved into it from other workers.
     pub moved_bytes: u64,
+    /// Times it was started beyond the first (after a lost worker, a lost input or a retry).
+    pub reruns: u32,
 }
 
 /// What a run did. The JSON form is a contract: `tasks` with `key`, `worker`, `pool`, `status`,
@@ -72,6 +74,7 @@ impl Report {
                 duration_ms: e.duration_us as f64 / 1000.0,
                 error: e.error.clone(),
                 moved_bytes: e.moved_bytes,
+                reruns: e.attempts.saturating_sub(1),
             });
         }
         r

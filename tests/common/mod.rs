@@ -41,11 +41,16 @@ pub struct Proc {
 }
 
 impl Proc {
-    /// Starts `program args`, capturing stderr (stdout too when `capture_stdout`).
+    /// Starts `program args` with `RUST_LOG=info`, capturing its output.
     pub fn start(name: &str, program: &Path, args: &[&str]) -> Proc {
+        Proc::start_logging(name, program, args, "info")
+    }
+
+    /// Starts `program args` with `RUST_LOG=log`, capturing its output.
+    pub fn start_logging(name: &str, program: &Path, args: &[&str], log: &str) -> Proc {
         let mut child = Command::new(program)
             .args(args)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", log)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -96,6 +101,12 @@ impl Proc {
                 ),
             }
         }
+    }
+
+    /// Kills the process at once (SIGKILL) and reaps it.
+    pub fn kill(&mut self) {
+        self.child.kill().expect("kill");
+        self.child.wait().expect("wait");
     }
 
     /// Waits for the process to exit; returns its code and all its output lines.

@@ -230,7 +230,8 @@ pub async fn run_worker_notify(
         config.idle_timeout,
     ));
     let peers: Arc<RwLock<HashMap<WorkerId, PeerInfo>>> = Arc::default();
-    let (ready_tx, mut ready_rx) = mpsc::unbounded_channel::<Result<Job, (ComputeTask, String)>>();
+    let (ready_tx, mut ready_rx) =
+        mpsc::unbounded_channel::<Result<Job, (ComputeTask, FromWorker)>>();
 
     let mut local = Local {
         queue: BinaryHeap::new(),
@@ -294,6 +295,7 @@ pub async fn run_worker_notify(
             },
             Some(done) = done_rx.recv() => {
                 local.release(&done.task);
+                debug!(key = %done.task.key, ok = done.result.is_ok(), "task done");
                 let msg = match done.result {
                     Ok(bytes) => {
                         let size = bytes.len() as u64;
@@ -309,9 +311,9 @@ pub async fn run_worker_notify(
             }
             Some(ready) = ready_rx.recv() => match ready {
                 Ok(job) => { let _ = jobs.send(job); }
-                Err((task, error)) => {
+                Err((task, msg)) => {
                     local.release(&task);
-                    let _ = out_tx.send(vec![FromWorker::Failed { id: task.id, error, duration_us: 0 }]);
+                    let _ = out_tx.send(vec![msg]);
                 }
             },
         }
@@ -357,10 +359,25 @@ pub async fn run_worker_notify(
                                 inputs,
                                 fetched,
                             }),
-                            None => Err((task, "an input was freed while fetching".to_owned())),
+                            None => {
+                                let msg = FromWorker::Failed {
+                                    id: task.id,
+                                    error: "an input was freed while fetching".to_owned(),
+                                    duration_us: 0,
+                                };
+                                Err((task, msg))
+                            }
                         }
                     }
-                    Err(e) => Err((task, format!("cannot fetch inputs: {e}"))),
+                    Err((holder, error)) => {
+                        warn!(key = %task.key, holder, %error, "cannot fetch inputs");
+                        let msg = FromWorker::InputsLost {
+                            id: task.id,
+                            holder,
+                            error,
+                        };
+                        Err((task, msg))
+                    }
                 });
             });
         }
@@ -377,13 +394,14 @@ pub async fn run_worker_notify(
     }
 }
 
-/// Fetches `missing` (input, holder) into the store; returns what came from where.
+/// Fetches `missing` (input, holder) into the store; returns what came from where, or the
+/// holder a fetch failed from.
 async fn fetch_inputs(
     store: &Store,
     fetcher: &Fetcher,
     peers: &RwLock<HashMap<WorkerId, PeerInfo>>,
     missing: &[(TaskIdx, WorkerId)],
-) -> Result<Vec<(TaskIdx, WorkerId, u64)>, String> {
+) -> Result<Vec<(TaskIdx, WorkerId, u64)>, (WorkerId, String)> {
     let mut by_holder: HashMap<WorkerId, Vec<TaskIdx>> = HashMap::new();
     for &(i, w) in missing {
         let ids = by_holder.entry(w).or_default();
@@ -393,11 +411,13 @@ async fn fetch_inputs(
     }
     let mut fetched = Vec::new();
     for (holder, ids) in by_holder {
-        let peer =
-            peers.read().await.get(&holder).cloned().ok_or_else(|| {
-                format!("worker {holder} holding results {ids:?} is unknown here")
-            })?;
-        for (id, bytes) in fetcher.fetch(&peer, &ids).await? {
+        let peer = peers.read().await.get(&holder).cloned().ok_or_else(|| {
+            (
+                holder,
+                format!("worker {holder} holding results {ids:?} is unknown here"),
+            )
+        })?;
+        for (id, bytes) in fetcher.fetch(&peer, &ids).await.map_err(|e| (holder, e))? {
             fetched.push((id, holder, bytes.len() as u64));
             store.put(id, bytes);
         }

@@ -112,6 +112,8 @@ pub(crate) struct Task {
     pub run: u32,
     /// Where it was placed when assigned (for events).
     pub placed_pool: Option<PoolIdx>,
+    /// How many times it was assigned.
+    pub attempts: u32,
 }
 
 #[derive(Debug)]
@@ -210,6 +212,9 @@ impl Core {
                     error,
                     duration_us,
                 } => self.failed(w, id, error, duration_us),
+                FromWorker::InputsLost { id, holder, error } => {
+                    self.inputs_lost(w, id, holder, &error)
+                }
             },
             Event::Client(c, msg) => match msg {
                 FromClient::Submit {
@@ -528,6 +533,39 @@ impl Core {
         (moved, cross)
     }
 
+    /// `w` could not fetch `t`'s inputs from `holder`: that holder's copies are no longer
+    /// trusted; results left without a holder are recomputed; `t` waits for them again.
+    fn inputs_lost(&mut self, w: WorkerId, t: TaskIdx, holder: WorkerId, error: &str) {
+        let Some(task) = self.tasks.get(t as usize) else {
+            return;
+        };
+        if task.state != State::Assigned(w) {
+            return;
+        }
+        tracing::warn!(task = %task.key, worker = w, holder, error, "inputs lost; recomputing");
+        if let Some(worker) = self.workers.get_mut(&w) {
+            worker.inflight -= 1;
+            worker.assigned.remove(&t);
+        }
+        let inputs = self.tasks[t as usize].inputs.clone();
+        for &i in inputs.iter() {
+            let input = &mut self.tasks[i as usize];
+            if !input.holders.contains(&holder) {
+                continue;
+            }
+            input.holders.retain(|&h| h != holder);
+            if let Some(hw) = self.workers.get_mut(&holder) {
+                hw.has.remove(&i);
+            }
+            if input.holders.is_empty() && input.state == State::Memory {
+                input.state = State::Waiting;
+                self.lost_result(i);
+            }
+        }
+        self.tasks[t as usize].state = State::Waiting;
+        self.make_ready_or_recompute(t);
+    }
+
     fn failed(&mut self, w: WorkerId, t: TaskIdx, error: String, duration_us: u64) {
         let Some(task) = self.tasks.get_mut(t as usize) else {
             return;
@@ -621,6 +659,7 @@ impl Core {
                 moved_bytes,
                 cross_pool_bytes,
                 error: error.clone(),
+                attempts: task.attempts,
             };
             self.out
                 .push(Command::Client(run.client, ToClient::Events(vec![event])));

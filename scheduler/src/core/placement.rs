@@ -142,6 +142,7 @@ impl Core {
                 self.ready.get_mut(&r).map(|q| q.pop());
                 let task = &mut self.tasks[t as usize];
                 task.state = State::Assigned(w);
+                task.attempts += 1;
                 task.placed_pool = match r {
                     Restriction::Pool(p) => Some(p),
                     Restriction::Anywhere => None,

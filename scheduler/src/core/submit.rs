@@ -116,6 +116,7 @@ impl Core {
                 size: 0,
                 run: run_idx,
                 placed_pool: None,
+                attempts: 0,
             };
             let idx = match self.keys.get(key) {
                 Some(&failed) => {
@@ -202,6 +203,7 @@ impl Core {
             moved_bytes: 0,
             cross_pool_bytes: 0,
             error: None,
+            attempts: task.attempts,
         };
         self.out
             .push(Command::Client(run.client, ToClient::Events(vec![event])));
