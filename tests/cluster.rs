@@ -294,4 +294,26 @@ fn a_restarted_scheduler_keeps_its_certificate_and_token() {
     }
     c.scheduler = again;
     c.add_worker(&binary("worker"), &[], "w", "");
+    // Deleting the token rotates it and keeps the certificate; the old token is refused.
+    c.scheduler.kill();
+    std::fs::remove_file(c.dir.path().join("token")).unwrap();
+    let mut rotated = Proc::start(
+        "scheduler",
+        &binary("scheduler"),
+        &["--listen", "127.0.0.1:0", "--state-dir", &state],
+    );
+    rotated.wait_for("scheduler listening");
+    let third: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(c.access()).unwrap()).unwrap();
+    assert_eq!(third["certificate"], a["certificate"]);
+    assert_ne!(third["token"], a["token"]);
+    let old = c.dir.path().join("old-access.json");
+    let mut stale = serde_json::from_str::<serde_json::Value>(&second).unwrap();
+    stale["address"] = third["address"].clone();
+    std::fs::write(&old, stale.to_string()).unwrap();
+    let err = drover::BlockingClient::connect(&old)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("wrong token"), "{err}");
+    c.scheduler = rotated;
 }

@@ -66,7 +66,8 @@ pub struct Scheduler {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
-/// Loads or makes the identity and token kept in the state dir.
+/// Loads or makes the identity and token kept in the state dir. Each is made only when its
+/// files are missing, so deleting `token` rotates the token and keeps the certificate.
 fn load_state(dir: &Path) -> Result<(Identity, String), StartError> {
     let err = |e: &dyn std::fmt::Display| StartError::StateDir {
         dir: dir.display().to_string(),
@@ -78,25 +79,31 @@ fn load_state(dir: &Path) -> Result<(Identity, String), StartError> {
         dir.join("scheduler.key"),
         dir.join("token"),
     );
-    if crt.exists() && key.exists() && tok.exists() {
-        let identity = Identity {
+    let identity = if crt.exists() && key.exists() {
+        Identity {
             cert: std::fs::read(&crt).map_err(|e| err(&e))?,
             key: std::fs::read(&key).map_err(|e| err(&e))?,
-        };
+        }
+    } else {
+        let identity = Identity::generate().map_err(|e| err(&e))?;
+        std::fs::write(&crt, &identity.cert).map_err(|e| err(&e))?;
+        write_private(&key, &identity.key).map_err(|e| err(&e))?;
+        identity
+    };
+    let token = if tok.exists() {
         let token = std::fs::read_to_string(&tok)
             .map_err(|e| err(&e))?
             .trim()
             .to_owned();
         if token.is_empty() {
-            return Err(err(&"token file is empty"));
+            return Err(err(&"token file is empty (delete it to make a new one)"));
         }
-        return Ok((identity, token));
-    }
-    let identity = Identity::generate().map_err(|e| err(&e))?;
-    let token = drover_protocol::new_token();
-    std::fs::write(&crt, &identity.cert).map_err(|e| err(&e))?;
-    write_private(&key, &identity.key).map_err(|e| err(&e))?;
-    write_private(&tok, token.as_bytes()).map_err(|e| err(&e))?;
+        token
+    } else {
+        let token = drover_protocol::new_token();
+        write_private(&tok, token.as_bytes()).map_err(|e| err(&e))?;
+        token
+    };
     Ok((identity, token))
 }
 
