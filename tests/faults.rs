@@ -359,3 +359,78 @@ fn a_worker_killed_mid_graph_loses_nothing() {
     );
     c.scheduler.wait_for("worker left");
 }
+
+/// Whether a process whose command line contains `marker` is running.
+fn process_running(marker: &str) -> bool {
+    std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+        std::fs::read(e.path().join("cmdline"))
+            .is_ok_and(|c| String::from_utf8_lossy(&c).contains(marker))
+    })
+}
+
+#[test]
+fn a_task_past_its_timeout_fails_and_its_process_is_killed() {
+    let mut c = Cluster::start();
+    c.add_worker(&binary("worker"), &[], "w", "");
+    let marker = format!("drover-timeout-test-{}", std::process::id());
+    let dir = tempfile::tempdir().unwrap();
+    let g = dir.path().join("g.json");
+    std::fs::write(
+        &g,
+        format!(
+            r#"{{"tasks": [
+                {{"key": "slow", "function": "command", "timeout": 0.3, "retries": 1,
+                  "params": {{"argv": ["sh", "-c", "sleep 30 # {marker}"]}}}},
+                {{"key": "quick", "function": "command", "timeout": 30, "params": {{"argv": ["echo", "in time"]}}}}
+            ]}}"#
+        ),
+    )
+    .unwrap();
+    let report = dir.path().join("r.json");
+    let access = c.access();
+    let (code, lines) = Proc::start(
+        "drover run",
+        &binary("drover"),
+        &[
+            "run",
+            g.to_str().unwrap(),
+            "--access-file",
+            &access,
+            "--report",
+            report.to_str().unwrap(),
+        ],
+    )
+    .finish();
+    assert_eq!(code, Some(1), "{}", lines.join("\n"));
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let slow = r["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["key"] == "slow")
+        .unwrap();
+    // Reported by the worker's timer or by the killed command, whichever is first.
+    assert!(
+        slow["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("task timed out after 0.3 s"),
+        "{slow}"
+    );
+    assert_eq!(slow["reruns"], 1, "retries apply to timeouts: {slow}");
+    assert!(
+        lines.iter().any(|l| l == "stdout: quick: in time"),
+        "{}",
+        lines.join("\n")
+    );
+    // The shell was killed at its deadline, not left sleeping for 30 s.
+    let end = std::time::Instant::now() + common::DEADLINE;
+    while process_running(&marker) {
+        assert!(
+            std::time::Instant::now() < end,
+            "the timed-out command is still running"
+        );
+        std::thread::yield_now();
+    }
+}

@@ -82,3 +82,42 @@ async fn a_panicking_task_fails_with_its_payload_and_the_worker_lives_on() {
     assert_eq!(&run.get_bytes("later").await.unwrap()[..], b"xx");
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rust_function_past_its_timeout_fails_and_its_late_result_is_dropped() {
+    let mut registry = Registry::with_builtins();
+    // Sleeps far past its timeout, then returns a result nobody may see.
+    registry.register_raw("dawdle", |_, _, _| {
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        Ok(b"too late".to_vec())
+    });
+    let cluster = LocalCluster::start(&ClusterSpec::plain(1, 2), registry)
+        .await
+        .unwrap();
+    let client = cluster.client().await.unwrap();
+    let mut g = Graph::new();
+    let slow = g
+        .task("dawdle", &())
+        .key("slow")
+        .timeout(std::time::Duration::from_millis(100))
+        .add();
+    g.task("len", &()).key("after").input(slow).add();
+    g.task("bytes", &serde_json::json!({"n": 3}))
+        .key("other")
+        .add();
+    let mut run = client.submit(&g).await.unwrap();
+    let report = run.wait().await.unwrap();
+    assert_eq!(
+        report.task("slow").unwrap().error.as_deref(),
+        Some("task timed out after 0.1 s")
+    );
+    assert!(report
+        .task("after")
+        .unwrap()
+        .error
+        .as_deref()
+        .unwrap()
+        .starts_with("input \"slow\" failed"));
+    assert_eq!(report.task("other").unwrap().status, "finished");
+    cluster.shutdown().await;
+}

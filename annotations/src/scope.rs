@@ -42,6 +42,8 @@ pub struct Annotations {
     pub retries: Option<u32>,
     /// Estimated output size in bytes, for the cost model.
     pub size_hint: Option<u64>,
+    /// A run longer than this fails the task (a `command` task's process is killed).
+    pub timeout: Option<std::time::Duration>,
 }
 
 impl Annotations {
@@ -86,6 +88,12 @@ impl Annotations {
         self
     }
 
+    /// Sets the timeout.
+    pub fn timeout(mut self, timeout: std::time::Duration) -> Annotations {
+        self.timeout = Some(timeout);
+        self
+    }
+
     /// Lays `inner` over `self`: every field `inner` sets wins; resources are overlaid by name.
     pub fn overlay(&mut self, inner: &Annotations) {
         if let Some(p) = &inner.placement {
@@ -100,6 +108,7 @@ impl Annotations {
         self.priority = inner.priority.or(self.priority);
         self.retries = inner.retries.or(self.retries);
         self.size_hint = inner.size_hint.or(self.size_hint);
+        self.timeout = inner.timeout.or(self.timeout);
     }
 }
 
@@ -145,6 +154,7 @@ impl ScopeStack {
             priority: None,
             retries: None,
             size_hint: None,
+            timeout: None,
         };
         self.effective.last().unwrap_or(&EMPTY)
     }

@@ -278,6 +278,13 @@ impl<'g, T> TaskBuilder<'g, T> {
         self
     }
 
+    /// Fails the task when a run takes longer than `timeout` (a `command` task's process is
+    /// killed). Zero is an error reported by [`Graph::validate`].
+    pub fn timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.own.timeout = Some(timeout);
+        self
+    }
+
     /// Applies a whole set of annotations over those given so far.
     pub fn annotations(mut self, a: &Annotations) -> Self {
         self.own.overlay(a);
@@ -321,6 +328,7 @@ impl<'g, T> TaskBuilder<'g, T> {
             priority: eff.priority.unwrap_or(0),
             retries: eff.retries.unwrap_or(0),
             size_hint: eff.size_hint,
+            timeout_ms: eff.timeout.map(|t| t.as_millis().max(1) as u64),
         });
         // Keys are copied into errors only when there is one: no allocation on the good path.
         let task = |g: &Graph| g.key(id).to_owned();
@@ -343,6 +351,12 @@ impl<'g, T> TaskBuilder<'g, T> {
                 pool: resource[POOL_RESOURCE_PREFIX.len()..].to_owned(),
                 resource,
             });
+        }
+        if eff.timeout.is_some_and(|t| t.is_zero()) {
+            let task = task(graph);
+            graph
+                .errors
+                .push(GraphError::BadTimeout { task, seconds: 0.0 });
         }
         if foreign_input {
             let task = task(graph);

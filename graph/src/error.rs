@@ -83,6 +83,14 @@ pub enum GraphError {
         /// The pool it was pinned to.
         pool: String,
     },
+    /// A task's timeout is zero, negative or not finite.
+    #[error("task {task:?} has timeout {seconds}: it must be a positive number of seconds")]
+    BadTimeout {
+        /// The task.
+        task: String,
+        /// The timeout given, in seconds.
+        seconds: f64,
+    },
     /// A task's params could not be serialised to JSON.
     #[error("task {task:?}: params cannot be serialised: {error}")]
     BadParams {

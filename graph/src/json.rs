@@ -62,6 +62,9 @@ pub struct TaskSpec {
     /// Estimated output bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size_hint: Option<u64>,
+    /// Seconds a run may take before the task fails (a `command` task's process is killed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<f64>,
 }
 
 fn is_zero_i32(v: &i32) -> bool {
@@ -161,6 +164,17 @@ impl Graph {
                 0
             }
         };
+        let timeout_ms = match t.timeout {
+            None => None,
+            Some(s) if s.is_finite() && s > 0.0 => Some(((s * 1000.0).ceil() as u64).max(1)),
+            Some(seconds) => {
+                errors.push(GraphError::BadTimeout {
+                    task: t.key.clone(),
+                    seconds,
+                });
+                None
+            }
+        };
         self.pending_inputs.clear();
         for k in &t.inputs {
             let id = self.slot(k);
@@ -176,6 +190,7 @@ impl Graph {
             priority: t.priority,
             retries: t.retries,
             size_hint: t.size_hint,
+            timeout_ms,
         });
         self.errors.append(&mut errors);
         id
@@ -211,6 +226,7 @@ impl Graph {
                 priority: self.priority(id),
                 retries: self.retries(id),
                 size_hint: self.size_hint(id),
+                timeout: self.timeout(id).map(|d| d.as_secs_f64()),
             })
             .collect();
         GraphFile { tasks }
@@ -283,6 +299,37 @@ mod tests {
         rust.task("f", &()).key("d").pool("").add();
         let rust_errs = rust.validate().unwrap_err().errors;
         assert_eq!(rust_errs[0].to_string(), errs[3]);
+    }
+
+    #[test]
+    fn timeouts_are_positive_seconds() {
+        let g =
+            Graph::from_json_str(r#"{"tasks": [{"key": "t", "function": "f", "timeout": 1.5}]}"#)
+                .unwrap();
+        assert_eq!(
+            g.timeout(g.id_of("t").unwrap()),
+            Some(std::time::Duration::from_millis(1500))
+        );
+        assert_eq!(Graph::from_file(&g.to_file()).to_file(), g.to_file());
+        for bad in ["0", "-2"] {
+            let text =
+                format!(r#"{{"tasks": [{{"key": "t", "function": "f", "timeout": {bad}}}]}}"#);
+            let errs = Graph::from_json_str(&text).unwrap().validate().unwrap_err();
+            assert!(
+                errs.to_string().contains("task \"t\" has timeout"),
+                "{errs}"
+            );
+        }
+        let mut rust = Graph::new();
+        rust.task("f", &())
+            .key("z")
+            .timeout(std::time::Duration::ZERO)
+            .add();
+        assert!(rust
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("task \"z\" has timeout 0"));
     }
 
     #[test]

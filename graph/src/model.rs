@@ -42,6 +42,8 @@ pub(crate) struct TaskRecord {
     pub priority: i32,
     pub retries: u32,
     pub size_hint: Option<u64>,
+    /// Timeout in milliseconds.
+    pub timeout_ms: Option<u64>,
 }
 
 impl TaskRecord {
@@ -70,6 +72,7 @@ pub(crate) struct NewTask<'a> {
     pub priority: i32,
     pub retries: u32,
     pub size_hint: Option<u64>,
+    pub timeout_ms: Option<u64>,
 }
 
 static NEXT_GRAPH_ID: AtomicU64 = AtomicU64::new(1);
@@ -224,6 +227,13 @@ impl Graph {
         self.tasks[id.index()].size_hint
     }
 
+    /// The timeout of task `id`, if any: a longer run fails it.
+    pub fn timeout(&self, id: TaskId) -> Option<std::time::Duration> {
+        self.tasks[id.index()]
+            .timeout_ms
+            .map(std::time::Duration::from_millis)
+    }
+
     /// The number of pools mentioned.
     pub fn pool_count(&self) -> usize {
         self.pools.len()
@@ -332,6 +342,7 @@ impl Graph {
             priority: task.priority,
             retries: task.retries,
             size_hint: task.size_hint,
+            timeout_ms: task.timeout_ms,
         };
         let existing = &self.tasks[id.index()];
         if existing.defined {

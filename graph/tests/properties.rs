@@ -56,6 +56,7 @@ fn specs(raw: &[RawTask]) -> Vec<TaskSpec> {
             priority: 0,
             retries: 0,
             size_hint: t.size,
+            timeout: None,
         })
         .collect()
 }

@@ -95,6 +95,8 @@ pub struct ComputeTask {
     pub resources: Vec<(String, f64)>,
     /// Higher runs first.
     pub priority: i32,
+    /// A run longer than this many milliseconds fails the task.
+    pub timeout_ms: Option<u64>,
 }
 
 /// Scheduler to worker.

@@ -85,7 +85,7 @@ pub fn register(r: &mut Registry) {
     r.register_raw("command", run_command);
 }
 
-fn run_command(_: &TaskContext, p: Option<&str>, _: &[Bytes]) -> Result<Vec<u8>, String> {
+fn run_command(ctx: &TaskContext, p: Option<&str>, _: &[Bytes]) -> Result<Vec<u8>, String> {
     let p: CommandParams = parse_params(p)?;
     let (program, args) = p.argv.split_first().ok_or("argv is empty")?;
     let mut cmd = std::process::Command::new(program);
@@ -95,9 +95,18 @@ fn run_command(_: &TaskContext, p: Option<&str>, _: &[Bytes]) -> Result<Vec<u8>,
     if let Some(cwd) = &p.cwd {
         cmd.current_dir(cwd);
     }
-    let out = cmd
-        .output()
-        .map_err(|e| format!("cannot start {program:?}: {e}"))?;
+    let out = match ctx.deadline {
+        None => cmd
+            .output()
+            .map_err(|e| format!("cannot start {program:?}: {e}"))?,
+        Some(deadline) => output_until(&mut cmd, deadline).map_err(|e| match e {
+            Killed::AtDeadline => format!(
+                "{}; process killed",
+                crate::runtime::timeout_message(ctx.timeout.unwrap_or_default())
+            ),
+            Killed::Error(e) => format!("{program:?}: {e}"),
+        })?,
+    };
     if out.status.success() {
         return Ok(out.stdout);
     }
@@ -123,6 +132,56 @@ fn run_command(_: &TaskContext, p: Option<&str>, _: &[Bytes]) -> Result<Vec<u8>,
     ))
 }
 
+/// Why [`output_until`] gave no output.
+enum Killed {
+    /// The deadline passed; the process was killed.
+    AtDeadline,
+    /// It could not be run or waited for.
+    Error(String),
+}
+
+/// Runs `cmd` to completion like `Command::output`, killing it at `deadline`.
+fn output_until(
+    cmd: &mut std::process::Command,
+    deadline: std::time::Instant,
+) -> Result<std::process::Output, Killed> {
+    use std::io::Read;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| Killed::Error(format!("cannot start: {e}")))?;
+    fn drain<R: Read + Send + 'static>(r: Option<R>) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut buf);
+            }
+            buf
+        })
+    }
+    let out = drain(child.stdout.take());
+    let err = drain(child.stderr.take());
+    let status = loop {
+        if let Some(status) = child.try_wait().map_err(|e| Killed::Error(e.to_string()))? {
+            break status;
+        }
+        let now = std::time::Instant::now();
+        if now >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(Killed::AtDeadline);
+        }
+        std::thread::sleep((deadline - now).min(std::time::Duration::from_millis(10)));
+    };
+    Ok(std::process::Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,6 +192,8 @@ mod tests {
             key: "k".into(),
             worker_id: 0,
             worker_name: "w".into(),
+            deadline: None,
+            timeout: None,
         };
         r.get(name).unwrap()(&ctx, params, inputs)
     }
@@ -174,5 +235,29 @@ mod tests {
         assert!(err.contains("exit code 3") && err.contains("boom"), "{err}");
         let err = call("command", Some(r#"{"argv": ["/no/such/program"]}"#), &[]).unwrap_err();
         assert!(err.contains("cannot start"), "{err}");
+    }
+
+    #[test]
+    fn command_is_killed_at_its_deadline() {
+        let r = Registry::with_builtins();
+        let ctx = TaskContext {
+            key: "k".into(),
+            worker_id: 0,
+            worker_name: "w".into(),
+            deadline: Some(std::time::Instant::now() + std::time::Duration::from_millis(100)),
+            timeout: Some(std::time::Duration::from_millis(100)),
+        };
+        let started = std::time::Instant::now();
+        let err =
+            r.get("command").unwrap()(&ctx, Some(r#"{"argv": ["sleep", "30"]}"#), &[]).unwrap_err();
+        assert_eq!(err, "task timed out after 0.1 s; process killed");
+        assert!(started.elapsed() < std::time::Duration::from_secs(20));
+        let ctx = TaskContext {
+            deadline: Some(std::time::Instant::now() + std::time::Duration::from_secs(60)),
+            ..ctx
+        };
+        let ok =
+            r.get("command").unwrap()(&ctx, Some(r#"{"argv": ["echo", "in time"]}"#), &[]).unwrap();
+        assert_eq!(ok, b"in time\n");
     }
 }

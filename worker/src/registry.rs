@@ -23,6 +23,11 @@ pub struct TaskContext {
     pub worker_id: u32,
     /// The worker's name.
     pub worker_name: String,
+    /// When the task's timeout expires, if it has one: long-running functions should stop by
+    /// then (the worker reports the task failed at that moment either way).
+    pub deadline: Option<std::time::Instant>,
+    /// The task's timeout, if any (`deadline` is its start plus this).
+    pub timeout: Option<std::time::Duration>,
 }
 
 /// A function body: params JSON (or none), input bytes in order → output bytes or an error.
@@ -193,6 +198,8 @@ mod tests {
             key: "k".into(),
             worker_id: 0,
             worker_name: "w".into(),
+            deadline: None,
+            timeout: None,
         }
     }
 

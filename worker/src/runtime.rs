@@ -72,6 +72,8 @@ fn local_ip_towards(remote: SocketAddr) -> IpAddr {
 
 /// A task on its way to an executor thread.
 struct Job {
+    /// This run's number on this worker (a retried task runs again under a new one).
+    seq: u64,
     task: ComputeTask,
     func: Option<Arc<RawFn>>,
     inputs: Vec<Bytes>,
@@ -80,10 +82,29 @@ struct Job {
 
 /// What an executor thread reports.
 struct Done {
+    seq: u64,
     task: ComputeTask,
     result: Result<Bytes, String>,
     duration_us: u64,
     fetched: Vec<(TaskIdx, WorkerId, u64)>,
+}
+
+/// Messages from executor threads.
+enum ThreadMsg {
+    /// A task with a timeout started; it must end by `deadline`.
+    Started {
+        seq: u64,
+        id: TaskIdx,
+        timeout_ms: u64,
+        deadline: Instant,
+    },
+    /// A task ended.
+    Done(Done),
+}
+
+/// How a timeout is reported, by the worker or by a function that stops itself at its deadline.
+pub fn timeout_message(timeout: Duration) -> String {
+    format!("task timed out after {} s", timeout.as_secs_f64())
 }
 
 /// Local queue entry: higher priority first, then arrival order.
@@ -123,12 +144,12 @@ fn spawn_executors(
     n: u32,
     name: &str,
     id: WorkerId,
-    done: mpsc::UnboundedSender<Done>,
+    out: mpsc::UnboundedSender<ThreadMsg>,
 ) -> std::sync::mpsc::Sender<Job> {
     let (tx, rx) = std::sync::mpsc::channel::<Job>();
     let rx = Arc::new(Mutex::new(rx));
     for i in 0..n {
-        let (rx, done, name) = (rx.clone(), done.clone(), name.to_owned());
+        let (rx, out, name) = (rx.clone(), out.clone(), name.to_owned());
         std::thread::Builder::new()
             .name(format!("drover-exec-{i}"))
             .spawn(move || loop {
@@ -137,6 +158,18 @@ fn spawn_executors(
                     _ => return,
                 };
                 let start = Instant::now();
+                let deadline = job
+                    .task
+                    .timeout_ms
+                    .map(|ms| start + Duration::from_millis(ms));
+                if let (Some(deadline), Some(timeout_ms)) = (deadline, job.task.timeout_ms) {
+                    let _ = out.send(ThreadMsg::Started {
+                        seq: job.seq,
+                        id: job.task.id,
+                        timeout_ms,
+                        deadline,
+                    });
+                }
                 let result = match &job.func {
                     None => Err(format!(
                         "worker {name:?} has no function {:?}",
@@ -147,6 +180,8 @@ fn spawn_executors(
                             key: job.task.key.clone(),
                             worker_id: id,
                             worker_name: name.clone(),
+                            deadline,
+                            timeout: job.task.timeout_ms.map(Duration::from_millis),
                         };
                         match catch_unwind(AssertUnwindSafe(|| {
                             f(&ctx, job.task.params.as_deref(), &job.inputs)
@@ -157,15 +192,14 @@ fn spawn_executors(
                     }
                 };
                 let duration_us = start.elapsed().as_micros() as u64;
-                if done
-                    .send(Done {
-                        task: job.task,
-                        result,
-                        duration_us,
-                        fetched: job.fetched,
-                    })
-                    .is_err()
-                {
+                let done = Done {
+                    seq: job.seq,
+                    task: job.task,
+                    result,
+                    duration_us,
+                    fetched: job.fetched,
+                };
+                if out.send(ThreadMsg::Done(done)).is_err() {
                     return;
                 }
             })
@@ -222,8 +256,14 @@ pub async fn run_worker_notify(
     tokio::spawn(serve(endpoint.clone(), store.clone(), token.clone()));
     let (out_tx, out_rx) = mpsc::unbounded_channel::<Vec<FromWorker>>();
     tokio::spawn(batch_writer(session.send, out_rx));
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
-    let jobs = spawn_executors(config.nthreads.max(1), &config.name, id, done_tx);
+    let (thread_tx, mut thread_rx) = mpsc::unbounded_channel::<ThreadMsg>();
+    let jobs = spawn_executors(config.nthreads.max(1), &config.name, id, thread_tx);
+    // Timeouts: runs with a deadline, the timers' channel, and runs already reported as timed
+    // out whose threads have not returned yet (their results are dropped).
+    let mut timed: HashMap<u64, (TaskIdx, u64)> = HashMap::new();
+    let mut abandoned: std::collections::HashSet<u64> = Default::default();
+    let (expired_tx, mut expired_rx) = mpsc::unbounded_channel::<u64>();
+    let mut run_seq: u64 = 0;
     let fetcher = Arc::new(Fetcher::new(
         endpoint.clone(),
         config.access.token.clone(),
@@ -293,21 +333,49 @@ pub async fn run_worker_notify(
                     break Some(e.to_string());
                 }
             },
-            Some(done) = done_rx.recv() => {
-                local.release(&done.task);
-                debug!(key = %done.task.key, ok = done.result.is_ok(), "task done");
-                let msg = match done.result {
-                    Ok(bytes) => {
-                        let size = bytes.len() as u64;
-                        store.put(done.task.id, bytes);
-                        FromWorker::Finished { id: done.task.id, size, duration_us: done.duration_us, fetched: done.fetched }
+            Some(msg) = thread_rx.recv() => {
+                let done = match msg {
+                    ThreadMsg::Started { seq, id, timeout_ms, deadline } => {
+                        timed.insert(seq, (id, timeout_ms));
+                        let tx = expired_tx.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep_until(deadline.into()).await;
+                            let _ = tx.send(seq);
+                        });
+                        continue;
                     }
-                    Err(error) => {
-                        debug!(key = %done.task.key, %error, "task failed");
-                        FromWorker::Failed { id: done.task.id, error, duration_us: done.duration_us }
-                    }
+                    ThreadMsg::Done(done) => done,
                 };
-                let _ = out_tx.send(vec![msg]);
+                local.release(&done.task);
+                timed.remove(&done.seq);
+                if abandoned.remove(&done.seq) {
+                    // Reported as timed out already: drop the late result; its thread is free.
+                    debug!(key = %done.task.key, "a timed-out task returned; its result is dropped");
+                } else {
+                    debug!(key = %done.task.key, ok = done.result.is_ok(), "task done");
+                    let msg = match done.result {
+                        Ok(bytes) => {
+                            let size = bytes.len() as u64;
+                            store.put(done.task.id, bytes);
+                            FromWorker::Finished { id: done.task.id, size, duration_us: done.duration_us, fetched: done.fetched }
+                        }
+                        Err(error) => {
+                            debug!(key = %done.task.key, %error, "task failed");
+                            FromWorker::Failed { id: done.task.id, error, duration_us: done.duration_us }
+                        }
+                    };
+                    let _ = out_tx.send(vec![msg]);
+                }
+            }
+            Some(seq) = expired_rx.recv() => {
+                // Still running at its deadline: report it failed now and drop whatever its
+                // thread returns later (a `command` task's process is killed at the deadline).
+                // Its thread and resources stay taken until the function returns.
+                if let Some((id, timeout_ms)) = timed.remove(&seq) {
+                    abandoned.insert(seq);
+                    let error = timeout_message(Duration::from_millis(timeout_ms));
+                    let _ = out_tx.send(vec![FromWorker::Failed { id, error, duration_us: timeout_ms * 1000 }]);
+                }
             }
             Some(ready) = ready_rx.recv() => match ready {
                 Ok(job) => { let _ = jobs.send(job); }
@@ -332,7 +400,9 @@ pub async fn run_worker_notify(
                     .iter()
                     .map(|(i, _)| store.get(*i).expect("checked above"))
                     .collect();
+                run_seq += 1;
                 let _ = jobs.send(Job {
+                    seq: run_seq,
                     task,
                     func,
                     inputs,
@@ -346,6 +416,8 @@ pub async fn run_worker_notify(
                 peers.clone(),
                 ready_tx.clone(),
             );
+            run_seq += 1;
+            let seq = run_seq;
             tokio::spawn(async move {
                 let r = fetch_inputs(&store, &fetcher, &peers, &missing).await;
                 let _ = ready_tx.send(match r {
@@ -354,6 +426,7 @@ pub async fn run_worker_notify(
                             task.inputs.iter().map(|(i, _)| store.get(*i)).collect();
                         match inputs {
                             Some(inputs) => Ok(Job {
+                                seq,
                                 task,
                                 func,
                                 inputs,

@@ -114,6 +114,7 @@ pub(crate) struct Task {
     pub placed_pool: Option<PoolIdx>,
     /// How many times it was assigned.
     pub attempts: u32,
+    pub timeout_ms: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -690,6 +691,7 @@ impl Core {
             inputs,
             resources: task.resources.to_vec(),
             priority: task.priority,
+            timeout_ms: task.timeout_ms,
         })
     }
 }
