@@ -99,6 +99,7 @@ impl LocalCluster {
             state_dir: dir.path().to_owned(),
             advertise: None,
             idle_timeout: idle,
+            core: Default::default(),
         })
         .await?;
         let access = AccessFile::load(scheduler.access_path()).map_err(|e| LocalError::Worker {

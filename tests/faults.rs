@@ -434,3 +434,64 @@ fn a_task_past_its_timeout_fails_and_its_process_is_killed() {
         std::thread::yield_now();
     }
 }
+
+#[test]
+fn a_task_that_kills_its_workers_is_failed_as_suspicious() {
+    // Short idle timeout: each death is noticed within a second.
+    let mut c = Cluster::start_with(&["--idle-timeout-secs", "1", "--max-worker-deaths", "3"]);
+    for name in ["w1", "w2", "w3", "w4"] {
+        c.add_worker(&binary("worker"), &[], name, "");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let g = dir.path().join("g.json");
+    std::fs::write(
+        &g,
+        r#"{"tasks": [
+            {"key": "killer", "function": "command", "params": {"argv": ["sh", "-c", "kill -9 $PPID; sleep 5"]}},
+            {"key": "fine", "function": "bytes", "params": {"n": 1}, "priority": -1}
+        ]}"#,
+    )
+    .unwrap();
+    let report = dir.path().join("r.json");
+    let access = c.access();
+    let (code, lines) = Proc::start(
+        "drover run",
+        &binary("drover"),
+        &[
+            "run",
+            g.to_str().unwrap(),
+            "--access-file",
+            &access,
+            "--report",
+            report.to_str().unwrap(),
+        ],
+    )
+    .finish();
+    assert_eq!(code, Some(1), "{}", lines.join("\n"));
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let killer = r["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["key"] == "killer")
+        .unwrap();
+    let err = killer["error"].as_str().unwrap();
+    assert!(
+        err.starts_with("suspicious task: it was running on 3 workers that died"),
+        "{err}"
+    );
+    assert!(
+        lines.iter().any(|l| l == "stdout: fine: x"),
+        "{}",
+        lines.join("\n")
+    );
+    // Three workers died; the fourth lives on.
+    let dead = c
+        .workers
+        .iter_mut()
+        .map(|w| w.child.try_wait().unwrap().is_some())
+        .filter(|d| *d)
+        .count();
+    assert_eq!(dead, 3);
+}

@@ -115,6 +115,8 @@ pub enum ToWorker {
 /// Worker to scheduler.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum FromWorker {
+    /// A task began running on an executor thread.
+    Started(TaskIdx),
     /// A task finished; its result is held here.
     Finished {
         /// The task.

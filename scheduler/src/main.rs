@@ -24,9 +24,14 @@ struct Args {
     /// listen address, or this machine's host name when listening on all interfaces).
     #[arg(long)]
     advertise: Option<String>,
-    /// Seconds of silence after which a connection counts as dead.
+    /// Seconds of silence after which a connection counts as dead (keep-alives go every
+    /// quarter of it, so a killed or cut-off worker is noticed within this time).
     #[arg(long, default_value_t = 10)]
     idle_timeout_secs: u64,
+    /// A task that was running on this many workers that each died is failed as suspicious
+    /// instead of being tried on another.
+    #[arg(long, default_value_t = 3)]
+    max_worker_deaths: u32,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -44,6 +49,9 @@ fn main() -> anyhow::Result<()> {
             state_dir: args.state_dir,
             advertise: args.advertise,
             idle_timeout: Duration::from_secs(args.idle_timeout_secs.max(1)),
+            core: drover_scheduler::core::CoreConfig {
+                max_worker_deaths: args.max_worker_deaths.max(1),
+            },
         })
         .await?;
         wait_for_signal().await;

@@ -26,7 +26,7 @@ use drover_protocol::{
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::core::{ClientId, Command, Core, Event};
+use crate::core::{ClientId, Command, Core, CoreConfig, Event};
 
 /// How the scheduler is started.
 #[derive(Debug, Clone)]
@@ -40,6 +40,8 @@ pub struct SchedulerConfig {
     pub advertise: Option<String>,
     /// A connection silent this long is dead.
     pub idle_timeout: Duration,
+    /// Limits of the scheduling rules.
+    pub core: CoreConfig,
 }
 
 /// Errors starting the scheduler.
@@ -167,7 +169,7 @@ impl Scheduler {
         info!(%addr, advertised = %access.address, access_file = %access_path.display(), "scheduler listening");
 
         let (tx, rx) = mpsc::unbounded_channel();
-        let core_task = tokio::spawn(core_loop(rx));
+        let core_task = tokio::spawn(core_loop(rx, config.core));
         let accept_task =
             tokio::spawn(accept_loop(endpoint.clone(), Arc::from(token.as_str()), tx));
         Ok(Scheduler {
@@ -330,8 +332,8 @@ async fn read_loop<M: serde::de::DeserializeOwned>(
     }
 }
 
-async fn core_loop(mut rx: mpsc::UnboundedReceiver<Input>) {
-    let mut core = Core::new();
+async fn core_loop(mut rx: mpsc::UnboundedReceiver<Input>, config: CoreConfig) {
+    let mut core = Core::with_config(config);
     let mut workers: HashMap<u32, mpsc::UnboundedSender<Vec<ToWorker>>> = HashMap::new();
     let mut clients: HashMap<ClientId, mpsc::UnboundedSender<Vec<ToClient>>> = HashMap::new();
     let mut commands: Vec<Command> = Vec::new();

@@ -18,6 +18,7 @@ fn help_documents_every_flag() {
         "--listen",
         "--state-dir",
         "--advertise",
+        "--max-worker-deaths",
         "--idle-timeout-secs",
     ] {
         assert!(help.contains(flag), "{flag} missing from:\n{help}");

@@ -155,20 +155,16 @@ pub struct Cluster {
 impl Cluster {
     /// Starts the scheduler and waits until it listens.
     pub fn start() -> Cluster {
+        Cluster::start_with(&["--idle-timeout-secs", "5"])
+    }
+
+    /// Starts the scheduler with extra flags and waits until it listens.
+    pub fn start_with(flags: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let state = dir.path().to_str().expect("utf-8 path").to_owned();
-        let mut scheduler = Proc::start(
-            "scheduler",
-            &binary("scheduler"),
-            &[
-                "--listen",
-                "127.0.0.1:0",
-                "--state-dir",
-                &state,
-                "--idle-timeout-secs",
-                "5",
-            ],
-        );
+        let mut args = vec!["--listen", "127.0.0.1:0", "--state-dir", &state];
+        args.extend_from_slice(flags);
+        let mut scheduler = Proc::start("scheduler", &binary("scheduler"), &args);
         scheduler.wait_for("scheduler listening");
         Cluster {
             dir,

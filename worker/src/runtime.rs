@@ -92,11 +92,12 @@ struct Done {
 /// Messages from executor threads.
 enum ThreadMsg {
     /// A task with a timeout started; it must end by `deadline`.
+    /// A task started; with a timeout, it must end by `deadline`.
     Started {
         seq: u64,
         id: TaskIdx,
-        timeout_ms: u64,
-        deadline: Instant,
+        /// (timeout in ms, deadline), for tasks with a timeout.
+        limit: Option<(u64, Instant)>,
     },
     /// A task ended.
     Done(Done),
@@ -162,14 +163,11 @@ fn spawn_executors(
                     .task
                     .timeout_ms
                     .map(|ms| start + Duration::from_millis(ms));
-                if let (Some(deadline), Some(timeout_ms)) = (deadline, job.task.timeout_ms) {
-                    let _ = out.send(ThreadMsg::Started {
-                        seq: job.seq,
-                        id: job.task.id,
-                        timeout_ms,
-                        deadline,
-                    });
-                }
+                let _ = out.send(ThreadMsg::Started {
+                    seq: job.seq,
+                    id: job.task.id,
+                    limit: job.task.timeout_ms.zip(deadline),
+                });
                 let result = match &job.func {
                     None => Err(format!(
                         "worker {name:?} has no function {:?}",
@@ -335,13 +333,17 @@ pub async fn run_worker_notify(
             },
             Some(msg) = thread_rx.recv() => {
                 let done = match msg {
-                    ThreadMsg::Started { seq, id, timeout_ms, deadline } => {
-                        timed.insert(seq, (id, timeout_ms));
-                        let tx = expired_tx.clone();
-                        tokio::spawn(async move {
-                            tokio::time::sleep_until(deadline.into()).await;
-                            let _ = tx.send(seq);
-                        });
+                    ThreadMsg::Started { seq, id, limit } => {
+                        // The scheduler counts workers that die while running a task.
+                        let _ = out_tx.send(vec![FromWorker::Started(id)]);
+                        if let Some((timeout_ms, deadline)) = limit {
+                            timed.insert(seq, (id, timeout_ms));
+                            let tx = expired_tx.clone();
+                            tokio::spawn(async move {
+                                tokio::time::sleep_until(deadline.into()).await;
+                                let _ = tx.send(seq);
+                            });
+                        }
                         continue;
                     }
                     ThreadMsg::Done(done) => done,

@@ -114,6 +114,8 @@ pub(crate) struct Task {
     pub placed_pool: Option<PoolIdx>,
     /// How many times it was assigned.
     pub attempts: u32,
+    /// Whether its current assignment has started running.
+    pub started: bool,
     pub timeout_ms: Option<u64>,
 }
 
@@ -165,6 +167,25 @@ pub struct Core {
     /// Assumed transfer bandwidth, bytes per microsecond.
     pub(crate) bandwidth: f64,
     pub(crate) out: Vec<Command>,
+    pub(crate) config: CoreConfig,
+    /// Names of workers that died while running a task, for the tasks that have any.
+    pub(crate) deaths: HashMap<TaskIdx, Vec<Arc<str>>>,
+}
+
+/// Limits of the scheduler's rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CoreConfig {
+    /// A task that was running on this many workers that each died is failed as suspicious
+    /// rather than tried on another.
+    pub max_worker_deaths: u32,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        CoreConfig {
+            max_worker_deaths: 3,
+        }
+    }
 }
 
 /// Counts for monitoring and tests.
@@ -185,9 +206,15 @@ pub struct Stats {
 impl Core {
     /// An empty scheduler.
     pub fn new() -> Core {
+        Core::with_config(CoreConfig::default())
+    }
+
+    /// An empty scheduler with these limits.
+    pub fn with_config(config: CoreConfig) -> Core {
         Core {
             mean_duration_us: 1000.0,
             bandwidth: 100.0,
+            config,
             ..Default::default()
         }
     }
@@ -202,6 +229,13 @@ impl Core {
             }
             Event::ClientLeft { id } => self.client_left(id),
             Event::Worker(w, msg) => match msg {
+                FromWorker::Started(id) => {
+                    if let Some(t) = self.tasks.get_mut(id as usize) {
+                        if t.state == State::Assigned(w) {
+                            t.started = true;
+                        }
+                    }
+                }
                 FromWorker::Finished {
                     id,
                     size,
@@ -312,14 +346,30 @@ impl Core {
             self.out
                 .push(Command::Worker(other, ToWorker::PeerGone(id)));
         }
-        // Its running and queued tasks go back to the queues.
+        // Its running and queued tasks go back to the queues, unless a task has now been
+        // running on too many workers that died: then it is the likely culprit, and fails.
         let mut assigned: Vec<TaskIdx> = w.assigned.into_iter().collect();
         assigned.sort_unstable();
         for t in assigned {
-            if self.tasks[t as usize].state == State::Assigned(id) {
-                self.tasks[t as usize].state = State::Waiting;
-                self.make_ready_or_recompute(t);
+            if self.tasks[t as usize].state != State::Assigned(id) {
+                continue;
             }
+            if self.tasks[t as usize].started {
+                let deaths = self.deaths.entry(t).or_default();
+                deaths.push(w.name.clone());
+                if deaths.len() as u32 >= self.config.max_worker_deaths {
+                    let names: Vec<String> = deaths.iter().map(|n| format!("{n:?}")).collect();
+                    let error = format!(
+                        "suspicious task: it was running on {} workers that died ({}); not retried",
+                        names.len(),
+                        names.join(", ")
+                    );
+                    self.fail(t, Arc::from(error.as_str()), None, 0);
+                    continue;
+                }
+            }
+            self.tasks[t as usize].state = State::Waiting;
+            self.make_ready_or_recompute(t);
         }
         // Results only it held are recomputed from lineage if still needed.
         let mut lost: Vec<TaskIdx> = w.has.into_iter().collect();

@@ -143,6 +143,7 @@ impl Core {
                 let task = &mut self.tasks[t as usize];
                 task.state = State::Assigned(w);
                 task.attempts += 1;
+                task.started = false;
                 task.placed_pool = match r {
                     Restriction::Pool(p) => Some(p),
                     Restriction::Anywhere => None,

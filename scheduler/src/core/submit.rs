@@ -117,6 +117,7 @@ impl Core {
                 run: run_idx,
                 placed_pool: None,
                 attempts: 0,
+                started: false,
                 timeout_ms: graph.timeout(gid).map(|d| d.as_millis() as u64),
             };
             let idx = match self.keys.get(key) {

@@ -273,6 +273,41 @@ fn earliest_start_spreads_work_and_prefers_local_data() {
 }
 
 #[test]
+fn a_task_that_keeps_killing_workers_is_failed_as_suspicious() {
+    let mut s = Sim::new(&[("w0", "", 1), ("w1", "", 1), ("w2", "", 1), ("w3", "", 1)]);
+    s.submit(r#"{"tasks": [{"key": "killer", "function": "f"}, {"key": "after", "function": "g", "inputs": ["killer"]}]}"#, &[]);
+    let t = s.id("killer");
+    // A queued (not started) task does not count a death against it.
+    let State::Assigned(w) = s.core.tasks[t as usize].state else {
+        panic!()
+    };
+    s.core.handle(Event::WorkerLeft { id: w });
+    assert!(s.core.deaths.get(&t).is_none());
+    for round in 0..3 {
+        let State::Assigned(w) = s.core.tasks[t as usize].state else {
+            panic!("round {round}: {:?}", s.core.tasks[t as usize].state)
+        };
+        s.core.handle(Event::Worker(w, FromWorker::Started(t)));
+        let cmds = s.core.handle(Event::WorkerLeft { id: w });
+        if round < 2 {
+            assert!(events(&cmds).is_empty());
+        } else {
+            let ev = events(&cmds);
+            let e = ev[0].error.as_deref().unwrap();
+            assert!(
+                e.starts_with("suspicious task: it was running on 3 workers that died"),
+                "{e}"
+            );
+            assert!(ev[1]
+                .error
+                .as_deref()
+                .unwrap()
+                .starts_with("input \"killer\" failed"));
+        }
+    }
+}
+
+#[test]
 fn a_lost_worker_s_tasks_and_results_are_recomputed() {
     let mut s = Sim::new(&[("w0", "", 1), ("w1", "", 1)]);
     let json = r#"{"tasks": [
