@@ -91,6 +91,16 @@ async fn serve_fetch(
     send.finish().map_err(|e| e.to_string())
 }
 
+/// Whether `conn`'s peer presented exactly the certificate `cert`.
+fn presents(conn: &quinn::Connection, cert: &[u8]) -> bool {
+    conn.peer_identity()
+        .and_then(|id| {
+            id.downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>()
+                .ok()
+        })
+        .is_some_and(|chain| chain.first().is_some_and(|c| c.as_ref() == cert))
+}
+
 /// Fetches results from peers, keeping one connection per peer.
 pub struct Fetcher {
     endpoint: quinn::Endpoint,
@@ -113,7 +123,8 @@ impl Fetcher {
     async fn connection(&self, peer: &PeerInfo) -> Result<quinn::Connection, String> {
         let mut conns = self.conns.lock().await;
         if let Some(c) = conns.get(&peer.id) {
-            if c.close_reason().is_none() {
+            // Reuse it only while open and talking to the very certificate expected now.
+            if c.close_reason().is_none() && presents(c, &peer.cert) {
                 return Ok(c.clone());
             }
         }

@@ -282,7 +282,7 @@ fn a_task_that_keeps_killing_workers_is_failed_as_suspicious() {
         panic!()
     };
     s.core.handle(Event::WorkerLeft { id: w });
-    assert!(s.core.deaths.get(&t).is_none());
+    assert!(!s.core.deaths.contains_key(&t));
     for round in 0..3 {
         let State::Assigned(w) = s.core.tasks[t as usize].state else {
             panic!("round {round}: {:?}", s.core.tasks[t as usize].state)
