@@ -135,6 +135,7 @@ fn garbage_frames_close_only_their_connection() {
             .unwrap();
         let _session = say_hello(&honest, &client_hello(&a.token)).await.unwrap();
         let valid = encode(&vec![drover_protocol::FromClient::Locate {
+            req: 1,
             keys: vec!["k".into()],
         }])
         .unwrap();

@@ -162,8 +162,11 @@ pub enum FromClient {
         /// Keys whose results the client will fetch: kept until released.
         wants: Vec<String>,
     },
-    /// Where are these results? Answered by [`ToClient::Located`].
+    /// Where are these results? Answered by [`ToClient::Located`] with the same `req`; a
+    /// result being computed (or recomputed after a loss) is answered once it is held.
     Locate {
+        /// The client's request number.
+        req: u32,
         /// Keys to locate.
         keys: Vec<String>,
     },
@@ -232,7 +235,12 @@ pub enum ToClient {
     /// Something the user should know (e.g. a pool has no workers).
     Warning(String),
     /// Where results are: key, and its id with the holder (none if not held).
-    Located(Vec<(String, Option<(TaskIdx, PeerInfo)>)>),
+    Located {
+        /// The request answered.
+        req: u32,
+        /// Per key, its id and holder, or none if it is not held (failed, released, unknown).
+        found: Vec<(String, Option<(TaskIdx, PeerInfo)>)>,
+    },
 }
 
 /// The first frame on a peer fetch stream.

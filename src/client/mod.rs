@@ -90,7 +90,8 @@ type Located = Vec<(String, Option<(u32, PeerInfo)>)>;
 struct Routes {
     accepted: HashMap<u32, oneshot::Sender<Result<u32, String>>>,
     runs: HashMap<u32, mpsc::UnboundedSender<RunEvent>>,
-    locates: std::collections::VecDeque<oneshot::Sender<Located>>,
+    locates: HashMap<u32, oneshot::Sender<Located>>,
+    next_locate: u32,
 }
 
 struct Inner {
@@ -218,13 +219,14 @@ impl Client {
 
     async fn locate(&self, keys: Vec<String>) -> Result<Located, ClientError> {
         let (tx, rx) = oneshot::channel();
-        self.inner
-            .routes
-            .lock()
-            .expect("routes lock")
-            .locates
-            .push_back(tx);
-        self.send(FromClient::Locate { keys })?;
+        let req = {
+            let mut r = self.inner.routes.lock().expect("routes lock");
+            r.next_locate = r.next_locate.wrapping_add(1);
+            let req = r.next_locate;
+            r.locates.insert(req, tx);
+            req
+        };
+        self.send(FromClient::Locate { req, keys })?;
         rx.await.map_err(|_| ClientError::Disconnected)
     }
 
@@ -262,8 +264,8 @@ async fn route_incoming(mut recv: quinn::RecvStream, routes: Arc<Mutex<Routes>>)
                         let _ = tx.send(RunEvent::Warning(w.clone()));
                     }
                 }
-                ToClient::Located(found) => {
-                    if let Some(tx) = r.locates.pop_front() {
+                ToClient::Located { req, found } => {
+                    if let Some(tx) = r.locates.remove(&req) {
                         let _ = tx.send(found);
                     }
                 }

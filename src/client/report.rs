@@ -43,18 +43,28 @@ pub struct Report {
 }
 
 impl Report {
-    /// Builds the report from task events.
+    /// Builds the report from task events. A task reported twice (recomputed after a lost
+    /// worker) has one row, from its latest event, in the order of its first; the byte totals
+    /// count every transfer that happened, the lost run's included.
     pub fn from_events(events: &[TaskEvent]) -> Report {
+        let mut latest: std::collections::HashMap<&str, &TaskEvent> = Default::default();
+        let mut order: Vec<&str> = Vec::new();
+        let (mut between_workers, mut between_pools) = (0, 0);
+        for e in events {
+            between_workers += e.moved_bytes;
+            between_pools += e.cross_pool_bytes;
+            if latest.insert(&e.key, e).is_none() {
+                order.push(&e.key);
+            }
+        }
         let mut r = Report {
-            tasks: Vec::with_capacity(events.len()),
-            bytes_between_workers: 0,
-            bytes_between_pools: 0,
+            tasks: Vec::with_capacity(order.len()),
+            bytes_between_workers: between_workers,
+            bytes_between_pools: between_pools,
             finished: 0,
             failed: 0,
         };
-        for e in events {
-            r.bytes_between_workers += e.moved_bytes;
-            r.bytes_between_pools += e.cross_pool_bytes;
+        for e in order.iter().map(|k| latest[k]) {
             let status = match e.status {
                 TaskStatus::Finished => {
                     r.finished += 1;

@@ -116,6 +116,8 @@ pub(crate) struct Task {
     pub attempts: u32,
     /// Whether its current assignment has started running.
     pub started: bool,
+    /// When it was last assigned (the core's sequence), for the worker's run order.
+    pub assigned_seq: u64,
     pub timeout_ms: Option<u64>,
 }
 
@@ -160,7 +162,7 @@ pub struct Core {
     pub(crate) extra_runs: HashMap<TaskIdx, Vec<u32>>,
     pub(crate) clients: HashMap<ClientId, HashSet<TaskIdx>>,
     pub(crate) ready: BTreeMap<Restriction, BinaryHeap<ReadyEntry>>,
-    pub(crate) warned: HashSet<(ClientId, PoolIdx)>,
+    pub(crate) warned: HashSet<(ClientId, Restriction)>,
     pub(crate) seq: u64,
     /// Running mean of task durations, microseconds.
     pub(crate) mean_duration_us: f64,
@@ -170,6 +172,8 @@ pub struct Core {
     pub(crate) config: CoreConfig,
     /// Names of workers that died while running a task, for the tasks that have any.
     pub(crate) deaths: HashMap<TaskIdx, Vec<Arc<str>>>,
+    /// Locate requests waiting for results being computed: (client, request, keys).
+    pub(crate) pending_locates: Vec<(ClientId, u32, Vec<String>)>,
 }
 
 /// Limits of the scheduler's rules.
@@ -257,11 +261,16 @@ impl Core {
                     graph_json,
                     wants,
                 } => self.submit(c, run, &graph_json, &wants),
-                FromClient::Locate { keys } => self.locate(c, keys),
+                FromClient::Locate { req, keys } => {
+                    self.pending_locates.push((c, req, keys));
+                }
                 FromClient::Release { keys } => self.release_wants(c, &keys),
             },
         }
         self.schedule();
+        if !self.pending_locates.is_empty() {
+            self.answer_locates();
+        }
         std::mem::take(&mut self.out)
     }
 
@@ -319,7 +328,10 @@ impl Core {
                 .push(Command::Worker(other, ToWorker::Peers(vec![peer.clone()])));
         }
         self.out.push(Command::Worker(id, ToWorker::Peers(others)));
-        self.warned.retain(|(_, p)| !pools.contains(p));
+        self.warned.retain(|(_, r)| match r {
+            Restriction::Anywhere => false,
+            Restriction::Pool(p) => !pools.contains(p),
+        });
         self.workers.insert(
             id,
             Worker {
@@ -350,11 +362,25 @@ impl Core {
         // running on too many workers that died: then it is the likely culprit, and fails.
         let mut assigned: Vec<TaskIdx> = w.assigned.into_iter().collect();
         assigned.sort_unstable();
+        assigned.retain(|&t| self.tasks[t as usize].state == State::Assigned(id));
+        // The tasks it was running: those it reported started; if none was (a task can kill
+        // its worker before the report gets out), the first `nthreads` in the worker's own run
+        // order (priority, then arrival), which are the ones it runs first.
+        let mut running: Vec<TaskIdx> = assigned
+            .iter()
+            .copied()
+            .filter(|&t| self.tasks[t as usize].started)
+            .collect();
+        if running.is_empty() {
+            running = assigned.clone();
+            running.sort_by_key(|&t| {
+                let task = &self.tasks[t as usize];
+                (std::cmp::Reverse(task.priority), task.assigned_seq)
+            });
+            running.truncate(w.nthreads as usize);
+        }
         for t in assigned {
-            if self.tasks[t as usize].state != State::Assigned(id) {
-                continue;
-            }
-            if self.tasks[t as usize].started {
+            if running.contains(&t) {
                 let deaths = self.deaths.entry(t).or_default();
                 deaths.push(w.name.clone());
                 if deaths.len() as u32 >= self.config.max_worker_deaths {
@@ -443,22 +469,40 @@ impl Core {
         self.warned.retain(|(c, _)| *c != id);
     }
 
-    fn locate(&mut self, client: ClientId, keys: Vec<String>) {
-        let found = keys
-            .into_iter()
-            .map(|k| {
-                let holder = self.keys.get(k.as_str()).and_then(|&t| {
-                    let task = &self.tasks[t as usize];
-                    (task.state == State::Memory)
-                        .then(|| task.holders.first().and_then(|w| self.workers.get(w)))
-                        .flatten()
-                        .map(|w| (t, w.peer.clone()))
-                });
-                (k, holder)
-            })
-            .collect();
-        self.out
-            .push(Command::Client(client, ToClient::Located(found)));
+    /// Answers the locate requests whose keys are all settled: held, or failed, released or
+    /// unknown. A key still being computed (or recomputed after a lost worker) keeps its request
+    /// waiting, so a client never hears "not held" for a result that is on its way.
+    fn answer_locates(&mut self) {
+        let pending = std::mem::take(&mut self.pending_locates);
+        for (client, req, keys) in pending {
+            let unsettled = keys.iter().any(|k| {
+                self.keys.get(k.as_str()).is_some_and(|&t| {
+                    matches!(
+                        self.tasks[t as usize].state,
+                        State::Waiting | State::Ready | State::Assigned(_)
+                    )
+                })
+            });
+            if unsettled && self.clients.contains_key(&client) {
+                self.pending_locates.push((client, req, keys));
+                continue;
+            }
+            let found = keys
+                .into_iter()
+                .map(|k| {
+                    let holder = self.keys.get(k.as_str()).and_then(|&t| {
+                        let task = &self.tasks[t as usize];
+                        (task.state == State::Memory)
+                            .then(|| task.holders.first().and_then(|w| self.workers.get(w)))
+                            .flatten()
+                            .map(|w| (t, w.peer.clone()))
+                    });
+                    (k, holder)
+                })
+                .collect();
+            self.out
+                .push(Command::Client(client, ToClient::Located { req, found }));
+        }
     }
 
     fn release_wants(&mut self, client: ClientId, keys: &[String]) {

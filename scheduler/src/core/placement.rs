@@ -134,8 +134,8 @@ impl Core {
                 }
                 let (chosen, any_eligible) = self.best_worker(t, r);
                 let Some(w) = chosen else {
-                    if let (false, Restriction::Pool(p)) = (any_eligible, r) {
-                        self.warn_no_workers(p);
+                    if !any_eligible {
+                        self.warn_no_workers(r);
                     }
                     break;
                 };
@@ -144,6 +144,8 @@ impl Core {
                 task.state = State::Assigned(w);
                 task.attempts += 1;
                 task.started = false;
+                self.seq += 1;
+                task.assigned_seq = self.seq;
                 task.placed_pool = match r {
                     Restriction::Pool(p) => Some(p),
                     Restriction::Anywhere => None,
@@ -158,11 +160,12 @@ impl Core {
         self.ready.retain(|_, q| !q.is_empty());
     }
 
-    /// Tells each client with tasks waiting on pool `p` that it has no workers, once.
-    fn warn_no_workers(&mut self, p: PoolIdx) {
+    /// Tells each client with tasks waiting under restriction `r` that no connected worker
+    /// can run them, once (until a worker joins).
+    fn warn_no_workers(&mut self, r: Restriction) {
         let waiting: Vec<TaskIdx> = self
             .ready
-            .get(&Restriction::Pool(p))
+            .get(&r)
             .map(|q| q.iter().map(|e| e.task).collect())
             .unwrap_or_default();
         let mut clients: HashSet<ClientId> = HashSet::new();
@@ -175,15 +178,34 @@ impl Core {
         }
         let mut clients: Vec<_> = clients.into_iter().collect();
         clients.sort_unstable();
-        for c in clients {
-            if self.warned.insert((c, p)) {
-                let msg = format!(
-                    "pool {:?} has no workers: {} task(s) wait until a worker with resource pool-{}=1 joins",
-                    &*self.pools[p as usize],
+        let msg = match r {
+            Restriction::Pool(p) => format!(
+                "pool {:?} has no workers: {} task(s) wait until a worker with resource pool-{}=1 joins",
+                &*self.pools[p as usize],
+                waiting.len(),
+                &*self.pools[p as usize]
+            ),
+            Restriction::Anywhere => {
+                let example = waiting.first().map(|&t| {
+                    let task = &self.tasks[t as usize];
+                    let needs: Vec<String> = task.resources.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    if needs.is_empty() {
+                        format!("{:?}", &*task.key)
+                    } else {
+                        format!("{:?} needing {}", &*task.key, needs.join(","))
+                    }
+                });
+                format!(
+                    "no connected worker can run {} task(s) (e.g. {}): they wait until one that can joins",
                     waiting.len(),
-                    &*self.pools[p as usize]
-                );
-                self.out.push(Command::Client(c, ToClient::Warning(msg)));
+                    example.unwrap_or_default()
+                )
+            }
+        };
+        for c in clients {
+            if self.warned.insert((c, r)) {
+                self.out
+                    .push(Command::Client(c, ToClient::Warning(msg.clone())));
             }
         }
     }

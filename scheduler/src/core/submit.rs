@@ -118,6 +118,7 @@ impl Core {
                 placed_pool: None,
                 attempts: 0,
                 started: false,
+                assigned_seq: 0,
                 timeout_ms: graph.timeout(gid).map(|d| d.as_millis() as u64),
             };
             let idx = match self.keys.get(key) {

@@ -277,20 +277,18 @@ fn a_task_that_keeps_killing_workers_is_failed_as_suspicious() {
     let mut s = Sim::new(&[("w0", "", 1), ("w1", "", 1), ("w2", "", 1), ("w3", "", 1)]);
     s.submit(r#"{"tasks": [{"key": "killer", "function": "f"}, {"key": "after", "function": "g", "inputs": ["killer"]}]}"#, &[]);
     let t = s.id("killer");
-    // A queued (not started) task does not count a death against it.
-    let State::Assigned(w) = s.core.tasks[t as usize].state else {
-        panic!()
-    };
-    s.core.handle(Event::WorkerLeft { id: w });
-    assert!(!s.core.deaths.contains_key(&t));
     for round in 0..3 {
         let State::Assigned(w) = s.core.tasks[t as usize].state else {
             panic!("round {round}: {:?}", s.core.tasks[t as usize].state)
         };
-        s.core.handle(Event::Worker(w, FromWorker::Started(t)));
+        // Reported started or not: it was the only task there, so it was the one running.
+        if round == 1 {
+            s.core.handle(Event::Worker(w, FromWorker::Started(t)));
+        }
         let cmds = s.core.handle(Event::WorkerLeft { id: w });
         if round < 2 {
             assert!(events(&cmds).is_empty());
+            assert_eq!(s.core.deaths[&t].len(), round + 1);
         } else {
             let ev = events(&cmds);
             let e = ev[0].error.as_deref().unwrap();
@@ -305,6 +303,34 @@ fn a_task_that_keeps_killing_workers_is_failed_as_suspicious() {
                 .starts_with("input \"killer\" failed"));
         }
     }
+}
+
+#[test]
+fn only_the_tasks_a_dead_worker_was_running_count_its_death() {
+    let mut s = Sim::new(&[("w0", "", 1)]);
+    s.submit(
+        r#"{"tasks": [{"key": "low", "function": "f", "priority": -5}, {"key": "high", "function": "f", "priority": 5}]}"#,
+        &[],
+    );
+    let (low, high) = (s.id("low"), s.id("high"));
+    s.core.handle(Event::WorkerJoined {
+        id: 1,
+        hello: hello("w1", "", 1),
+    });
+    // Both were queued on w0; with one thread it runs "high" first.
+    s.core.handle(Event::WorkerLeft { id: 0 });
+    assert_eq!(s.core.deaths.get(&high).map(Vec::len), Some(1));
+    assert!(!s.core.deaths.contains_key(&low));
+    // A reported start wins over the run-order guess.
+    let mut s = Sim::new(&[("w0", "", 1)]);
+    s.submit(
+        r#"{"tasks": [{"key": "low", "function": "f", "priority": -5}, {"key": "high", "function": "f", "priority": 5}]}"#,
+        &[],
+    );
+    let (low, high) = (s.id("low"), s.id("high"));
+    s.core.handle(Event::Worker(0, FromWorker::Started(low)));
+    s.core.handle(Event::WorkerLeft { id: 0 });
+    assert!(s.core.deaths.contains_key(&low) && !s.core.deaths.contains_key(&high));
 }
 
 #[test]
@@ -334,4 +360,28 @@ fn a_lost_worker_s_tasks_and_results_are_recomputed() {
         computes(&cmds).contains(&(other, "x".to_owned())),
         "{cmds:?} y was on {running_y}"
     );
+}
+
+#[test]
+fn tasks_no_worker_can_run_are_warned_about_once() {
+    let mut s = Sim::new(&[("cpu", "", 1)]);
+    let cmds = s.submit(r#"{"tasks": [{"key": "t", "function": "f", "resources": {"gpu": 1}}, {"key": "u", "function": "f", "resources": {"gpu": 1}}]}"#, &[]);
+    let warnings: Vec<String> = cmds
+        .iter()
+        .filter_map(|c| match c {
+            Command::Client(0, ToClient::Warning(w)) => Some(w.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].starts_with("no connected worker can run 2 task(s) (e.g. \"t\" needing gpu=1)"),
+        "{}",
+        warnings[0]
+    );
+    let cmds = s.core.handle(Event::WorkerJoined {
+        id: 5,
+        hello: hello("gpu", "gpu=1", 1),
+    });
+    assert_eq!(computes(&cmds), [(5, "t".to_owned())]);
 }
