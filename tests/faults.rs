@@ -496,3 +496,81 @@ fn a_task_that_kills_its_workers_is_failed_as_suspicious() {
         .count();
     assert_eq!(dead, 3);
 }
+
+#[test]
+fn workers_reconnect_to_a_restarted_scheduler_or_give_up_after_their_patience() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().to_str().unwrap().to_owned();
+    // A fixed port, so the restarted scheduler is where the access file says.
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let sched_args = [
+        "--listen",
+        &listen,
+        "--state-dir",
+        &state,
+        "--idle-timeout-secs",
+        "2",
+    ];
+    let mut scheduler = Proc::start("scheduler", &binary("scheduler"), &sched_args);
+    scheduler.wait_for("scheduler listening");
+    let access = dir.path().join("access.json").to_str().unwrap().to_owned();
+    let worker_args = |name: &'static str, patience: &'static str| {
+        vec![
+            "--access-file".to_owned(),
+            access.clone(),
+            "--name".into(),
+            name.into(),
+            "--idle-timeout-secs".into(),
+            "1".into(),
+            "--reconnect-secs".into(),
+            patience.into(),
+        ]
+    };
+    let patient_args = worker_args("patient", "60");
+    let patient_args: Vec<&str> = patient_args.iter().map(String::as_str).collect();
+    let mut patient = Proc::start("patient", &binary("worker"), &patient_args);
+    patient.wait_for("worker connected");
+    let impatient_args = worker_args("impatient", "1");
+    let impatient_args: Vec<&str> = impatient_args.iter().map(String::as_str).collect();
+    let mut impatient = Proc::start("impatient", &binary("worker"), &impatient_args);
+    impatient.wait_for("worker connected");
+
+    scheduler.kill();
+    // The impatient worker gives up with a clear message.
+    let (code, lines) = impatient.finish();
+    assert_eq!(code, Some(1), "{}", lines.join("\n"));
+    assert!(
+        lines
+            .join("\n")
+            .contains("gave up after 1 s without the scheduler"),
+        "{}",
+        lines.join("\n")
+    );
+    // The patient one finds the restarted scheduler and works for it.
+    let mut scheduler = Proc::start("scheduler", &binary("scheduler"), &sched_args);
+    scheduler.wait_for("scheduler listening");
+    patient.wait_for("worker connected");
+    let g = dir.path().join("g.json");
+    std::fs::write(
+        &g,
+        r#"{"tasks": [{"key": "x", "function": "bytes", "params": {"n": 2, "fill": "r"}}]}"#,
+    )
+    .unwrap();
+    let (code, lines) = Proc::start(
+        "drover run",
+        &binary("drover"),
+        &["run", g.to_str().unwrap(), "--access-file", &access],
+    )
+    .finish();
+    assert_eq!(code, Some(0), "{}", lines.join("\n"));
+    assert!(
+        lines.iter().any(|l| l == "stdout: x: rr"),
+        "{}",
+        lines.join("\n")
+    );
+}

@@ -16,4 +16,6 @@ pub mod runtime;
 pub mod store;
 
 pub use registry::{Raw, Registry, TaskContext};
-pub use runtime::{run_worker, run_worker_notify, WorkerConfig, WorkerError};
+pub use runtime::{
+    run_worker, run_worker_notify, run_worker_reconnecting, WorkerConfig, WorkerError,
+};

@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::Parser;
 use drover_annotations::Resources;
 use drover_protocol::AccessFile;
-use drover_worker::{run_worker, Registry, WorkerConfig};
+use drover_worker::{run_worker_reconnecting, Registry, WorkerConfig};
 
 /// A Drover worker: runs tasks for the scheduler named in the access file.
 #[derive(Debug, Parser)]
@@ -30,6 +30,10 @@ struct Args {
     /// Seconds of silence after which the scheduler counts as gone.
     #[arg(long, default_value_t = 10)]
     idle_timeout_secs: u64,
+    /// Seconds to keep retrying (with backoff) when the scheduler cannot be reached or the
+    /// connection is lost, before exiting with an error. 0: exit at once.
+    #[arg(long, default_value_t = 60)]
+    reconnect_secs: u64,
 }
 
 fn parse_resources(s: &str) -> Result<Resources, String> {
@@ -64,7 +68,12 @@ fn main() -> ExitCode {
         idle_timeout: Duration::from_secs(args.idle_timeout_secs.max(1)),
     };
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
-    match rt.block_on(run_worker(config, Registry::with_builtins())) {
+    let patience = Duration::from_secs(args.reconnect_secs);
+    match rt.block_on(run_worker_reconnecting(
+        config,
+        Registry::with_builtins(),
+        patience,
+    )) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

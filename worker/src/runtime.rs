@@ -211,6 +211,48 @@ pub async fn run_worker(config: WorkerConfig, registry: Registry) -> Result<(), 
     run_worker_notify(config, registry, None).await
 }
 
+/// Runs a worker, and when the scheduler cannot be reached or the connection is lost, tries
+/// again with backoff (0.5 s doubling to 5 s) for up to `patience` before giving up. Each new
+/// connection is a fresh worker: results held before are gone (the scheduler recomputes what it
+/// still needs). `Ok` when the scheduler shut down cleanly; a refusal (wrong token, wrong
+/// certificate) is final at once.
+pub async fn run_worker_reconnecting(
+    config: WorkerConfig,
+    registry: Registry,
+    patience: Duration,
+) -> Result<(), WorkerError> {
+    let mut lost_since: Option<Instant> = None;
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let result = run_worker_notify(config.clone(), registry.clone(), Some(tx)).await;
+        if rx.await.is_ok() {
+            // It was connected: the outage starts now.
+            lost_since = None;
+            backoff = Duration::from_millis(500);
+        }
+        let error = match result {
+            Ok(()) => return Ok(()),
+            Err(e @ WorkerError::Access(_)) => return Err(e),
+            Err(WorkerError::Endpoint(
+                e @ drover_protocol::endpoint::EndpointError::Refused { .. },
+            )) => return Err(WorkerError::Endpoint(e)),
+            Err(e) => e,
+        };
+        let since = *lost_since.get_or_insert_with(Instant::now);
+        if since.elapsed() >= patience {
+            return Err(WorkerError::Lost(format!(
+                "gave up after {:.0} s without the scheduler at {}: {error}",
+                patience.as_secs_f64(),
+                config.access.address
+            )));
+        }
+        warn!(%error, retry_in = ?backoff, "scheduler unreachable; retrying");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
 /// [`run_worker`], sending the worker's id on `ready` once the scheduler accepted it.
 pub async fn run_worker_notify(
     config: WorkerConfig,

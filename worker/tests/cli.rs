@@ -20,6 +20,7 @@ fn help_documents_every_flag() {
         "--nthreads",
         "--name",
         "--idle-timeout-secs",
+        "--reconnect-secs",
     ] {
         assert!(help.contains(flag), "{flag} missing from:\n{help}");
     }
