@@ -191,6 +191,7 @@ async fn worker(args: Args) -> Result<(), String> {
             .name
             .unwrap_or_else(|| format!("pools-worker-{}", std::process::id())),
         idle_timeout: std::time::Duration::from_secs(10),
+        retire: Some(drover::retire_on_sigterm()),
     };
     drover::run_worker(config, registry())
         .await

@@ -29,7 +29,7 @@ pub use drover_graph::{
     Untyped, DEFAULT_SIZE_HINT,
 };
 pub use drover_protocol::{AccessFile, TaskEvent, TaskStatus};
-pub use drover_worker::{run_worker, Raw, Registry, TaskContext, WorkerConfig};
+pub use drover_worker::{retire_on_sigterm, run_worker, Raw, Registry, TaskContext, WorkerConfig};
 pub use local::{ClusterSpec, LocalCluster};
 
 /// A graph that has been validated and propagated: everything a picture or a scheduler needs.

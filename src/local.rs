@@ -124,6 +124,7 @@ impl LocalCluster {
                     nthreads: spec.nthreads.max(1),
                     name: name.clone(),
                     idle_timeout: idle,
+                    retire: None,
                 };
                 let (tx, rx) = tokio::sync::oneshot::channel();
                 let registry = registry.clone();

@@ -574,3 +574,89 @@ fn workers_reconnect_to_a_restarted_scheduler_or_give_up_after_their_patience() 
         lines.join("\n")
     );
 }
+
+#[test]
+fn sigterm_retires_a_worker_without_recomputing_anything() {
+    let c = Cluster::start();
+    let access = c.access();
+    let worker = binary("worker");
+    let start = |name: &str, log: &str| {
+        let mut w = Proc::start_logging(
+            name,
+            &worker,
+            &["--access-file", &access, "--name", name],
+            log,
+        );
+        w.wait_for("worker connected");
+        w
+    };
+    let _stayer = start("stayer", "info");
+    let mut leaver = start("leaver", "info,drover_worker=debug");
+    let mut tasks = Vec::new();
+    let mut all = Vec::new();
+    for i in 0..8 {
+        tasks.push(format!(
+            r#"{{"key": "d{i}", "function": "bytes", "params": {{"n": 1000, "fill": "{i}"}}}}"#
+        ));
+        tasks.push(format!(
+            r#"{{"key": "s{i}", "function": "command", "inputs": ["d{i}"], "params": {{"argv": ["sh", "-c", "sleep 0.2; printf s"]}}}}"#
+        ));
+        all.push(format!("\"d{i}\", \"s{i}\""));
+    }
+    tasks.push(format!(
+        r#"{{"key": "all", "function": "concat", "inputs": [{}]}}"#,
+        all.join(", ")
+    ));
+    tasks.push(r#"{"key": "n", "function": "len", "inputs": ["all"]}"#.to_owned());
+    let dir = tempfile::tempdir().unwrap();
+    let g = dir.path().join("g.json");
+    std::fs::write(&g, format!("{{\"tasks\": [{}]}}", tasks.join(","))).unwrap();
+    let report = dir.path().join("r.json");
+    let run = Proc::start(
+        "drover run",
+        &binary("drover"),
+        &[
+            "run",
+            g.to_str().unwrap(),
+            "--access-file",
+            &access,
+            "--report",
+            report.to_str().unwrap(),
+        ],
+    );
+    leaver.wait_for("task done");
+    let pid = leaver.child.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let (code, lines) = run.finish();
+    assert_eq!(code, Some(0), "{}", lines.join("\n"));
+    assert!(
+        lines.iter().any(|l| l == "stdout: n: 8008"),
+        "{}",
+        lines.join("\n")
+    );
+    let (code, leaver_lines) = leaver.finish();
+    assert_eq!(
+        code,
+        Some(0),
+        "the retired worker exits 0:\n{}",
+        leaver_lines.join("\n")
+    );
+    assert!(
+        leaver_lines.iter().any(|l| l.contains("retired: exiting")),
+        "{}",
+        leaver_lines.join("\n")
+    );
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let reruns: u64 = r["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["reruns"].as_u64().unwrap())
+        .sum();
+    assert_eq!(reruns, 0, "nothing is recomputed: {r}");
+}

@@ -26,7 +26,16 @@ pub enum EndpointError {
         /// The error.
         error: std::io::Error,
     },
-    /// Connecting failed (unreachable, or the certificate did not match the pinned one).
+    /// The TLS handshake failed: the other side's certificate is not the pinned one (or ours
+    /// was refused). Not worth retrying.
+    #[error("cannot connect to {addr}: TLS handshake failed (wrong certificate?): {error}")]
+    Certificate {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        error: String,
+    },
+    /// Connecting failed (unreachable, timed out).
     #[error("cannot connect to {addr}: {error}")]
     Connect {
         /// The address.
@@ -82,9 +91,20 @@ pub async fn connect(
             addr,
             error: e.to_string(),
         })?;
-    connecting.await.map_err(|e| EndpointError::Connect {
-        addr,
-        error: e.to_string(),
+    connecting.await.map_err(|e| match &e {
+        // TLS alerts travel as QUIC "crypto" errors, codes 0x100 to 0x1ff.
+        quinn::ConnectionError::TransportError(t)
+            if (0x100..0x200).contains(&u64::from(t.code)) =>
+        {
+            EndpointError::Certificate {
+                addr,
+                error: e.to_string(),
+            }
+        }
+        _ => EndpointError::Connect {
+            addr,
+            error: e.to_string(),
+        },
     })
 }
 

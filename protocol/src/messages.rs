@@ -110,6 +110,16 @@ pub enum ToWorker {
     Peers(Vec<PeerInfo>),
     /// This peer is gone.
     PeerGone(WorkerId),
+    /// Fetch these results from the retiring worker `from` and keep them (they are still
+    /// needed). Answered by [`FromWorker::Replicated`].
+    Replicate {
+        /// The retiring worker holding them.
+        from: WorkerId,
+        /// The results.
+        ids: Vec<TaskIdx>,
+    },
+    /// Retirement is complete: nothing needed is held only here any more. Exit.
+    Retired,
 }
 
 /// Worker to scheduler.
@@ -117,6 +127,18 @@ pub enum ToWorker {
 pub enum FromWorker {
     /// A task began running on an executor thread.
     Started(TaskIdx),
+    /// This worker wants to leave (SIGTERM): give it no new tasks; move what only it holds.
+    Retiring,
+    /// Replicas made for a [`ToWorker::Replicate`]: the ids now held here; `failed` when some
+    /// could not be fetched.
+    Replicated {
+        /// The retiring worker they came from.
+        from: WorkerId,
+        /// Results now held here.
+        ids: Vec<TaskIdx>,
+        /// Whether some could not be fetched.
+        failed: bool,
+    },
     /// A task finished; its result is held here.
     Finished {
         /// The task.

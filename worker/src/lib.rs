@@ -17,5 +17,6 @@ pub mod store;
 
 pub use registry::{Raw, Registry, TaskContext};
 pub use runtime::{
-    run_worker, run_worker_notify, run_worker_reconnecting, WorkerConfig, WorkerError,
+    retire_on_sigterm, run_worker, run_worker_notify, run_worker_reconnecting, WorkerConfig,
+    WorkerError,
 };

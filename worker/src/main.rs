@@ -66,8 +66,14 @@ fn main() -> ExitCode {
         nthreads: args.nthreads.max(1),
         name,
         idle_timeout: Duration::from_secs(args.idle_timeout_secs.max(1)),
+        retire: None,
     };
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    // SIGTERM retires the worker: it finishes its tasks, hands over its results, exits 0.
+    let config = WorkerConfig {
+        retire: Some(rt.block_on(async { drover_worker::retire_on_sigterm() })),
+        ..config
+    };
     let patience = Duration::from_secs(args.reconnect_secs);
     match rt.block_on(run_worker_reconnecting(
         config,

@@ -38,6 +38,28 @@ pub struct WorkerConfig {
     pub name: String,
     /// A silent connection is dead after this long.
     pub idle_timeout: Duration,
+    /// Notified to retire the worker: it takes no new tasks, finishes its own, hands results
+    /// only it holds to other workers, and stops when the scheduler says so (see
+    /// [`retire_on_sigterm`]).
+    pub retire: Option<Arc<tokio::sync::Notify>>,
+}
+
+/// A retire signal notified when the process gets SIGTERM (on Unix; never elsewhere).
+pub fn retire_on_sigterm() -> Arc<tokio::sync::Notify> {
+    let notify = Arc::new(tokio::sync::Notify::new());
+    #[cfg(unix)]
+    {
+        let n = notify.clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            if let Ok(mut term) = signal(SignalKind::terminate()) {
+                while term.recv().await.is_some() {
+                    n.notify_one();
+                }
+            }
+        });
+    }
+    notify
 }
 
 /// Why a worker stopped with an error.
@@ -235,7 +257,8 @@ pub async fn run_worker_reconnecting(
             Ok(()) => return Ok(()),
             Err(e @ WorkerError::Access(_)) => return Err(e),
             Err(WorkerError::Endpoint(
-                e @ drover_protocol::endpoint::EndpointError::Refused { .. },
+                e @ (drover_protocol::endpoint::EndpointError::Refused { .. }
+                | drover_protocol::endpoint::EndpointError::Certificate { .. }),
             )) => return Err(WorkerError::Endpoint(e)),
             Err(e) => e,
         };
@@ -341,8 +364,20 @@ pub async fn run_worker_notify(
         rx
     };
     let mut frames = frames.await;
+    let retire = config.retire.clone().unwrap_or_default();
+    let mut retiring = false;
+    let mut retired = false;
+    let (replicated_tx, mut replicated_rx) = mpsc::unbounded_channel::<FromWorker>();
     let outcome = loop {
         tokio::select! {
+            _ = retire.notified(), if !retiring => {
+                info!(worker = id, "retiring: finishing my tasks and handing over my results");
+                retiring = true;
+                let _ = out_tx.send(vec![FromWorker::Retiring]);
+            }
+            Some(msg) = replicated_rx.recv() => {
+                let _ = out_tx.send(vec![msg]);
+            }
             frame = frames.recv() => match frame {
                 Some(Ok(Some(batch))) => {
                     for msg in batch {
@@ -362,7 +397,26 @@ pub async fn run_worker_notify(
                                 peers.write().await.remove(&w);
                                 fetcher.forget(w).await;
                             }
+                            ToWorker::Replicate { from, ids } => {
+                                let (store, fetcher, peers, tx) = (store.clone(), fetcher.clone(), peers.clone(), replicated_tx.clone());
+                                tokio::spawn(async move {
+                                    let wanted: Vec<(TaskIdx, WorkerId)> = ids.iter().map(|&i| (i, from)).collect();
+                                    let msg = match fetch_inputs(&store, &fetcher, &peers, &wanted).await {
+                                        Ok(got) => FromWorker::Replicated { from, ids: got.iter().map(|(i, _, _)| *i).collect(), failed: false },
+                                        Err((_, e)) => {
+                                            warn!(from, error = %e, "could not copy a retiring worker's results");
+                                            FromWorker::Replicated { from, ids: Vec::new(), failed: true }
+                                        }
+                                    };
+                                    let _ = tx.send(msg);
+                                });
+                            }
+                            ToWorker::Retired => retired = true,
                         }
+                    }
+                    if retired {
+                        info!(worker = id, "retired: exiting");
+                        break None;
                     }
                 }
                 Some(Ok(None)) | None => break conn.close_reason().map(|r| r.to_string()),

@@ -7,6 +7,7 @@
 //! client needs it; or *failed*, which fails its dependents with a reason naming it.
 
 mod placement;
+mod retire;
 mod submit;
 #[cfg(test)]
 mod tests;
@@ -133,6 +134,12 @@ pub(crate) struct Worker {
     pub has: HashSet<TaskIdx>,
     /// Tasks assigned here and not finished.
     pub assigned: HashSet<TaskIdx>,
+    /// Retiring: takes no new tasks; leaves once nothing needed is held only here.
+    pub retiring: bool,
+    /// Replications asked of other workers for this worker's retirement, not yet answered.
+    pub handoffs: usize,
+    /// A handoff failed: retire at the next step whatever is left (recomputed if needed).
+    pub handoff_failed: bool,
 }
 
 #[derive(Debug)]
@@ -233,6 +240,15 @@ impl Core {
             }
             Event::ClientLeft { id } => self.client_left(id),
             Event::Worker(w, msg) => match msg {
+                FromWorker::Retiring => {
+                    if let Some(worker) = self.workers.get_mut(&w) {
+                        tracing::info!(worker = w, name = %worker.name, "worker retiring");
+                        worker.retiring = true;
+                    }
+                }
+                FromWorker::Replicated { from, ids, failed } => {
+                    self.replicated(w, from, &ids, failed)
+                }
                 FromWorker::Started(id) => {
                     if let Some(t) = self.tasks.get_mut(id as usize) {
                         if t.state == State::Assigned(w) {
@@ -268,6 +284,7 @@ impl Core {
             },
         }
         self.schedule();
+        self.progress_retirements();
         if !self.pending_locates.is_empty() {
             self.answer_locates();
         }
@@ -346,6 +363,9 @@ impl Core {
                 peer,
                 has: HashSet::new(),
                 assigned: HashSet::new(),
+                retiring: false,
+                handoffs: 0,
+                handoff_failed: false,
             },
         );
     }

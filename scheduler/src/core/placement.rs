@@ -77,6 +77,9 @@ impl Core {
     }
 
     fn eligible(&self, w: &Worker, restriction: Restriction, t: TaskIdx) -> bool {
+        if w.retiring {
+            return false;
+        }
         if let Restriction::Pool(p) = restriction {
             if !w.pools.contains(&p) {
                 return false;

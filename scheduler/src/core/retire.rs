@@ -1,0 +1,112 @@
+//! Retiring workers (SIGTERM): a retiring worker gets no new tasks and finishes those it has.
+//! Then every result held only by it that a pending task or a client still needs is replicated
+//! to another worker (one of its pool when it was placed in a pool), and only when none is left
+//! is the worker told it may exit. Nothing is lost, so nothing is recomputed.
+
+use std::collections::BTreeMap;
+
+use drover_protocol::{TaskIdx, ToWorker, WorkerId};
+
+use super::{Command, Core, State};
+
+impl Core {
+    /// Moves every retiring worker one step on.
+    pub(crate) fn progress_retirements(&mut self) {
+        let retiring: Vec<WorkerId> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| w.retiring && w.inflight == 0 && w.handoffs == 0)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in retiring {
+            self.retire_step(id);
+        }
+    }
+
+    fn retire_step(&mut self, id: WorkerId) {
+        let mut needed: Vec<TaskIdx> = self.workers[&id]
+            .has
+            .iter()
+            .copied()
+            .filter(|&t| {
+                let task = &self.tasks[t as usize];
+                task.state == State::Memory
+                    && task.waiters > 0
+                    && task.holders.iter().all(|&h| h == id)
+            })
+            .collect();
+        needed.sort_unstable();
+        let targets: Vec<WorkerId> = self
+            .workers
+            .iter()
+            .filter(|(&w, x)| w != id && !x.retiring)
+            .map(|(&w, _)| w)
+            .collect();
+        let give_up = self.workers[&id].handoff_failed;
+        if needed.is_empty() || targets.is_empty() || give_up {
+            if !needed.is_empty() {
+                tracing::warn!(
+                    worker = id,
+                    results = needed.len(),
+                    "no other worker to take a retiring worker's results; they will be recomputed"
+                );
+            }
+            self.out.push(Command::Worker(id, ToWorker::Retired));
+            self.worker_left(id);
+            return;
+        }
+        // Each result goes to a worker of the pool it was placed in if there is one, else to
+        // the targets in turn.
+        let mut plan: BTreeMap<WorkerId, Vec<TaskIdx>> = BTreeMap::new();
+        for (i, t) in needed.into_iter().enumerate() {
+            let pool = self.tasks[t as usize].placed_pool;
+            let in_pool = pool.and_then(|p| {
+                targets
+                    .iter()
+                    .copied()
+                    .find(|w| self.workers[w].pools.contains(&p))
+            });
+            let target = in_pool.unwrap_or(targets[i % targets.len()]);
+            plan.entry(target).or_default().push(t);
+        }
+        self.workers
+            .get_mut(&id)
+            .expect("retiring worker exists")
+            .handoffs = plan.len();
+        for (target, ids) in plan {
+            self.out.push(Command::Worker(
+                target,
+                ToWorker::Replicate { from: id, ids },
+            ));
+        }
+    }
+
+    /// `w` now holds replicas of `ids`, copied from the retiring worker `from`.
+    pub(crate) fn replicated(
+        &mut self,
+        w: WorkerId,
+        from: WorkerId,
+        ids: &[TaskIdx],
+        failed: bool,
+    ) {
+        for &t in ids {
+            let Some(task) = self.tasks.get_mut(t as usize) else {
+                continue;
+            };
+            if task.state != State::Memory || task.holders.contains(&w) {
+                continue;
+            }
+            task.holders.push(w);
+            if let Some(worker) = self.workers.get_mut(&w) {
+                worker.has.insert(t);
+            }
+        }
+        if failed {
+            tracing::warn!(worker = w, from, "some results of a retiring worker could not be copied; they will be recomputed if needed");
+        }
+        if let Some(r) = self.workers.get_mut(&from) {
+            r.handoffs = r.handoffs.saturating_sub(1);
+            r.handoff_failed |= failed;
+        }
+    }
+}
