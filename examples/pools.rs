@@ -154,6 +154,7 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = match parse_args() {
         Ok(a) => a,
@@ -192,9 +193,12 @@ async fn worker(args: Args) -> Result<(), String> {
             .unwrap_or_else(|| format!("pools-worker-{}", std::process::id())),
         idle_timeout: std::time::Duration::from_secs(10),
         retire: Some(drover::retire_on_sigterm()),
+        lifespan_tasks: None,
+        memory_limit: None,
     };
     drover::run_worker(config, registry())
         .await
+        .map(|_| ())
         .map_err(|e| e.to_string())
 }
 

@@ -125,6 +125,8 @@ impl LocalCluster {
                     name: name.clone(),
                     idle_timeout: idle,
                     retire: None,
+                    lifespan_tasks: None,
+                    memory_limit: None,
                 };
                 let (tx, rx) = tokio::sync::oneshot::channel();
                 let registry = registry.clone();

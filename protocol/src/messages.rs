@@ -127,8 +127,13 @@ pub enum ToWorker {
 pub enum FromWorker {
     /// A task began running on an executor thread.
     Started(TaskIdx),
-    /// This worker wants to leave (SIGTERM): give it no new tasks; move what only it holds.
-    Retiring,
+    /// This worker wants to leave: give it no new tasks; move what only it holds. With
+    /// `successor`, a replacement process is on its way: wait for it rather than give up
+    /// results when no other worker can take them.
+    Retiring {
+        /// A replacement is being started.
+        successor: bool,
+    },
     /// Replicas made for a [`ToWorker::Replicate`]: the ids now held here; `failed` when some
     /// could not be fetched.
     Replicated {

@@ -14,9 +14,10 @@ pub mod peer;
 pub mod registry;
 pub mod runtime;
 pub mod store;
+pub mod supervise;
 
 pub use registry::{Raw, Registry, TaskContext};
 pub use runtime::{
-    retire_on_sigterm, run_worker, run_worker_notify, run_worker_reconnecting, WorkerConfig,
-    WorkerError,
+    resident_memory, retire_on_sigterm, run_worker, run_worker_notify, run_worker_reconnecting,
+    Stopped, WorkerConfig, WorkerError,
 };

@@ -42,6 +42,31 @@ pub struct WorkerConfig {
     /// only it holds to other workers, and stops when the scheduler says so (see
     /// [`retire_on_sigterm`]).
     pub retire: Option<Arc<tokio::sync::Notify>>,
+    /// Retire after this many tasks, to be replaced by a fresh process (see [`Stopped::Recycled`]).
+    pub lifespan_tasks: Option<u64>,
+    /// Retire when the process's resident memory exceeds this many bytes (checked every
+    /// second), to be replaced by a fresh process.
+    pub memory_limit: Option<u64>,
+}
+
+/// Why a worker stopped without an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// The scheduler shut down.
+    SchedulerShutDown,
+    /// It retired on request (SIGTERM) and handed over its results.
+    Retired,
+    /// It retired because it reached its task lifespan or memory limit: a supervisor should
+    /// start a fresh process in its place.
+    Recycled,
+}
+
+/// The resident memory of this process in bytes (Linux), if known.
+pub fn resident_memory() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }
 
 /// A retire signal notified when the process gets SIGTERM (on Unix; never elsewhere).
@@ -91,6 +116,21 @@ fn local_ip_towards(remote: SocketAddr) -> IpAddr {
         .map(|a| a.ip())
         .unwrap_or(any.ip())
 }
+
+/// The line a recycling worker prints on stdout so that its supervisor starts its successor
+/// before it leaves.
+pub const RECYCLING_LINE: &str = "drover-worker: recycling";
+
+fn announce_recycling() {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{RECYCLING_LINE}");
+    let _ = out.flush();
+}
+
+/// Loop outcomes that are not errors.
+const RETIRED: &str = "retired";
+const RECYCLED: &str = "recycled";
 
 /// A task on its way to an executor thread.
 struct Job {
@@ -229,7 +269,7 @@ fn spawn_executors(
 }
 
 /// Runs a worker until the scheduler goes away. `Ok` when the scheduler shut down cleanly.
-pub async fn run_worker(config: WorkerConfig, registry: Registry) -> Result<(), WorkerError> {
+pub async fn run_worker(config: WorkerConfig, registry: Registry) -> Result<Stopped, WorkerError> {
     run_worker_notify(config, registry, None).await
 }
 
@@ -242,7 +282,7 @@ pub async fn run_worker_reconnecting(
     config: WorkerConfig,
     registry: Registry,
     patience: Duration,
-) -> Result<(), WorkerError> {
+) -> Result<Stopped, WorkerError> {
     let mut lost_since: Option<Instant> = None;
     let mut backoff = Duration::from_millis(500);
     loop {
@@ -254,7 +294,7 @@ pub async fn run_worker_reconnecting(
             backoff = Duration::from_millis(500);
         }
         let error = match result {
-            Ok(()) => return Ok(()),
+            Ok(stopped) => return Ok(stopped),
             Err(e @ WorkerError::Access(_)) => return Err(e),
             Err(WorkerError::Endpoint(
                 e @ (drover_protocol::endpoint::EndpointError::Refused { .. }
@@ -281,7 +321,7 @@ pub async fn run_worker_notify(
     config: WorkerConfig,
     registry: Registry,
     ready: Option<tokio::sync::oneshot::Sender<WorkerId>>,
-) -> Result<(), WorkerError> {
+) -> Result<Stopped, WorkerError> {
     let sched_addr = config.access.socket_addr().map_err(WorkerError::Access)?;
     let sched_cert = config.access.cert_der().map_err(WorkerError::Access)?;
     let identity = Identity::generate().map_err(|e| WorkerError::Access(e.to_string()))?;
@@ -367,13 +407,30 @@ pub async fn run_worker_notify(
     let retire = config.retire.clone().unwrap_or_default();
     let mut retiring = false;
     let mut retired = false;
+    // Set when retiring for a lifespan or memory limit: the process should be replaced.
+    let mut recycle = false;
+    let mut tasks_done: u64 = 0;
+    let mut memory_check = tokio::time::interval(Duration::from_secs(1));
     let (replicated_tx, mut replicated_rx) = mpsc::unbounded_channel::<FromWorker>();
     let outcome = loop {
         tokio::select! {
-            _ = retire.notified(), if !retiring => {
+            _ = retire.notified(), if !retiring || recycle => {
+                // SIGTERM, also while recycling: no successor will come, leave as soon as the
+                // results are handed over (or, with nobody to take them, given up).
                 info!(worker = id, "retiring: finishing my tasks and handing over my results");
                 retiring = true;
-                let _ = out_tx.send(vec![FromWorker::Retiring]);
+                recycle = false;
+                let _ = out_tx.send(vec![FromWorker::Retiring { successor: false }]);
+            }
+            _ = memory_check.tick(), if config.memory_limit.is_some() && !retiring => {
+                let limit = config.memory_limit.unwrap_or(u64::MAX);
+                if let Some(rss) = resident_memory().filter(|&rss| rss > limit) {
+                    warn!(worker = id, rss, limit, "memory limit exceeded: retiring to be replaced by a fresh process");
+                    retiring = true;
+                    recycle = true;
+                    announce_recycling();
+                    let _ = out_tx.send(vec![FromWorker::Retiring { successor: true }]);
+                }
             }
             Some(msg) = replicated_rx.recv() => {
                 let _ = out_tx.send(vec![msg]);
@@ -416,7 +473,7 @@ pub async fn run_worker_notify(
                     }
                     if retired {
                         info!(worker = id, "retired: exiting");
-                        break None;
+                        break Some(if recycle { RECYCLED } else { RETIRED }.to_owned());
                     }
                 }
                 Some(Ok(None)) | None => break conn.close_reason().map(|r| r.to_string()),
@@ -451,6 +508,7 @@ pub async fn run_worker_notify(
                     debug!(key = %done.task.key, "a timed-out task returned; its result is dropped");
                 } else {
                     debug!(key = %done.task.key, ok = done.result.is_ok(), "task done");
+                    tasks_done += 1;
                     let msg = match done.result {
                         Ok(bytes) => {
                             let size = bytes.len() as u64;
@@ -463,6 +521,14 @@ pub async fn run_worker_notify(
                         }
                     };
                     let _ = out_tx.send(vec![msg]);
+                    // After reporting the task, so what depends on it is not held up.
+                    if config.lifespan_tasks.is_some_and(|n| tasks_done >= n) && !retiring {
+                        info!(worker = id, tasks_done, "lifespan reached: retiring to be replaced by a fresh process");
+                        retiring = true;
+                        recycle = true;
+                        announce_recycling();
+                        let _ = out_tx.send(vec![FromWorker::Retiring { successor: true }]);
+                    }
                 }
             }
             Some(seq) = expired_rx.recv() => {
@@ -554,13 +620,15 @@ pub async fn run_worker_notify(
         }
     };
     endpoint.close(quinn::VarInt::from_u32(0), b"worker stopping");
-    match outcome {
+    match outcome.as_deref() {
+        Some(RETIRED) => Ok(Stopped::Retired),
+        Some(RECYCLED) => Ok(Stopped::Recycled),
         Some(reason) if !reason.contains("scheduler shutting down") => {
-            Err(WorkerError::Lost(reason))
+            Err(WorkerError::Lost(reason.to_owned()))
         }
         _ => {
             info!(worker = id, "scheduler shut down; worker exiting");
-            Ok(())
+            Ok(Stopped::SchedulerShutDown)
         }
     }
 }

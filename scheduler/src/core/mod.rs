@@ -113,7 +113,8 @@ pub(crate) struct Task {
     pub run: u32,
     /// Where it was placed when assigned (for events).
     pub placed_pool: Option<PoolIdx>,
-    /// How many times it was assigned.
+    /// How many times it started running (re-runs after a lost worker or a retry count;
+    /// a task bounced before it started does not).
     pub attempts: u32,
     /// Whether its current assignment has started running.
     pub started: bool,
@@ -136,10 +137,12 @@ pub(crate) struct Worker {
     pub assigned: HashSet<TaskIdx>,
     /// Retiring: takes no new tasks; leaves once nothing needed is held only here.
     pub retiring: bool,
-    /// Replications asked of other workers for this worker's retirement, not yet answered.
-    pub handoffs: usize,
+    /// Workers asked to copy this retiring worker's results, not yet answered.
+    pub handoffs: Vec<WorkerId>,
     /// A handoff failed: retire at the next step whatever is left (recomputed if needed).
     pub handoff_failed: bool,
+    /// A replacement is coming: hold results until some other worker can take them.
+    pub await_successor: bool,
 }
 
 #[derive(Debug)]
@@ -240,10 +243,11 @@ impl Core {
             }
             Event::ClientLeft { id } => self.client_left(id),
             Event::Worker(w, msg) => match msg {
-                FromWorker::Retiring => {
+                FromWorker::Retiring { successor } => {
                     if let Some(worker) = self.workers.get_mut(&w) {
-                        tracing::info!(worker = w, name = %worker.name, "worker retiring");
+                        tracing::info!(worker = w, name = %worker.name, successor, "worker retiring");
                         worker.retiring = true;
+                        worker.await_successor = successor;
                     }
                 }
                 FromWorker::Replicated { from, ids, failed } => {
@@ -251,8 +255,9 @@ impl Core {
                 }
                 FromWorker::Started(id) => {
                     if let Some(t) = self.tasks.get_mut(id as usize) {
-                        if t.state == State::Assigned(w) {
+                        if t.state == State::Assigned(w) && !t.started {
                             t.started = true;
+                            t.attempts += 1;
                         }
                     }
                 }
@@ -364,8 +369,9 @@ impl Core {
                 has: HashSet::new(),
                 assigned: HashSet::new(),
                 retiring: false,
-                handoffs: 0,
+                handoffs: Vec::new(),
                 handoff_failed: false,
+                await_successor: false,
             },
         );
     }
@@ -374,6 +380,13 @@ impl Core {
         let Some(w) = self.workers.remove(&id) else {
             return;
         };
+        // Copies it was asked to make for retiring workers will not come.
+        for other in self.workers.values_mut() {
+            if let Some(i) = other.handoffs.iter().position(|&t| t == id) {
+                other.handoffs.swap_remove(i);
+                other.handoff_failed = true;
+            }
+        }
         for &other in self.workers.keys() {
             self.out
                 .push(Command::Worker(other, ToWorker::PeerGone(id)));

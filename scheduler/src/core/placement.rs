@@ -145,7 +145,6 @@ impl Core {
                 self.ready.get_mut(&r).map(|q| q.pop());
                 let task = &mut self.tasks[t as usize];
                 task.state = State::Assigned(w);
-                task.attempts += 1;
                 task.started = false;
                 self.seq += 1;
                 task.assigned_seq = self.seq;

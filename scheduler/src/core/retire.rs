@@ -12,10 +12,18 @@ use super::{Command, Core, State};
 impl Core {
     /// Moves every retiring worker one step on.
     pub(crate) fn progress_retirements(&mut self) {
+        for (id, w) in self.workers.iter().filter(|(_, w)| w.retiring) {
+            tracing::debug!(
+                worker = id,
+                inflight = w.inflight,
+                handoffs = w.handoffs.len(),
+                "retiring worker waits"
+            );
+        }
         let retiring: Vec<WorkerId> = self
             .workers
             .iter()
-            .filter(|(_, w)| w.retiring && w.inflight == 0 && w.handoffs == 0)
+            .filter(|(_, w)| w.retiring && w.inflight == 0 && w.handoffs.is_empty())
             .map(|(&id, _)| id)
             .collect();
         for id in retiring {
@@ -43,6 +51,10 @@ impl Core {
             .map(|(&w, _)| w)
             .collect();
         let give_up = self.workers[&id].handoff_failed;
+        if !needed.is_empty() && targets.is_empty() && self.workers[&id].await_successor && !give_up
+        {
+            return; // its replacement will join; hand over to it then
+        }
         if needed.is_empty() || targets.is_empty() || give_up {
             if !needed.is_empty() {
                 tracing::warn!(
@@ -72,7 +84,7 @@ impl Core {
         self.workers
             .get_mut(&id)
             .expect("retiring worker exists")
-            .handoffs = plan.len();
+            .handoffs = plan.keys().copied().collect();
         for (target, ids) in plan {
             self.out.push(Command::Worker(
                 target,
@@ -105,7 +117,7 @@ impl Core {
             tracing::warn!(worker = w, from, "some results of a retiring worker could not be copied; they will be recomputed if needed");
         }
         if let Some(r) = self.workers.get_mut(&from) {
-            r.handoffs = r.handoffs.saturating_sub(1);
+            r.handoffs.retain(|&t| t != w);
             r.handoff_failed |= failed;
         }
     }

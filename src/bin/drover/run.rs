@@ -142,7 +142,8 @@ pub fn run(args: Args) -> Result<(), Failure> {
                         ));
                     }
                 }
-                RunEvent::Warning(w) => say(format!("warning: {w}")),
+                // The client library logs warnings itself (they also arrive while fetching).
+                RunEvent::Warning(_) => {}
             }
         }
         bar.finish_and_clear();
