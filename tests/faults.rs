@@ -307,25 +307,9 @@ fn a_worker_killed_mid_graph_loses_nothing() {
     let mut victim = start("victim", "info,drover_worker=debug");
     // Eight data tasks, eight slow tasks, and a final task that needs every result: whatever
     // the victim made and still held must be recomputed from lineage after it dies.
-    let mut tasks = Vec::new();
-    let mut all = Vec::new();
-    for i in 0..8 {
-        tasks.push(format!(
-            r#"{{"key": "d{i}", "function": "bytes", "params": {{"n": 1000, "fill": "{i}"}}}}"#
-        ));
-        tasks.push(format!(
-            r#"{{"key": "s{i}", "function": "command", "inputs": ["d{i}"], "params": {{"argv": ["sh", "-c", "sleep 0.2; printf s"]}}}}"#
-        ));
-        all.push(format!("\"d{i}\", \"s{i}\""));
-    }
-    tasks.push(format!(
-        r#"{{"key": "all", "function": "concat", "inputs": [{}]}}"#,
-        all.join(", ")
-    ));
-    tasks.push(r#"{"key": "n", "function": "len", "inputs": ["all"]}"#.to_owned());
     let dir = tempfile::tempdir().unwrap();
     let g = dir.path().join("g.json");
-    std::fs::write(&g, format!("{{\"tasks\": [{}]}}", tasks.join(","))).unwrap();
+    std::fs::write(&g, fan_in_graph()).unwrap();
     let report = dir.path().join("r.json");
     let run = Proc::start(
         "drover run",
@@ -359,6 +343,29 @@ fn a_worker_killed_mid_graph_loses_nothing() {
         "something the victim held or ran must have been re-run: {r}"
     );
     c.scheduler.wait_for("worker left");
+}
+
+/// Eight data tasks, eight slow tasks reading them, and a final task that needs every result
+/// (its length, printed as `n`, is 8008): whatever a worker made and still holds when it goes
+/// must be handed over or recomputed.
+fn fan_in_graph() -> String {
+    let mut tasks = Vec::new();
+    let mut all = Vec::new();
+    for i in 0..8 {
+        tasks.push(format!(
+            r#"{{"key": "d{i}", "function": "bytes", "params": {{"n": 1000, "fill": "{i}"}}}}"#
+        ));
+        tasks.push(format!(
+            r#"{{"key": "s{i}", "function": "command", "inputs": ["d{i}"], "params": {{"argv": ["sh", "-c", "sleep 0.2; printf s"]}}}}"#
+        ));
+        all.push(format!("\"d{i}\", \"s{i}\""));
+    }
+    tasks.push(format!(
+        r#"{{"key": "all", "function": "concat", "inputs": [{}]}}"#,
+        all.join(", ")
+    ));
+    tasks.push(r#"{"key": "n", "function": "len", "inputs": ["all"]}"#.to_owned());
+    format!("{{\"tasks\": [{}]}}", tasks.join(","))
 }
 
 /// Whether a process whose command line contains `marker` is running.
@@ -592,25 +599,9 @@ fn sigterm_retires_a_worker_without_recomputing_anything() {
     };
     let _stayer = start("stayer", "info");
     let mut leaver = start("leaver", "info,drover_worker=debug");
-    let mut tasks = Vec::new();
-    let mut all = Vec::new();
-    for i in 0..8 {
-        tasks.push(format!(
-            r#"{{"key": "d{i}", "function": "bytes", "params": {{"n": 1000, "fill": "{i}"}}}}"#
-        ));
-        tasks.push(format!(
-            r#"{{"key": "s{i}", "function": "command", "inputs": ["d{i}"], "params": {{"argv": ["sh", "-c", "sleep 0.2; printf s"]}}}}"#
-        ));
-        all.push(format!("\"d{i}\", \"s{i}\""));
-    }
-    tasks.push(format!(
-        r#"{{"key": "all", "function": "concat", "inputs": [{}]}}"#,
-        all.join(", ")
-    ));
-    tasks.push(r#"{"key": "n", "function": "len", "inputs": ["all"]}"#.to_owned());
     let dir = tempfile::tempdir().unwrap();
     let g = dir.path().join("g.json");
-    std::fs::write(&g, format!("{{\"tasks\": [{}]}}", tasks.join(","))).unwrap();
+    std::fs::write(&g, fan_in_graph()).unwrap();
     let report = dir.path().join("r.json");
     let run = Proc::start(
         "drover run",

@@ -138,7 +138,10 @@ fn lifespan_tasks_recycles_processes_without_recomputing() {
         .iter()
         .map(|t| t["worker"].as_str().unwrap())
         .collect();
-    assert!(workers.len() >= 2, "the chain outlived a process lifespan: {workers:?}");
+    assert!(
+        workers.len() >= 2,
+        "the chain outlived a process lifespan: {workers:?}"
+    );
     let reruns: u64 = r["tasks"]
         .as_array()
         .unwrap()

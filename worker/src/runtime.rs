@@ -128,6 +128,9 @@ fn announce_recycling() {
     let _ = out.flush();
 }
 
+/// How often still-running tasks are reported as started.
+const START_REPORT_TICK: Duration = Duration::from_millis(50);
+
 /// Loop outcomes that are not errors.
 const RETIRED: &str = "retired";
 const RECYCLED: &str = "recycled";
@@ -411,6 +414,13 @@ pub async fn run_worker_notify(
     let mut recycle = false;
     let mut tasks_done: u64 = 0;
     let mut memory_check = tokio::time::interval(Duration::from_secs(1));
+    // Tasks started but not yet reported as started. The scheduler counts workers that die
+    // while running a task; a task that ends within a tick needs no report (its result says it
+    // ran), which keeps short tasks at one message each. A worker dying within a tick of a
+    // start is judged by its run order instead.
+    let mut unreported: HashMap<u64, TaskIdx> = HashMap::new();
+    let mut start_reports = tokio::time::interval(START_REPORT_TICK);
+    start_reports.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (replicated_tx, mut replicated_rx) = mpsc::unbounded_channel::<FromWorker>();
     let outcome = loop {
         tokio::select! {
@@ -421,6 +431,10 @@ pub async fn run_worker_notify(
                 retiring = true;
                 recycle = false;
                 let _ = out_tx.send(vec![FromWorker::Retiring { successor: false }]);
+            }
+            _ = start_reports.tick(), if !unreported.is_empty() => {
+                let started: Vec<FromWorker> = unreported.drain().map(|(_, id)| FromWorker::Started(id)).collect();
+                let _ = out_tx.send(started);
             }
             _ = memory_check.tick(), if config.memory_limit.is_some() && !retiring => {
                 let limit = config.memory_limit.unwrap_or(u64::MAX);
@@ -487,8 +501,8 @@ pub async fn run_worker_notify(
             Some(msg) = thread_rx.recv() => {
                 let done = match msg {
                     ThreadMsg::Started { seq, id, limit } => {
-                        // The scheduler counts workers that die while running a task.
-                        let _ = out_tx.send(vec![FromWorker::Started(id)]);
+                        // Reported if still running at the next tick (see `unreported`).
+                        unreported.insert(seq, id);
                         if let Some((timeout_ms, deadline)) = limit {
                             timed.insert(seq, (id, timeout_ms));
                             let tx = expired_tx.clone();
@@ -503,6 +517,7 @@ pub async fn run_worker_notify(
                 };
                 local.release(&done.task);
                 timed.remove(&done.seq);
+                unreported.remove(&done.seq);
                 if abandoned.remove(&done.seq) {
                     // Reported as timed out already: drop the late result; its thread is free.
                     debug!(key = %done.task.key, "a timed-out task returned; its result is dropped");
