@@ -5,33 +5,15 @@
 //! Run: `cargo bench --bench propagate`. Before the timings it prints the graph's memory per
 //! task, counted by a global allocator wrapper.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use drover::{propagate_pools, Graph, Handle};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-/// Counts live heap bytes, to report the graph's memory per task.
-struct Counting;
-static LIVE: AtomicUsize = AtomicUsize::new(0);
+#[path = "support/counting_alloc.rs"]
+mod counting_alloc;
 
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        LIVE.fetch_add(l.size(), Ordering::Relaxed);
-        System.alloc(l)
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        LIVE.fetch_sub(l.size(), Ordering::Relaxed);
-        System.dealloc(p, l)
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
-        LIVE.fetch_add(new, Ordering::Relaxed);
-        LIVE.fetch_sub(l.size(), Ordering::Relaxed);
-        System.realloc(p, l, new)
-    }
-}
+use counting_alloc::{live_bytes, Counting};
 
 #[global_allocator]
 static ALLOC: Counting = Counting;
@@ -73,13 +55,13 @@ fn build(n: usize, seed: u64) -> Graph {
 }
 
 fn benches(c: &mut Criterion) {
-    let before = LIVE.load(Ordering::Relaxed);
+    let before = live_bytes();
     let g = build(N, 7);
-    let graph_bytes = LIVE.load(Ordering::Relaxed) - before;
+    let graph_bytes = live_bytes() - before;
     let topo = g.validate().expect("valid");
-    let topo_bytes = LIVE.load(Ordering::Relaxed) - before - graph_bytes;
+    let topo_bytes = live_bytes() - before - graph_bytes;
     let p = propagate_pools(&g, &topo);
-    let total = LIVE.load(Ordering::Relaxed) - before;
+    let total = live_bytes() - before;
     println!(
         "{} tasks, {} edges: graph {:.0} B/task, topology {:.0} B/task, with propagation {:.0} B/task",
         g.len(),

@@ -8,31 +8,17 @@
 //!
 //! Run: `cargo bench --bench runtime` (add `-- quick` for a tenth of the sizes).
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use drover::{ClusterSpec, Graph, LocalCluster, Registry};
 use drover_protocol::FromClient;
 use drover_scheduler::core::{Core, Event};
 
-struct Counting;
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        LIVE.fetch_add(l.size(), Ordering::Relaxed);
-        System.alloc(l)
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        LIVE.fetch_sub(l.size(), Ordering::Relaxed);
-        System.dealloc(p, l)
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
-        LIVE.fetch_add(new, Ordering::Relaxed);
-        LIVE.fetch_sub(l.size(), Ordering::Relaxed);
-        System.realloc(p, l, new)
-    }
-}
+#[path = "support/counting_alloc.rs"]
+mod counting_alloc;
+
+use counting_alloc::{live_bytes, Counting};
+
 #[global_allocator]
 static ALLOC: Counting = Counting;
 
@@ -56,7 +42,7 @@ fn chain(n: usize) -> Graph {
 /// Bytes the scheduler core holds per task for a graph of `n` independent tasks.
 fn core_bytes_per_task(n: usize) -> f64 {
     let json = serde_json::to_string(&independent(n).to_file()).unwrap();
-    let before = LIVE.load(Ordering::Relaxed);
+    let before = live_bytes();
     let mut core = Core::new();
     core.handle(Event::ClientJoined { id: 0 });
     let out = core.handle(Event::Client(
@@ -68,7 +54,7 @@ fn core_bytes_per_task(n: usize) -> f64 {
         },
     ));
     drop(out);
-    let after = LIVE.load(Ordering::Relaxed);
+    let after = live_bytes();
     assert_eq!(core.stats().tasks, n);
     (after - before) as f64 / n as f64
 }
@@ -92,10 +78,10 @@ async fn main() {
 
     // 1. Independent tasks.
     let g = independent(n_indep);
-    let heap_before = LIVE.load(Ordering::Relaxed);
+    let heap_before = live_bytes();
     let start = Instant::now();
     let mut run = client.submit_with(&g, &[]).await.unwrap();
-    let heap_submitted = LIVE.load(Ordering::Relaxed);
+    let heap_submitted = live_bytes();
     let report = run.wait().await.unwrap();
     let secs = start.elapsed().as_secs_f64();
     assert_eq!(report.finished, n_indep);

@@ -10,6 +10,7 @@
 pub mod access;
 pub mod codec;
 pub mod endpoint;
+pub mod logging;
 pub mod messages;
 pub mod tls;
 

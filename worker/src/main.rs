@@ -122,13 +122,7 @@ fn child_args(args: &Args) -> Vec<String> {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    drover_protocol::logging::init("info");
     let args = Args::parse();
     let access = match AccessFile::load(&args.access_file) {
         Ok(a) => a,

@@ -81,15 +81,7 @@ pub(crate) fn write_output(path: &PathBuf, text: &str) -> Result<(), Failure> {
 fn main() -> ExitCode {
     // Warnings from the client library (e.g. scheduler warnings while fetching) go to stderr;
     // RUST_LOG adjusts.
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .without_time()
-        .with_target(false)
-        .init();
+    drover_protocol::logging::init("warn");
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Check(args) => check::run(args),
