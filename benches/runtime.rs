@@ -92,6 +92,39 @@ async fn main() {
         (heap_submitted as f64 - heap_before as f64) / (1 << 20) as f64
     );
 
+    // 1b. Load: 20 clients at once, 10,000 tasks each (half the keys shared by all), then all
+    //     leave. Heap is measured before, at the end, and after they left.
+    let heap_start = live_bytes();
+    let n_per_client = n_indep / 10;
+    let start = Instant::now();
+    let mut clients = tokio::task::JoinSet::new();
+    for c in 0..20 {
+        let client = cluster.client().await.unwrap();
+        clients.spawn(async move {
+            let mut g = Graph::with_capacity(n_per_client, 0);
+            for i in 0..n_per_client / 2 {
+                g.task("noop", &()).key(format!("shared-{i}")).add();
+                g.task("noop", &()).key(format!("c{c}-{i}")).add();
+            }
+            let mut run = client.submit_with(&g, &[]).await.unwrap();
+            let report = run.wait().await.unwrap();
+            assert_eq!(report.finished, n_per_client);
+            client.close();
+        });
+    }
+    while let Some(r) = clients.join_next().await {
+        r.unwrap();
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let heap_end = live_bytes();
+    println!(
+        "20 clients x {n_per_client} tasks (half shared): {:.2} s; process heap {:.1} MiB before, {:.1} MiB after all left (+{:.0} bytes per distinct task kept)",
+        secs,
+        heap_start as f64 / (1 << 20) as f64,
+        heap_end as f64 / (1 << 20) as f64,
+        (heap_end as f64 - heap_start as f64) / (n_per_client as f64 / 2.0 * 21.0)
+    );
+
     // 2. A chain.
     let g = chain(n_chain);
     let start = Instant::now();

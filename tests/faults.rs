@@ -283,7 +283,10 @@ fn unknown_functions_and_bad_params_fail_only_their_tasks() {
 
 #[test]
 fn a_worker_killed_mid_graph_loses_nothing() {
-    let mut c = Cluster::start();
+    let mut c = Cluster::start_logging(
+        &["--idle-timeout-secs", "5"],
+        "info,drover_scheduler::core=debug",
+    );
     let access = c.access();
     let worker = binary("worker");
     let start = |name: &str, log: &str| {
@@ -323,8 +326,14 @@ fn a_worker_killed_mid_graph_loses_nothing() {
             report.to_str().unwrap(),
         ],
     );
-    // Kill the victim as soon as it has finished a task (its result is still needed by "all").
-    victim.wait_for("task done");
+    // Kill the victim as soon as the scheduler has one of its results (still needed by "all").
+    let joined = c.scheduler.wait_for("name=victim");
+    let id: String = joined[joined.find("worker=").expect("worker id") + 7..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    c.scheduler
+        .wait_for_all(&["task finished", &format!("worker={id}")]);
     victim.kill();
     let (code, lines) = run.finish();
     assert_eq!(code, Some(0), "{}", lines.join("\n"));

@@ -121,3 +121,71 @@ async fn a_rust_function_past_its_timeout_fails_and_its_late_result_is_dropped()
     assert_eq!(report.task("other").unwrap().status, "finished");
     cluster.shutdown().await;
 }
+
+/// Client `c`'s graph: 100 shared tasks (the same keys for every client), 100 of its own that
+/// read them, and a sink summing their lengths.
+fn client_graph(c: usize) -> (Graph, String, usize) {
+    let mut g = Graph::new();
+    let mut mine = Vec::new();
+    let mut expected = 0;
+    for i in 0..100 {
+        let n = i % 7 + 1;
+        let shared = g
+            .task("bytes", &serde_json::json!({"n": n}))
+            .key(format!("shared-{i}"))
+            .add();
+        mine.push(
+            g.task("concat", &())
+                .key(format!("c{c}-{i}"))
+                .input(shared)
+                .input(shared)
+                .add(),
+        );
+        expected += 2 * n;
+    }
+    let sink = format!("c{c}-total");
+    g.task("len", &()).key(sink.clone()).inputs(mine).add();
+    (g, sink, expected)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_clients_at_once_share_keys_and_a_leaver_disturbs_nobody() {
+    let cluster = LocalCluster::start(
+        &ClusterSpec::parse("2", 2).unwrap(),
+        Registry::with_builtins(),
+    )
+    .await
+    .unwrap();
+    // A client that submits slow work and leaves mid-run.
+    let leaver = cluster.client().await.unwrap();
+    let mut slow = Graph::new();
+    for i in 0..50 {
+        slow.task("sleep", &serde_json::json!({"ms": 20}))
+            .key(format!("slow-{i}"))
+            .add();
+    }
+    let mut leaving_run = leaver.submit(&slow).await.unwrap();
+    let mut clients = tokio::task::JoinSet::new();
+    for c in 0..20 {
+        let client = cluster.client().await.unwrap();
+        clients.spawn(async move {
+            let (g, sink, expected) = client_graph(c);
+            let mut run = client.submit(&g).await.unwrap();
+            let report = run.wait().await.unwrap();
+            assert_eq!(report.failed, 0);
+            let got = run.get_bytes(&sink).await.unwrap();
+            assert_eq!(
+                std::str::from_utf8(&got).unwrap(),
+                expected.to_string(),
+                "client {c}"
+            );
+        });
+    }
+    // The leaver goes after its first task; everyone else must be unaffected.
+    leaving_run.next_event().await;
+    leaver.close();
+    while let Some(r) = clients.join_next().await {
+        r.unwrap();
+    }
+    cluster.shutdown().await;
+}

@@ -230,6 +230,14 @@ impl Client {
         rx.await.map_err(|_| ClientError::Disconnected)
     }
 
+    /// Closes the connection. The scheduler releases this client's outputs and cancels the
+    /// tasks only its runs were waiting for.
+    pub fn close(&self) {
+        self.inner
+            .conn
+            .close(quinn::VarInt::from_u32(0), b"client closed");
+    }
+
     /// Tells the scheduler these outputs are no longer needed.
     pub fn release(&self, keys: Vec<String>) -> Result<(), ClientError> {
         self.send(FromClient::Release { keys })

@@ -84,13 +84,19 @@ impl Proc {
 
     /// Waits for an output line containing `needle`; panics with what was seen at the deadline.
     pub fn wait_for(&mut self, needle: &str) -> String {
+        self.wait_for_all(&[needle])
+    }
+
+    /// Waits for an output line containing every one of `needles`.
+    pub fn wait_for_all(&mut self, needles: &[&str]) -> String {
+        let needle = needles.join("\" and \"");
         let end = Instant::now() + DEADLINE;
         loop {
             let left = end.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
                 Ok(line) => {
                     self.seen.push(line.clone());
-                    if line.contains(needle) {
+                    if needles.iter().all(|n| line.contains(n)) {
                         return line;
                     }
                 }
@@ -160,11 +166,16 @@ impl Cluster {
 
     /// Starts the scheduler with extra flags and waits until it listens.
     pub fn start_with(flags: &[&str]) -> Cluster {
+        Cluster::start_logging(flags, "info")
+    }
+
+    /// Starts the scheduler with extra flags and `RUST_LOG=log`, and waits until it listens.
+    pub fn start_logging(flags: &[&str], log: &str) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let state = dir.path().to_str().expect("utf-8 path").to_owned();
         let mut args = vec!["--listen", "127.0.0.1:0", "--state-dir", &state];
         args.extend_from_slice(flags);
-        let mut scheduler = Proc::start("scheduler", &binary("scheduler"), &args);
+        let mut scheduler = Proc::start_logging("scheduler", &binary("scheduler"), &args, log);
         scheduler.wait_for("scheduler listening");
         Cluster {
             dir,

@@ -253,14 +253,7 @@ impl Core {
                 FromWorker::Replicated { from, ids, failed } => {
                     self.replicated(w, from, &ids, failed)
                 }
-                FromWorker::Started(id) => {
-                    if let Some(t) = self.tasks.get_mut(id as usize) {
-                        if t.state == State::Assigned(w) && !t.started {
-                            t.started = true;
-                            t.attempts += 1;
-                        }
-                    }
-                }
+                FromWorker::Started(id) => self.mark_started(w, id),
                 FromWorker::Finished {
                     id,
                     size,
@@ -491,6 +484,9 @@ impl Core {
         }
     }
 
+    /// A client left: its wanted results are released, and the tasks that only its runs were
+    /// waiting for and that have not started are cancelled (tasks another client's run shares
+    /// go on). Tasks already running finish; their results are freed when nobody needs them.
     fn client_left(&mut self, id: ClientId) {
         if let Some(wants) = self.clients.remove(&id) {
             let mut wants: Vec<TaskIdx> = wants.into_iter().collect();
@@ -500,6 +496,35 @@ impl Core {
             }
         }
         self.warned.retain(|(c, _)| *c != id);
+        self.pending_locates.retain(|(c, _, _)| *c != id);
+        let gone = |core: &Core, r: u32| core.runs[r as usize].client == id;
+        let mut cancelled = 0usize;
+        for t in 0..self.tasks.len() as TaskIdx {
+            let task = &self.tasks[t as usize];
+            if !matches!(task.state, State::Waiting | State::Ready) || !gone(self, task.run) {
+                continue;
+            }
+            if self
+                .extra_runs
+                .get(&t)
+                .is_some_and(|runs| runs.iter().any(|&r| !gone(self, r)))
+            {
+                continue;
+            }
+            // Cancelled: it can be submitted again later (a released task is recomputed).
+            self.tasks[t as usize].state = State::Released;
+            cancelled += 1;
+            for i in self.tasks[t as usize].inputs.clone().iter() {
+                self.unwait(*i);
+            }
+        }
+        if cancelled > 0 {
+            tracing::info!(
+                client = id,
+                cancelled,
+                "client left: its waiting tasks are cancelled"
+            );
+        }
     }
 
     /// Answers the locate requests whose keys are all settled: held, or failed, released or
@@ -584,6 +609,17 @@ impl Core {
         });
     }
 
+    /// `t` started on `w` (reported, or implied by its result): counts an attempt once per
+    /// assignment.
+    fn mark_started(&mut self, w: WorkerId, t: TaskIdx) {
+        if let Some(task) = self.tasks.get_mut(t as usize) {
+            if task.state == State::Assigned(w) && !task.started {
+                task.started = true;
+                task.attempts += 1;
+            }
+        }
+    }
+
     fn finished(
         &mut self,
         w: WorkerId,
@@ -592,12 +628,14 @@ impl Core {
         duration_us: u64,
         fetched: &[(TaskIdx, WorkerId, u64)],
     ) {
+        self.mark_started(w, t);
         let Some(task) = self.tasks.get_mut(t as usize) else {
             return;
         };
         if task.state != State::Assigned(w) {
             return; // stale: reassigned after its worker was presumed gone
         }
+        tracing::debug!(key = %task.key, worker = w, "task finished");
         task.state = State::Memory;
         task.size = size;
         task.holders.push(w);
@@ -695,6 +733,7 @@ impl Core {
     }
 
     fn failed(&mut self, w: WorkerId, t: TaskIdx, error: String, duration_us: u64) {
+        self.mark_started(w, t);
         let Some(task) = self.tasks.get_mut(t as usize) else {
             return;
         };

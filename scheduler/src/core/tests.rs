@@ -386,3 +386,39 @@ fn tasks_no_worker_can_run_are_warned_about_once() {
     // Both go to the one worker with a GPU, which runs them one at a time.
     assert_eq!(computes(&cmds), [(5, "t".to_owned()), (5, "u".to_owned())]);
 }
+
+#[test]
+fn a_departed_client_s_waiting_tasks_are_cancelled_unless_shared() {
+    let mut s = Sim::new(&[("w", "", 1)]);
+    s.core.handle(Event::ClientJoined { id: 1 });
+    // Client 0: a -> b -> c. Client 1 shares "a" and "b" but not "c".
+    s.submit(r#"{"tasks": [{"key": "a", "function": "f"}, {"key": "b", "function": "f", "inputs": ["a"]}, {"key": "c", "function": "f", "inputs": ["b"]}]}"#, &["c"]);
+    s.core.handle(Event::Client(
+        1,
+        FromClient::Submit {
+            run: 7,
+            graph_json: r#"{"tasks": [{"key": "a", "function": "f"}, {"key": "b", "function": "f", "inputs": ["a"]}]}"#.into(),
+            wants: vec!["b".into()],
+        },
+    ));
+    s.core.handle(Event::ClientLeft { id: 0 });
+    let state = |s: &Sim, k: &str| s.core.tasks[s.id(k) as usize].state.clone();
+    assert_eq!(
+        state(&s, "c"),
+        State::Released,
+        "only client 0 waited for c"
+    );
+    assert_eq!(state(&s, "b"), State::Waiting, "client 1 still needs b");
+    assert!(matches!(state(&s, "a"), State::Assigned(_)));
+    // a finishes, b runs for client 1, and nothing is left waiting on c.
+    let cmds = s.finish(0, "a", 1, vec![]);
+    assert_eq!(computes(&cmds), [(0, "b".to_owned())]);
+    let cmds = s.finish(0, "b", 1, vec![]);
+    assert!(computes(&cmds).is_empty());
+    assert_eq!(state(&s, "b"), State::Memory, "wanted by client 1");
+    // Client 1 leaves too: its wanted result is freed.
+    let cmds = s.core.handle(Event::ClientLeft { id: 1 });
+    assert!(cmds
+        .iter()
+        .any(|c| matches!(c, Command::Worker(0, ToWorker::Free(ids)) if ids.contains(&s.id("b")))));
+}
