@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{binary, Cluster, Proc};
+use common::{binary, drover_run, Cluster, Proc};
 use drover_protocol::codec::encode;
 use drover_protocol::endpoint::{client_endpoint, connect, say_hello};
 use drover_protocol::tls::Identity;
@@ -206,12 +206,7 @@ fn garbage_frames_close_only_their_connection() {
     let g = dir.path().join("g.json");
     std::fs::write(&g, r#"{"tasks": [{"key": "a", "function": "bytes", "params": {"n": 3}}, {"key": "b", "function": "len", "inputs": ["a"]}]}"#).unwrap();
     let access = c.access();
-    let (code, lines) = Proc::start(
-        "drover run",
-        &binary("drover"),
-        &["run", g.to_str().unwrap(), "--access-file", &access],
-    )
-    .finish();
+    let (code, lines) = drover_run(g.to_str().unwrap(), &access, None);
     assert_eq!(code, Some(0), "{}", lines.join("\n"));
     assert!(
         lines.iter().any(|l| l == "stdout: b: 3"),
@@ -237,19 +232,7 @@ fn unknown_functions_and_bad_params_fail_only_their_tasks() {
     .unwrap();
     let report = dir.path().join("r.json");
     let access = c.access();
-    let (code, lines) = Proc::start(
-        "drover run",
-        &binary("drover"),
-        &[
-            "run",
-            g.to_str().unwrap(),
-            "--access-file",
-            &access,
-            "--report",
-            report.to_str().unwrap(),
-        ],
-    )
-    .finish();
+    let (code, lines) = drover_run(g.to_str().unwrap(), &access, Some(report.to_str().unwrap()));
     assert_eq!(code, Some(1), "{}", lines.join("\n"));
     let r: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
@@ -405,19 +388,7 @@ fn a_task_past_its_timeout_fails_and_its_process_is_killed() {
     .unwrap();
     let report = dir.path().join("r.json");
     let access = c.access();
-    let (code, lines) = Proc::start(
-        "drover run",
-        &binary("drover"),
-        &[
-            "run",
-            g.to_str().unwrap(),
-            "--access-file",
-            &access,
-            "--report",
-            report.to_str().unwrap(),
-        ],
-    )
-    .finish();
+    let (code, lines) = drover_run(g.to_str().unwrap(), &access, Some(report.to_str().unwrap()));
     assert_eq!(code, Some(1), "{}", lines.join("\n"));
     let r: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
@@ -471,19 +442,7 @@ fn a_task_that_kills_its_workers_is_failed_as_suspicious() {
     .unwrap();
     let report = dir.path().join("r.json");
     let access = c.access();
-    let (code, lines) = Proc::start(
-        "drover run",
-        &binary("drover"),
-        &[
-            "run",
-            g.to_str().unwrap(),
-            "--access-file",
-            &access,
-            "--report",
-            report.to_str().unwrap(),
-        ],
-    )
-    .finish();
+    let (code, lines) = drover_run(g.to_str().unwrap(), &access, Some(report.to_str().unwrap()));
     assert_eq!(code, Some(1), "{}", lines.join("\n"));
     let r: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
@@ -577,12 +536,7 @@ fn workers_reconnect_to_a_restarted_scheduler_or_give_up_after_their_patience() 
         r#"{"tasks": [{"key": "x", "function": "bytes", "params": {"n": 2, "fill": "r"}}]}"#,
     )
     .unwrap();
-    let (code, lines) = Proc::start(
-        "drover run",
-        &binary("drover"),
-        &["run", g.to_str().unwrap(), "--access-file", &access],
-    )
-    .finish();
+    let (code, lines) = drover_run(g.to_str().unwrap(), &access, None);
     assert_eq!(code, Some(0), "{}", lines.join("\n"));
     assert!(
         lines.iter().any(|l| l == "stdout: x: rr"),

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{binary, Cluster, Proc};
+use common::{binary, drover_run, Cluster, Proc};
 
 /// The pid in a supervisor log line `... started worker process process=NAME pid=1234`.
 fn pid_of(line: &str) -> u32 {
@@ -59,12 +59,7 @@ fn a_supervisor_restarts_a_killed_process_and_retires_all_on_sigterm() {
         r#"{"tasks": [{"key": "a", "function": "bytes", "params": {"n": 1}}]}"#,
     )
     .unwrap();
-    let (code, lines) = Proc::start(
-        "drover run",
-        &binary("drover"),
-        &["run", g.to_str().unwrap(), "--access-file", &access],
-    )
-    .finish();
+    let (code, lines) = drover_run(g.to_str().unwrap(), &access, None);
     assert_eq!(code, Some(0), "{}", lines.join("\n"));
     // SIGTERM retires every process; the supervisor exits 0.
     sigterm(sup.child.id());
@@ -110,19 +105,7 @@ fn lifespan_tasks_recycles_processes_without_recomputing() {
     let g = dir.path().join("g.json");
     std::fs::write(&g, format!("{{\"tasks\": [{}]}}", tasks.join(","))).unwrap();
     let report = dir.path().join("r.json");
-    let (code, lines) = Proc::start(
-        "drover run",
-        &binary("drover"),
-        &[
-            "run",
-            g.to_str().unwrap(),
-            "--access-file",
-            &access,
-            "--report",
-            report.to_str().unwrap(),
-        ],
-    )
-    .finish();
+    let (code, lines) = drover_run(g.to_str().unwrap(), &access, Some(report.to_str().unwrap()));
     assert_eq!(code, Some(0), "{}", lines.join("\n"));
     assert!(
         lines.iter().any(|l| l == "stdout: t5: xxxxxxxxxx"),

@@ -151,6 +151,16 @@ impl Drop for Proc {
     }
 }
 
+/// Runs `drover run GRAPH --access-file ACCESS [--report REPORT]` to completion; returns its
+/// exit code and output lines (stdout lines prefixed `stdout: `).
+pub fn drover_run(graph: &str, access: &str, report: Option<&str>) -> (Option<i32>, Vec<String>) {
+    let mut args = vec!["run", graph, "--access-file", access];
+    if let Some(r) = report {
+        args.extend(["--report", r]);
+    }
+    Proc::start("drover run", &binary("drover"), &args).finish()
+}
+
 /// A scheduler on 127.0.0.1 with an ephemeral port and its own state dir.
 pub struct Cluster {
     pub dir: tempfile::TempDir,
