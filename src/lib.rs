@@ -15,6 +15,8 @@
 //!
 //! See README.md for the JSON format and the `drover` command.
 
+#![warn(missing_docs, missing_debug_implementations)]
+
 pub mod client;
 pub mod local;
 

@@ -50,8 +50,7 @@ fn wrong_or_missing_tokens_are_refused_and_logged() {
             .unwrap();
             let err = say_hello(&conn, &client_hello(token))
                 .await
-                .err()
-                .expect("refused");
+                .expect_err("refused");
             assert!(err.to_string().contains(why), "{err}");
         }
         // The real token still works.

@@ -11,6 +11,8 @@
 //!
 //! This crate is pure data and validation; it depends on nothing else in Drover.
 
+#![warn(missing_docs, missing_debug_implementations)]
+
 mod error;
 mod name;
 mod resources;

@@ -89,6 +89,7 @@ impl<T> fmt::Debug for Handle<T> {
 /// Builds one task; finish with [`TaskBuilder::add`]. Settings made here override the enclosing
 /// scopes field by field.
 #[must_use = "a task is only added to the graph by .add()"]
+#[derive(Debug)]
 pub struct TaskBuilder<'g, T = Untyped> {
     graph: &'g mut Graph,
     function: &'g str,

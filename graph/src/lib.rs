@@ -9,6 +9,8 @@
 //! into a [`Topology`], run [`propagate_pools`] for a [`Propagation`], and export with
 //! [`export`].
 
+#![warn(missing_docs, missing_debug_implementations)]
+
 pub mod builder;
 pub mod cost;
 mod error;

@@ -109,6 +109,7 @@ pub async fn connect(
 }
 
 /// The control stream of an established session.
+#[derive(Debug)]
 pub struct Session {
     /// Frames to the other side.
     pub send: quinn::SendStream,

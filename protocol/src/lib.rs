@@ -7,6 +7,8 @@
 //! * [`access`]: `access.json`, holding the scheduler's address, certificate and secret token.
 //! * [`endpoint`]: QUIC endpoints and the authenticated handshake.
 
+#![warn(missing_docs, missing_debug_implementations)]
+
 pub mod access;
 pub mod codec;
 pub mod endpoint;

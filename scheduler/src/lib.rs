@@ -1,5 +1,7 @@
 //! Drover's scheduler: [`core`], a pure state machine holding every scheduling rule, and
 //! [`server`], the QUIC shell that turns connections into events and commands into messages.
 
+#![warn(missing_docs, missing_debug_implementations)]
+
 pub mod core;
 pub mod server;

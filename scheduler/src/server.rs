@@ -61,6 +61,7 @@ pub enum StartError {
 }
 
 /// A running scheduler.
+#[derive(Debug)]
 pub struct Scheduler {
     endpoint: quinn::Endpoint,
     addr: SocketAddr,

@@ -9,6 +9,8 @@
 //! * [`runtime`]: the worker itself: connect, execute, report. A user's program becomes a worker
 //!   by handing its own [`Registry`] to [`runtime::run_worker`].
 
+#![warn(missing_docs, missing_debug_implementations)]
+
 pub mod builtins;
 pub mod peer;
 pub mod registry;

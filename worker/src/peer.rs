@@ -109,6 +109,15 @@ pub struct Fetcher {
     conns: Mutex<HashMap<WorkerId, quinn::Connection>>,
 }
 
+impl std::fmt::Debug for Fetcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token.
+        f.debug_struct("Fetcher")
+            .field("idle_timeout", &self.idle_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Fetcher {
     /// A fetcher that connects from `endpoint` and presents `token`.
     pub fn new(endpoint: quinn::Endpoint, token: String, idle_timeout: Duration) -> Fetcher {
