@@ -6,6 +6,7 @@
 //! worker → *memory* (held by one or more workers) → *released* when no pending task and no
 //! client needs it; or *failed*, which fails its dependents with a reason naming it.
 
+mod forget;
 mod placement;
 mod retire;
 mod submit;
@@ -184,6 +185,8 @@ pub struct Core {
     pub(crate) deaths: HashMap<TaskIdx, Vec<Arc<str>>>,
     /// Locate requests waiting for results being computed: (client, request, keys).
     pub(crate) pending_locates: Vec<(ClientId, u32, Vec<String>)>,
+    /// Task slots freed by forgetting, reused by new tasks (kept sorted, lowest last).
+    pub(crate) free_slots: Vec<TaskIdx>,
 }
 
 /// Limits of the scheduler's rules.
@@ -292,7 +295,7 @@ impl Core {
     /// Counts of tasks and workers.
     pub fn stats(&self) -> Stats {
         let mut s = Stats {
-            tasks: self.tasks.len(),
+            tasks: self.tasks.len() - self.free_slots.len(),
             workers: self.workers.len(),
             ..Default::default()
         };
@@ -525,6 +528,7 @@ impl Core {
                 "client left: its waiting tasks are cancelled"
             );
         }
+        self.forget_departed();
     }
 
     /// Answers the locate requests whose keys are all settled: held, or failed, released or

@@ -128,9 +128,9 @@ impl Core {
                     failed
                 }
                 None => {
-                    let idx = u32::try_from(self.tasks.len()).expect("fewer than 2^32 tasks");
-                    self.keys.insert(task.key.clone(), idx);
-                    self.tasks.push(task);
+                    let key = task.key.clone();
+                    let idx = self.new_slot(task);
+                    self.keys.insert(key, idx);
                     idx
                 }
             };

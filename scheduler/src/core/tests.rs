@@ -403,11 +403,8 @@ fn a_departed_client_s_waiting_tasks_are_cancelled_unless_shared() {
     ));
     s.core.handle(Event::ClientLeft { id: 0 });
     let state = |s: &Sim, k: &str| s.core.tasks[s.id(k) as usize].state.clone();
-    assert_eq!(
-        state(&s, "c"),
-        State::Released,
-        "only client 0 waited for c"
-    );
+    // Only client 0 waited for c: cancelled, and forgotten with its client.
+    assert!(!s.core.keys.contains_key("c"));
     assert_eq!(state(&s, "b"), State::Waiting, "client 1 still needs b");
     assert!(matches!(state(&s, "a"), State::Assigned(_)));
     // a finishes, b runs for client 1, and nothing is left waiting on c.
@@ -416,9 +413,53 @@ fn a_departed_client_s_waiting_tasks_are_cancelled_unless_shared() {
     let cmds = s.finish(0, "b", 1, vec![]);
     assert!(computes(&cmds).is_empty());
     assert_eq!(state(&s, "b"), State::Memory, "wanted by client 1");
-    // Client 1 leaves too: its wanted result is freed.
+    // Client 1 leaves too: its wanted result is freed (and then forgotten).
+    let b = s.id("b");
     let cmds = s.core.handle(Event::ClientLeft { id: 1 });
     assert!(cmds
         .iter()
-        .any(|c| matches!(c, Command::Worker(0, ToWorker::Free(ids)) if ids.contains(&s.id("b")))));
+        .any(|c| matches!(c, Command::Worker(0, ToWorker::Free(ids)) if ids.contains(&b))));
+    assert_eq!(s.core.stats().tasks, 0);
+}
+
+#[test]
+fn tasks_of_departed_clients_are_forgotten_and_their_slots_reused() {
+    let mut s = Sim::new(&[("w", "", 1)]);
+    s.core.handle(Event::ClientJoined { id: 1 });
+    let chain = r#"{"tasks": [{"key": "a", "function": "f"}, {"key": "b", "function": "f", "inputs": ["a"]}]}"#;
+    s.submit(chain, &["b"]);
+    // Client 1 shares "a" only.
+    s.core.handle(Event::Client(
+        1,
+        FromClient::Submit {
+            run: 1,
+            graph_json: r#"{"tasks": [{"key": "a", "function": "f"}]}"#.into(),
+            wants: vec!["a".into()],
+        },
+    ));
+    s.finish(0, "a", 3, vec![]);
+    s.finish(0, "b", 3, vec![]);
+    assert_eq!(s.core.stats().tasks, 2);
+    s.core.handle(Event::ClientLeft { id: 0 });
+    // "b" belonged to client 0 alone: forgotten. "a" is still wanted by client 1.
+    assert!(!s.core.keys.contains_key("b"));
+    assert_eq!(s.core.stats().tasks, 1);
+    assert_eq!(s.core.tasks[s.id("a") as usize].state, State::Memory);
+    s.core.handle(Event::ClientLeft { id: 1 });
+    assert_eq!(s.core.stats().tasks, 0);
+    assert!(s.core.tasks.is_empty() && s.core.keys.is_empty());
+    // The same keys can be submitted again and run from scratch.
+    s.core.handle(Event::ClientJoined { id: 2 });
+    let cmds = s.core.handle(Event::Client(
+        2,
+        FromClient::Submit {
+            run: 1,
+            graph_json: chain.into(),
+            wants: vec!["b".into()],
+        },
+    ));
+    assert_eq!(computes(&cmds), [(0, "a".to_owned())]);
+    s.finish(0, "a", 3, vec![]);
+    let cmds = s.finish(0, "b", 3, vec![]);
+    assert_eq!(events(&cmds).iter().filter(|e| e.key == "b").count(), 1);
 }

@@ -1,0 +1,108 @@
+//! Forgetting: when clients leave, the tasks only their runs referred to, and whose results are
+//! gone (released, cancelled or failed), are dropped from the core: keys unmapped, slots freed for
+//! reuse, trailing free slots truncated. So the scheduler's memory returns to where it was.
+//!
+//! Safe because graphs are closed under inputs: every consumer of a task belongs to one of that
+//! task's runs, so when all of a task's runs are gone, so are all of its consumers' runs, and no
+//! live task can still name it as an input. (The other way round is possible: a forgotten task's
+//! input may be shared with a client still here; it stops listing the forgotten consumer.) Ids
+//! are reused only after the task's result was freed on every worker (the `Free` goes out first
+//! on the same ordered stream).
+
+use super::{Core, State, Task};
+
+impl Core {
+    /// Drops every task that no connected client's run refers to and that holds no result.
+    pub(crate) fn forget_departed(&mut self) {
+        let live_run =
+            |core: &Core, r: u32| core.clients.contains_key(&core.runs[r as usize].client);
+        let mut forgotten = 0usize;
+        for t in 0..self.tasks.len() {
+            let task = &self.tasks[t];
+            if task.key.is_empty() || !matches!(task.state, State::Released | State::Failed(_)) {
+                continue;
+            }
+            let t = t as u32;
+            if live_run(self, task.run)
+                || self
+                    .extra_runs
+                    .get(&t)
+                    .is_some_and(|rs| rs.iter().any(|&r| live_run(self, r)))
+            {
+                continue;
+            }
+            self.keys.remove(&self.tasks[t as usize].key);
+            // Its inputs may live on (shared with a client still here): they stop listing it.
+            let inputs = std::mem::take(&mut self.tasks[t as usize].inputs);
+            for &i in inputs.iter() {
+                self.tasks[i as usize].consumers.retain(|&c| c != t);
+            }
+            self.tasks[t as usize] = Task::tombstone();
+            self.extra_runs.remove(&t);
+            self.deaths.remove(&t);
+            self.free_slots.push(t);
+            forgotten += 1;
+        }
+        if forgotten == 0 {
+            return;
+        }
+        // Give back trailing free slots, and memory the maps no longer need.
+        while self.tasks.last().is_some_and(|t| t.key.is_empty()) {
+            self.tasks.pop();
+        }
+        let len = self.tasks.len() as u32;
+        self.free_slots.retain(|&t| t < len);
+        self.free_slots.sort_unstable_by(|a, b| b.cmp(a)); // pop() takes the lowest first
+        self.tasks.shrink_to(self.tasks.len().max(1024));
+        self.keys.shrink_to(self.keys.len().max(1024));
+        self.extra_runs.shrink_to_fit();
+        tracing::debug!(
+            forgotten,
+            tasks = self.tasks.len(),
+            "forgot tasks of departed clients"
+        );
+    }
+
+    /// A free task slot, or a new one.
+    pub(crate) fn new_slot(&mut self, task: Task) -> u32 {
+        match self.free_slots.pop() {
+            Some(t) => {
+                self.tasks[t as usize] = task;
+                t
+            }
+            None => {
+                let t = u32::try_from(self.tasks.len()).expect("fewer than 2^32 live tasks");
+                self.tasks.push(task);
+                t
+            }
+        }
+    }
+}
+
+impl Task {
+    /// An empty slot (its empty key marks it: real keys are never empty).
+    pub(crate) fn tombstone() -> Task {
+        Task {
+            key: std::sync::Arc::from(""),
+            function: std::sync::Arc::from(""),
+            params: None,
+            inputs: Box::new([]),
+            consumers: Vec::new(),
+            place: super::StaticPlace::Any,
+            resources: std::sync::Arc::from(Vec::new()),
+            priority: 0,
+            retries_left: 0,
+            state: State::Released,
+            pending: 0,
+            waiters: 0,
+            holders: Vec::new(),
+            size: 0,
+            run: 0,
+            placed_pool: None,
+            attempts: 0,
+            started: false,
+            assigned_seq: 0,
+            timeout_ms: None,
+        }
+    }
+}
