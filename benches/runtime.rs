@@ -59,6 +59,38 @@ fn core_bytes_per_task(n: usize) -> f64 {
     (after - before) as f64 / n as f64
 }
 
+/// The scheduler core's heap before, with 20 clients' graphs of `n` tasks each (half the keys
+/// shared), and after they all left: (before, loaded, after) in bytes.
+fn core_memory_with_clients(n: usize) -> (usize, usize, usize) {
+    let before = live_bytes();
+    let mut core = Core::new();
+    for c in 0..20u32 {
+        core.handle(Event::ClientJoined { id: c });
+        let mut g = Graph::with_capacity(n, 0);
+        for i in 0..n / 2 {
+            g.task("noop", &()).key(format!("shared-{i}")).add();
+            g.task("noop", &()).key(format!("c{c}-{i}")).add();
+        }
+        let json = serde_json::to_string(&g.to_file()).unwrap();
+        drop(core.handle(Event::Client(
+            c,
+            FromClient::Submit {
+                run: 1,
+                graph_json: json,
+                wants: vec![],
+            },
+        )));
+    }
+    let loaded = live_bytes();
+    for c in 0..20u32 {
+        drop(core.handle(Event::ClientLeft { id: c }));
+    }
+    assert_eq!(core.stats().tasks, 0);
+    let after = live_bytes();
+    drop(core);
+    (before, loaded, after)
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let quick = std::env::args().any(|a| a == "quick");
@@ -69,6 +101,13 @@ async fn main() {
         "scheduler core memory: {:.0} bytes per task ({} independent tasks)",
         core_bytes_per_task(n_indep),
         n_indep
+    );
+    let (before, loaded, after) = core_memory_with_clients(n_indep / 10);
+    println!(
+        "scheduler core with 20 clients x {} tasks (half shared): heap +{:.1} MiB loaded, +{:.2} MiB after all left",
+        n_indep / 10,
+        (loaded - before) as f64 / (1 << 20) as f64,
+        (after as f64 - before as f64) / (1 << 20) as f64
     );
 
     let cluster = LocalCluster::start(&ClusterSpec::plain(2, 1), Registry::with_builtins())

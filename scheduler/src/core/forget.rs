@@ -46,6 +46,16 @@ impl Core {
         if forgotten == 0 {
             return;
         }
+        // Ready queues drop entries of tasks no longer ready (cancelled and now forgotten ones
+        // among them) before any slot is reused: an old entry must never schedule a new task.
+        let tasks = &self.tasks;
+        for q in self.ready.values_mut() {
+            q.retain(|e| {
+                let t = &tasks[e.task as usize];
+                !t.key.is_empty() && t.state == State::Ready
+            });
+        }
+        self.ready.retain(|_, q| !q.is_empty());
         // Give back trailing free slots, and memory the maps no longer need.
         while self.tasks.last().is_some_and(|t| t.key.is_empty()) {
             self.tasks.pop();

@@ -500,7 +500,8 @@ impl Core {
         }
         self.warned.retain(|(c, _)| *c != id);
         self.pending_locates.retain(|(c, _, _)| *c != id);
-        let gone = |core: &Core, r: u32| core.runs[r as usize].client == id;
+        // A run is gone when its client is no longer connected (this one or an earlier one).
+        let gone = |core: &Core, r: u32| !core.clients.contains_key(&core.runs[r as usize].client);
         let mut cancelled = 0usize;
         for t in 0..self.tasks.len() as TaskIdx {
             let task = &self.tasks[t as usize];

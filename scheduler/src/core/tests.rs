@@ -463,3 +463,56 @@ fn tasks_of_departed_clients_are_forgotten_and_their_slots_reused() {
     let cmds = s.finish(0, "b", 3, vec![]);
     assert_eq!(events(&cmds).iter().filter(|e| e.key == "b").count(), 1);
 }
+
+#[test]
+fn a_reused_slot_is_never_scheduled_by_a_stale_queue_entry() {
+    // No worker for pool P: the task waits in P's queue; its client leaves (cancelled,
+    // forgotten). A new task pinned to Q reuses the slot and must go to Q's worker only.
+    let mut s = Sim::new(&[("q", "pool-Q=1", 1)]);
+    s.submit(
+        r#"{"tasks": [{"key": "p", "function": "f", "pool": "P"}]}"#,
+        &[],
+    );
+    s.core.handle(Event::ClientLeft { id: 0 });
+    assert_eq!(s.core.stats().tasks, 0);
+    assert!(s.core.ready.is_empty(), "no stale entries left");
+    s.core.handle(Event::ClientJoined { id: 1 });
+    let cmds = s.core.handle(Event::Client(
+        1,
+        FromClient::Submit {
+            run: 1,
+            graph_json: r#"{"tasks": [{"key": "x", "function": "f", "pool": "Q"}]}"#.into(),
+            wants: vec![],
+        },
+    ));
+    assert_eq!(computes(&cmds), [(0, "x".to_owned())]);
+    // A worker of P joining later gets nothing.
+    let cmds = s.core.handle(Event::WorkerJoined {
+        id: 5,
+        hello: hello("p", "pool-P=1", 1),
+    });
+    assert!(computes(&cmds).is_empty(), "{cmds:?}");
+}
+
+#[test]
+fn a_task_shared_by_several_clients_goes_when_the_last_of_them_leaves() {
+    let mut s = Sim::new(&[]);
+    for c in 1..=2 {
+        s.core.handle(Event::ClientJoined { id: c });
+    }
+    for c in 0..=2 {
+        s.core.handle(Event::Client(
+            c,
+            FromClient::Submit {
+                run: 1,
+                graph_json: r#"{"tasks": [{"key": "shared", "function": "f"}]}"#.into(),
+                wants: vec![],
+            },
+        ));
+    }
+    s.core.handle(Event::ClientLeft { id: 0 });
+    s.core.handle(Event::ClientLeft { id: 1 });
+    assert_eq!(s.core.stats().tasks, 1, "client 2 still waits for it");
+    s.core.handle(Event::ClientLeft { id: 2 });
+    assert_eq!(s.core.stats().tasks, 0);
+}
