@@ -183,7 +183,10 @@ impl Cluster {
     pub fn start_logging(flags: &[&str], log: &str) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let state = dir.path().to_str().expect("utf-8 path").to_owned();
-        let mut args = vec!["--listen", "127.0.0.1:0", "--state-dir", &state];
+        let mut args = vec!["--state-dir", state.as_str()];
+        if !flags.contains(&"--listen") {
+            args.extend(["--listen", "127.0.0.1:0"]);
+        }
         args.extend_from_slice(flags);
         let mut scheduler = Proc::start_logging("scheduler", &binary("scheduler"), &args, log);
         scheduler.wait_for("scheduler listening");
