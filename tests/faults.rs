@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{binary, drover_run, Cluster, Proc};
+use common::{binary, drover_run, read_report, total_reruns, Cluster, Proc};
 use drover_protocol::codec::encode;
 use drover_protocol::endpoint::{client_endpoint, connect, say_hello};
 use drover_protocol::tls::Identity;
@@ -233,8 +233,7 @@ fn unknown_functions_and_bad_params_fail_only_their_tasks() {
     let access = c.access();
     let (code, lines) = drover_run(g.to_str().unwrap(), &access, Some(report.to_str().unwrap()));
     assert_eq!(code, Some(1), "{}", lines.join("\n"));
-    let r: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let r = read_report(&report);
     let err = |k: &str| {
         r["tasks"]
             .as_array()
@@ -324,11 +323,10 @@ fn a_worker_killed_mid_graph_loses_nothing() {
         "{}",
         lines.join("\n")
     );
-    let r: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let r = read_report(&report);
     let tasks = r["tasks"].as_array().unwrap();
     assert!(tasks.iter().all(|t| t["status"] == "finished"), "{r}");
-    let reruns: u64 = tasks.iter().map(|t| t["reruns"].as_u64().unwrap()).sum();
+    let reruns = total_reruns(&r);
     assert!(
         reruns >= 1,
         "something the victim held or ran must have been re-run: {r}"
@@ -389,8 +387,7 @@ fn a_task_past_its_timeout_fails_and_its_process_is_killed() {
     let access = c.access();
     let (code, lines) = drover_run(g.to_str().unwrap(), &access, Some(report.to_str().unwrap()));
     assert_eq!(code, Some(1), "{}", lines.join("\n"));
-    let r: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let r = read_report(&report);
     let slow = r["tasks"]
         .as_array()
         .unwrap()
@@ -443,8 +440,7 @@ fn a_task_that_kills_its_workers_is_failed_as_suspicious() {
     let access = c.access();
     let (code, lines) = drover_run(g.to_str().unwrap(), &access, Some(report.to_str().unwrap()));
     assert_eq!(code, Some(1), "{}", lines.join("\n"));
-    let r: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let r = read_report(&report);
     let killer = r["tasks"]
         .as_array()
         .unwrap()
@@ -603,13 +599,7 @@ fn sigterm_retires_a_worker_without_recomputing_anything() {
         "{}",
         leaver_lines.join("\n")
     );
-    let r: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
-    let reruns: u64 = r["tasks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["reruns"].as_u64().unwrap())
-        .sum();
+    let r = read_report(&report);
+    let reruns = total_reruns(&r);
     assert_eq!(reruns, 0, "nothing is recomputed: {r}");
 }

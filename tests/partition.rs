@@ -6,7 +6,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{binary, drover_run, Cluster, Proc};
+use common::{binary, drover_run, read_report, total_reruns, Cluster, Proc};
 
 /// A network namespace with a veth link to this one; removed (with its processes) on drop.
 struct Netns {
@@ -185,11 +185,10 @@ fn a_worker_cut_off_by_the_network_is_replaced_and_nothing_is_lost() {
         lines.join("\n")
     );
     c.scheduler.wait_for("worker left");
-    let r: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let r = read_report(&report);
     let tasks = r["tasks"].as_array().unwrap();
     assert!(tasks.iter().all(|t| t["status"] == "finished"), "{r}");
-    let reruns: u64 = tasks.iter().map(|t| t["reruns"].as_u64().unwrap()).sum();
+    let reruns = total_reruns(&r);
     assert!(
         reruns >= 1,
         "what the cut-off worker held had to be recomputed: {r}"

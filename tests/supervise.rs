@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{binary, drover_run, Cluster, Proc};
+use common::{binary, drover_run, read_report, total_reruns, Cluster, Proc};
 
 /// The pid in a supervisor log line `... started worker process process=NAME pid=1234`.
 fn pid_of(line: &str) -> u32 {
@@ -113,8 +113,7 @@ fn lifespan_tasks_recycles_processes_without_recomputing() {
         lines.join("\n")
     );
     sup.wait_for("starting its successor");
-    let r: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let r = read_report(&report);
     let workers: std::collections::BTreeSet<&str> = r["tasks"]
         .as_array()
         .unwrap()
@@ -125,12 +124,7 @@ fn lifespan_tasks_recycles_processes_without_recomputing() {
         workers.len() >= 2,
         "the chain outlived a process lifespan: {workers:?}"
     );
-    let reruns: u64 = r["tasks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["reruns"].as_u64().unwrap())
-        .sum();
+    let reruns = total_reruns(&r);
     assert_eq!(reruns, 0, "{r}");
     sigterm(sup.child.id());
     assert_eq!(sup.finish().0, Some(0));

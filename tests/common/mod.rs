@@ -161,6 +161,22 @@ pub fn drover_run(graph: &str, access: &str, report: Option<&str>) -> (Option<i3
     Proc::start("drover run", &binary("drover"), &args).finish()
 }
 
+/// The report `drover run --report` wrote.
+pub fn read_report(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).expect("report written"))
+        .expect("report is JSON")
+}
+
+/// The sum of `reruns` over a report's tasks.
+pub fn total_reruns(report: &serde_json::Value) -> u64 {
+    report["tasks"]
+        .as_array()
+        .expect("tasks")
+        .iter()
+        .map(|t| t["reruns"].as_u64().expect("reruns"))
+        .sum()
+}
+
 /// A scheduler on 127.0.0.1 with an ephemeral port and its own state dir.
 pub struct Cluster {
     pub dir: tempfile::TempDir,
