@@ -21,7 +21,8 @@ pub mod client;
 pub mod local;
 
 pub use client::{
-    BlockingClient, BlockingRun, Client, ClientError, Report, Run, RunEvent, TaskReport,
+    BlockingClient, BlockingRun, Client, ClientError, ClientOptions, Report, Run, RunEvent,
+    TaskReport,
 };
 pub use drover_annotations::{AnnotationError, Annotations, Placement, Pool, Resources};
 pub use drover_graph::export;

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{binary, drover_run, read_report, total_reruns, Cluster, Proc};
+use common::{binary, drover_run, free_port, read_report, total_reruns, Cluster, Proc};
 use drover_protocol::codec::encode;
 use drover_protocol::endpoint::{client_endpoint, connect, say_hello};
 use drover_protocol::tls::Identity;
@@ -472,11 +472,7 @@ fn workers_reconnect_to_a_restarted_scheduler_or_give_up_after_their_patience() 
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().to_str().unwrap().to_owned();
     // A fixed port, so the restarted scheduler is where the access file says.
-    let port = std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let sched_args = [
         "--listen",

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{binary, drover_run, read_report, total_reruns, Cluster, Proc};
+use common::{binary, drover_run, read_report, signal, total_reruns, Cluster, Proc};
 
 /// The pid in a supervisor log line `... started worker process process=NAME pid=1234`.
 fn pid_of(line: &str) -> u32 {
@@ -18,19 +18,11 @@ fn pid_of(line: &str) -> u32 {
 }
 
 fn sigterm(pid: u32) {
-    assert!(std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap()
-        .success());
+    signal(pid, "TERM");
 }
 
 fn sigkill(pid: u32) {
-    assert!(std::process::Command::new("kill")
-        .args(["-KILL", &pid.to_string()])
-        .status()
-        .unwrap()
-        .success());
+    signal(pid, "KILL");
 }
 
 #[test]

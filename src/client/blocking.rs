@@ -8,7 +8,7 @@ use bytes::Bytes;
 use drover_graph::{Graph, Handle};
 use serde::de::DeserializeOwned;
 
-use super::{ClientError, Report, RunEvent};
+use super::{ClientError, ClientOptions, Report, RunEvent};
 
 /// A blocking connection to a scheduler.
 pub struct BlockingClient {
@@ -23,8 +23,18 @@ impl std::fmt::Debug for BlockingClient {
 }
 
 impl BlockingClient {
-    /// Connects using an `access.json` file.
+    /// Connects using an `access.json` file, with default options.
     pub fn connect(access_file: impl AsRef<Path>) -> Result<BlockingClient, ClientError> {
+        BlockingClient::connect_with_options(access_file, ClientOptions::default())
+    }
+
+    /// Connects using an `access.json` file and `options`.
+    pub fn connect_with_options(
+        access_file: impl AsRef<Path>,
+        options: ClientOptions,
+    ) -> Result<BlockingClient, ClientError> {
+        let access = drover_protocol::AccessFile::load(access_file.as_ref())
+            .map_err(|e| ClientError::Access(e.to_string()))?;
         let rt = Arc::new(
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)
@@ -32,7 +42,7 @@ impl BlockingClient {
                 .build()
                 .map_err(|e| ClientError::Access(format!("cannot start a runtime: {e}")))?,
         );
-        let inner = rt.block_on(super::Client::connect(access_file))?;
+        let inner = rt.block_on(super::Client::connect_with_options(&access, options))?;
         Ok(BlockingClient { rt, inner })
     }
 

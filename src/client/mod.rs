@@ -2,6 +2,7 @@
 //! fetch outputs straight from the workers holding them, and build the run's [`Report`].
 
 mod blocking;
+mod link;
 mod report;
 
 use std::collections::HashMap;
@@ -10,13 +11,13 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use link::{Dialer, Located, RunRoute, Shared};
+
 use bytes::Bytes;
 use drover_graph::{Graph, Handle};
-use drover_protocol::codec::{batch_writer, read_frame, MAX_CONTROL_FRAME};
-use drover_protocol::endpoint::{client_endpoint, connect, say_hello};
+use drover_protocol::endpoint::client_endpoint;
 use drover_protocol::{
-    AccessFile, FromClient, Hello, PeerInfo, Role, TaskEvent, TaskStatus, ToClient,
-    PROTOCOL_VERSION,
+    AccessFile, FromClient, Hello, Role, TaskEvent, TaskStatus, PROTOCOL_VERSION,
 };
 use drover_worker::peer::Fetcher;
 use serde::de::DeserializeOwned;
@@ -43,6 +44,10 @@ pub enum ClientError {
     /// The connection to the scheduler ended.
     #[error("lost the scheduler connection")]
     Disconnected,
+    /// The link to the scheduler ended for good: it shut down, refused us on reconnecting, or
+    /// stayed away past the client's patience. Says which.
+    #[error("{0}")]
+    Lost(String),
     /// A task failed, so its output does not exist.
     #[error("task {key:?} failed: {error}")]
     TaskFailed {
@@ -83,26 +88,43 @@ pub enum RunEvent {
     Warning(String),
 }
 
-/// Keys with their result id and holder.
-type Located = Vec<(String, Option<(u32, PeerInfo)>)>;
+/// How a client connects and how long it waits for a lost scheduler.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// How long to keep trying to reconnect after losing the scheduler (not after its
+    /// shutdown). Zero ends runs at once. Default 60 s, like workers' `--reconnect-secs`.
+    pub reconnect: Duration,
+    /// The QUIC idle timeout: how soon a silent scheduler counts as lost. Default 10 s.
+    pub idle_timeout: Duration,
+    /// The name the scheduler logs for this client. Default `client-PID`.
+    pub name: Option<String>,
+}
 
-#[derive(Default)]
-struct Routes {
-    accepted: HashMap<u32, oneshot::Sender<Result<u32, String>>>,
-    runs: HashMap<u32, mpsc::UnboundedSender<RunEvent>>,
-    locates: HashMap<u32, oneshot::Sender<Located>>,
-    next_locate: u32,
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            reconnect: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(10),
+            name: None,
+        }
+    }
 }
 
 struct Inner {
-    send: mpsc::UnboundedSender<Vec<FromClient>>,
-    routes: Arc<Mutex<Routes>>,
+    shared: Arc<Mutex<Shared>>,
     fetcher: Fetcher,
     next_run: AtomicU32,
-    conn: quinn::Connection,
+    addr: std::net::SocketAddr,
 }
 
-/// A connection to a scheduler. Cheap to clone.
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.shared.lock().expect("link lock").close();
+    }
+}
+
+/// A connection to a scheduler, kept up across outages (see [`ClientOptions::reconnect`]).
+/// Cheap to clone.
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
@@ -111,45 +133,56 @@ pub struct Client {
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
-            .field("scheduler", &self.inner.conn.remote_address())
+            .field("scheduler", &self.inner.addr)
             .finish()
     }
 }
 
 impl Client {
-    /// Connects using an `access.json` file.
+    /// Connects using an `access.json` file, with default options.
     pub async fn connect(access_file: impl AsRef<Path>) -> Result<Client, ClientError> {
         let access = AccessFile::load(access_file.as_ref())
             .map_err(|e| ClientError::Access(e.to_string()))?;
         Client::connect_with(&access).await
     }
 
-    /// Connects using an access file's contents.
+    /// Connects using an access file's contents, with default options.
     pub async fn connect_with(access: &AccessFile) -> Result<Client, ClientError> {
+        Client::connect_with_options(access, ClientOptions::default()).await
+    }
+
+    /// Connects using an access file's contents and `options`.
+    pub async fn connect_with_options(
+        access: &AccessFile,
+        options: ClientOptions,
+    ) -> Result<Client, ClientError> {
         let addr = access.socket_addr().map_err(ClientError::Access)?;
         let cert = access.cert_der().map_err(ClientError::Access)?;
-        let idle = Duration::from_secs(10);
+        let idle = options.idle_timeout;
         let endpoint = client_endpoint()?;
-        let conn = connect(&endpoint, addr, &cert, idle).await?;
-        let hello = Hello {
-            protocol: PROTOCOL_VERSION,
-            token: access.token.clone(),
-            role: Role::Client {
-                name: format!("client-{}", std::process::id()),
+        let dialer = Dialer {
+            endpoint: endpoint.clone(),
+            addr,
+            cert,
+            hello: Hello {
+                protocol: PROTOCOL_VERSION,
+                token: access.token.clone(),
+                role: Role::Client {
+                    name: options
+                        .name
+                        .unwrap_or_else(|| format!("client-{}", std::process::id())),
+                },
             },
+            idle,
         };
-        let session = say_hello(&conn, &hello).await?;
-        let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(batch_writer(session.send, rx));
-        let routes: Arc<Mutex<Routes>> = Arc::default();
-        tokio::spawn(route_incoming(session.recv, routes.clone()));
+        let (conn, session) = dialer.dial().await?;
+        let shared = link::start(dialer, conn, session, options.reconnect);
         Ok(Client {
             inner: Arc::new(Inner {
-                send: tx,
-                routes,
+                shared,
                 fetcher: Fetcher::new(endpoint, access.token.clone(), idle),
                 next_run: AtomicU32::new(1),
-                conn,
+                addr,
             }),
         })
     }
@@ -176,31 +209,39 @@ impl Client {
         let run = self.inner.next_run.fetch_add(1, Ordering::Relaxed);
         let (acc_tx, acc_rx) = oneshot::channel();
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+        let graph_json: Arc<str> = graph_json.into();
         {
-            let mut r = self.inner.routes.lock().expect("routes lock");
-            r.accepted.insert(run, acc_tx);
-            r.runs.insert(run, ev_tx);
+            let mut s = self.lock();
+            if let Some(why) = s.gone() {
+                return Err(ClientError::Lost(why.to_owned()));
+            }
+            s.accepted.insert(run, acc_tx);
+            s.runs.insert(
+                run,
+                RunRoute {
+                    events: ev_tx,
+                    graph_json: graph_json.clone(),
+                    wants: wants.to_vec(),
+                },
+            );
+            s.send(FromClient::Submit {
+                run,
+                graph_json: graph_json.to_string(),
+                wants: wants.to_vec(),
+            })
+            .map_err(ClientError::Lost)?;
         }
-        self.send(FromClient::Submit {
-            run,
-            graph_json,
-            wants: wants.to_vec(),
-        })?;
         let tasks = match acc_rx.await {
             Ok(Ok(n)) => n,
             Ok(Err(e)) => {
-                self.inner
-                    .routes
-                    .lock()
-                    .expect("routes lock")
-                    .runs
-                    .remove(&run);
+                self.lock().runs.remove(&run);
                 return Err(ClientError::Rejected(e));
             }
-            Err(_) => return Err(ClientError::Disconnected),
+            Err(_) => return Err(self.lost()),
         };
         Ok(Run {
             client: self.clone(),
+            id: run,
             tasks,
             events: ev_rx,
             done: HashMap::new(),
@@ -210,86 +251,56 @@ impl Client {
         })
     }
 
-    fn send(&self, msg: FromClient) -> Result<(), ClientError> {
-        self.inner
-            .send
-            .send(vec![msg])
-            .map_err(|_| ClientError::Disconnected)
+    fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
+        self.inner.shared.lock().expect("link lock")
+    }
+
+    /// The error for a waiter whose sender was dropped: why the link ended.
+    fn lost(&self) -> ClientError {
+        match self.lock().gone() {
+            Some(why) => ClientError::Lost(why.to_owned()),
+            None => ClientError::Disconnected,
+        }
     }
 
     async fn locate(&self, keys: Vec<String>) -> Result<Located, ClientError> {
         let (tx, rx) = oneshot::channel();
-        let req = {
-            let mut r = self.inner.routes.lock().expect("routes lock");
-            r.next_locate = r.next_locate.wrapping_add(1);
-            let req = r.next_locate;
-            r.locates.insert(req, tx);
-            req
-        };
-        self.send(FromClient::Locate { req, keys })?;
-        rx.await.map_err(|_| ClientError::Disconnected)
+        {
+            let mut s = self.lock();
+            s.next_locate = s.next_locate.wrapping_add(1);
+            let req = s.next_locate;
+            s.locates.insert(req, (keys.clone(), tx));
+            s.send(FromClient::Locate { req, keys })
+                .map_err(ClientError::Lost)?;
+        }
+        match rx.await {
+            Ok(found) => Ok(found),
+            Err(_) => Err(self.lost()),
+        }
     }
 
     /// Closes the connection. The scheduler releases this client's outputs and cancels the
     /// tasks only its runs were waiting for.
     pub fn close(&self) {
-        self.inner
-            .conn
-            .close(quinn::VarInt::from_u32(0), b"client closed");
+        self.lock().close();
     }
 
     /// Tells the scheduler these outputs are no longer needed.
     pub fn release(&self, keys: Vec<String>) -> Result<(), ClientError> {
-        self.send(FromClient::Release { keys })
-    }
-}
-
-async fn route_incoming(mut recv: quinn::RecvStream, routes: Arc<Mutex<Routes>>) {
-    while let Ok(Some(batch)) = read_frame::<Vec<ToClient>>(&mut recv, MAX_CONTROL_FRAME).await {
-        let mut r = routes.lock().expect("routes lock");
-        for msg in batch {
-            match msg {
-                ToClient::Accepted { run, tasks } => {
-                    if let Some(tx) = r.accepted.remove(&run) {
-                        let _ = tx.send(Ok(tasks));
-                    }
-                }
-                ToClient::Rejected { run, error } => {
-                    if let Some(tx) = r.accepted.remove(&run) {
-                        let _ = tx.send(Err(error));
-                    }
-                }
-                ToClient::Events(events) => {
-                    for e in events {
-                        if let Some(tx) = r.runs.get(&e.run) {
-                            let _ = tx.send(RunEvent::Task(e));
-                        }
-                    }
-                }
-                ToClient::Warning(w) => {
-                    tracing::warn!("{w}");
-                    for tx in r.runs.values() {
-                        let _ = tx.send(RunEvent::Warning(w.clone()));
-                    }
-                }
-                ToClient::Located { req, found } => {
-                    if let Some(tx) = r.locates.remove(&req) {
-                        let _ = tx.send(found);
-                    }
-                }
-            }
+        let mut s = self.lock();
+        // A resubmission after an outage must not keep them again.
+        for r in s.runs.values_mut() {
+            r.wants.retain(|k| !keys.contains(k));
         }
+        s.send(FromClient::Release { keys })
+            .map_err(ClientError::Lost)
     }
-    // Disconnected: dropping the senders wakes every waiter.
-    let mut r = routes.lock().expect("routes lock");
-    r.accepted.clear();
-    r.runs.clear();
-    r.locates.clear();
 }
 
 /// A submitted graph: its event stream, its outputs, its report.
 pub struct Run {
     client: Client,
+    id: u32,
     tasks: u32,
     events: mpsc::UnboundedReceiver<RunEvent>,
     done: HashMap<String, usize>,
@@ -304,6 +315,12 @@ impl std::fmt::Debug for Run {
             .field("tasks", &self.tasks)
             .field("done", &self.done.len())
             .finish()
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        self.client.lock().runs.remove(&self.id);
     }
 }
 
@@ -348,7 +365,7 @@ impl Run {
     pub async fn wait(&mut self) -> Result<Report, ClientError> {
         while !self.is_complete() {
             if self.next_event().await.is_none() && !self.is_complete() {
-                return Err(ClientError::Disconnected);
+                return Err(self.client.lost());
             }
         }
         Ok(self.report())
@@ -368,7 +385,7 @@ impl Run {
                 return Err(ClientError::UnknownKey(key.to_owned()));
             }
             if self.next_event().await.is_none() && !self.is_complete() {
-                return Err(ClientError::Disconnected);
+                return Err(self.client.lost());
             }
         }
     }

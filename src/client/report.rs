@@ -44,17 +44,32 @@ pub struct Report {
 
 impl Report {
     /// Builds the report from task events. A task reported twice (recomputed after a lost
-    /// worker) has one row, from its latest event, in the order of its first; the byte totals
-    /// count every transfer that happened, the lost run's included.
+    /// worker, or resubmitted after the scheduler was lost) has one row, from its latest event,
+    /// in the order of its first; its `reruns` count every start beyond the first, over all
+    /// schedulers; the byte totals count every transfer that happened, the lost run's included.
     pub fn from_events(events: &[TaskEvent]) -> Report {
-        let mut latest: std::collections::HashMap<&str, &TaskEvent> = Default::default();
+        // Per key: the latest event, and the starts of earlier schedulers' sessions. A session's
+        // attempts only grow, so an event not above the previous one starts a new session.
+        let mut latest: std::collections::HashMap<&str, (&TaskEvent, u32)> = Default::default();
         let mut order: Vec<&str> = Vec::new();
         let (mut between_workers, mut between_pools) = (0, 0);
         for e in events {
             between_workers += e.moved_bytes;
             between_pools += e.cross_pool_bytes;
-            if latest.insert(&e.key, e).is_none() {
-                order.push(&e.key);
+            match latest.entry(&e.key) {
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert((e, 0));
+                    order.push(&e.key);
+                }
+                std::collections::hash_map::Entry::Occupied(mut o) => {
+                    let (prev, earlier) = *o.get();
+                    let earlier = if e.attempts <= prev.attempts {
+                        earlier + prev.attempts
+                    } else {
+                        earlier
+                    };
+                    o.insert((e, earlier));
+                }
             }
         }
         let mut r = Report {
@@ -64,7 +79,7 @@ impl Report {
             finished: 0,
             failed: 0,
         };
-        for e in order.iter().map(|k| latest[k]) {
+        for (e, earlier) in order.iter().map(|k| latest[k]) {
             let status = match e.status {
                 TaskStatus::Finished => {
                     r.finished += 1;
@@ -84,7 +99,7 @@ impl Report {
                 duration_ms: e.duration_us as f64 / 1000.0,
                 error: e.error.clone(),
                 moved_bytes: e.moved_bytes,
-                reruns: e.attempts.saturating_sub(1),
+                reruns: (earlier + e.attempts).saturating_sub(1),
             });
         }
         r
@@ -93,5 +108,46 @@ impl Report {
     /// The report of one task.
     pub fn task(&self, key: &str) -> Option<&TaskReport> {
         self.tasks.iter().find(|t| t.key == key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(key: &str, attempts: u32, moved: u64) -> TaskEvent {
+        TaskEvent {
+            run: 1,
+            key: key.to_owned(),
+            status: TaskStatus::Finished,
+            worker: Some("w".into()),
+            pool: None,
+            output_bytes: 1,
+            duration_us: 1000,
+            moved_bytes: moved,
+            cross_pool_bytes: 0,
+            error: None,
+            attempts,
+        }
+    }
+
+    #[test]
+    fn one_row_per_key_with_reruns_over_every_scheduler() {
+        let events = [
+            event("a", 1, 10),
+            event("b", 1, 0),
+            // Recomputed after a lost worker: same scheduler, attempts grow.
+            event("a", 2, 5),
+            // The scheduler was lost; the resubmitted run starts counting again.
+            event("a", 1, 0),
+            event("b", 1, 0),
+        ];
+        let r = Report::from_events(&events);
+        assert_eq!(r.tasks.len(), 2);
+        assert_eq!(r.task("a").unwrap().reruns, 2);
+        assert_eq!(r.task("b").unwrap().reruns, 1);
+        assert_eq!(r.bytes_between_workers, 15);
+        assert_eq!(r.finished, 2);
+        assert_eq!(r.tasks[0].key, "a");
     }
 }

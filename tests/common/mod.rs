@@ -161,6 +161,39 @@ pub fn drover_run(graph: &str, access: &str, report: Option<&str>) -> (Option<i3
     Proc::start("drover run", &binary("drover"), &args).finish()
 }
 
+/// Sends `signal` (`TERM`, `KILL`, ...) to process `pid`.
+pub fn signal(pid: u32, signal: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .expect("run kill")
+        .success();
+    assert!(ok, "kill -{signal} {pid} failed");
+}
+
+/// Waits until `path` exists (something a task does on its own schedule).
+pub fn wait_for_file(path: &Path) {
+    let end = Instant::now() + DEADLINE;
+    while !path.exists() {
+        assert!(
+            Instant::now() < end,
+            "{} did not appear within {DEADLINE:?}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A fresh ephemeral UDP port on 127.0.0.1, for a scheduler that must come back where its
+/// access file says.
+pub fn free_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("local addr")
+        .port()
+}
+
 /// The report `drover run --report` wrote.
 pub fn read_report(path: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).expect("report written"))

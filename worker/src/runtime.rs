@@ -491,7 +491,10 @@ pub async fn run_worker_notify(
                     }
                 }
                 Some(Ok(None)) | None => break conn.close_reason().map(|r| r.to_string()),
-                Some(Err(CodecError::Stream(e))) => break Some(e),
+                // A stream error only says "connection lost": the close reason says why.
+                Some(Err(CodecError::Stream(e))) => {
+                    break Some(conn.close_reason().map_or(e, |r| r.to_string()))
+                }
                 Some(Err(e)) => {
                     warn!(error = %e, "bad frame from the scheduler");
                     conn.close(quinn::VarInt::from_u32(2), e.to_string().as_bytes());

@@ -42,6 +42,8 @@ pub(crate) enum Failure {
     Usage(String),
     /// The run completed but tasks failed: exit 1 (already reported).
     TasksFailed,
+    /// The scheduler was lost (shut down, or away past `--reconnect-secs`): exit 1.
+    Lost(String),
 }
 
 /// Reads, validates and propagates a graph file. Returns the file too (for its task order).
@@ -95,6 +97,10 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
         Err(Failure::TasksFailed) => ExitCode::from(1),
+        Err(Failure::Lost(msg)) => {
+            eprintln!("error: {msg}");
+            ExitCode::from(1)
+        }
         Err(Failure::Usage(msg)) => {
             eprintln!("error: {msg}");
             ExitCode::from(2)

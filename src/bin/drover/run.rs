@@ -4,7 +4,7 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
-use drover::{Client, ClusterSpec, LocalCluster, Registry, RunEvent, TaskStatus};
+use drover::{Client, ClientOptions, ClusterSpec, LocalCluster, Registry, RunEvent, TaskStatus};
 
 use crate::{load, Failure};
 
@@ -30,6 +30,13 @@ pub struct Args {
     /// Write the run's report as JSON to this file.
     #[arg(long)]
     report: Option<PathBuf>,
+    /// After losing the scheduler (not after its shutdown), keep trying to reconnect for this
+    /// many seconds, then resubmit the graph; 0 gives up at once.
+    #[arg(long, default_value_t = 60)]
+    reconnect_secs: u64,
+    /// Count a silent scheduler as lost after this many seconds.
+    #[arg(long, default_value_t = 10)]
+    idle_timeout_secs: u64,
 }
 
 /// A file name for a task key.
@@ -97,12 +104,18 @@ pub fn run(args: Args) -> Result<(), Failure> {
                     .map_err(|e| Failure::Usage(e.to_string()))?;
                 (Some(cluster), client)
             }
-            (None, Some(path)) => (
-                None,
-                Client::connect(path)
+            (None, Some(path)) => (None, {
+                let access = drover::AccessFile::load(path)
+                    .map_err(|e| Failure::Usage(format!("access file: {e}")))?;
+                let options = ClientOptions {
+                    reconnect: std::time::Duration::from_secs(args.reconnect_secs),
+                    idle_timeout: std::time::Duration::from_secs(args.idle_timeout_secs.max(1)),
+                    ..ClientOptions::default()
+                };
+                Client::connect_with_options(&access, options)
                     .await
-                    .map_err(|e| Failure::Usage(e.to_string()))?,
-            ),
+                    .map_err(|e| Failure::Usage(e.to_string()))?
+            }),
             (None, None) => unreachable!("clap requires one of --local and --access-file"),
         };
         let mut run = client
@@ -133,7 +146,8 @@ pub fn run(args: Args) -> Result<(), Failure> {
         while let Some(ev) = run.next_event().await {
             match ev {
                 RunEvent::Task(t) => {
-                    bar.inc(1);
+                    // A resubmission after an outage reports tasks again: count each once.
+                    bar.set_position(run.done_count() as u64);
                     if t.status == TaskStatus::Failed {
                         say(format!(
                             "failed: {}: {}",
@@ -142,15 +156,19 @@ pub fn run(args: Args) -> Result<(), Failure> {
                         ));
                     }
                 }
-                // The client library logs warnings itself (they also arrive while fetching).
+                // The client library logs warnings itself (they also arrive while fetching);
+                // losing and regaining the scheduler is shown here too.
+                RunEvent::Warning(w) if w.contains("the scheduler at") => say(w),
                 RunEvent::Warning(_) => {}
             }
         }
         bar.finish_and_clear();
         if !run.is_complete() {
-            return Err(Failure::Usage(
-                "lost the scheduler before the run completed".into(),
-            ));
+            let why = match run.wait().await {
+                Err(e) => e.to_string(),
+                Ok(_) => "unknown".into(),
+            };
+            return Err(Failure::Lost(format!("the run did not complete: {why}")));
         }
         let report = run.report();
         if let Some(dir) = &args.outputs {

@@ -1,0 +1,335 @@
+//! The client's link to the scheduler, kept up across outages.
+//!
+//! One driver task per client reads the scheduler's messages and routes them to the waiting
+//! submissions, runs and lookups. When the connection is lost (not closed by the scheduler's
+//! shutdown, nor by us) the driver dials again with backoff (0.2 s doubling to 5 s) for the
+//! client's patience. On success it resubmits every live run (a restarted scheduler knows none of
+//! them; their tasks run again) and resends pending lookups, in that order, before any new
+//! message, so nothing sent during the outage is lost. A refusal (wrong token or certificate) or
+//! the end of the patience ends the link for good, and every waiter is told why.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use drover_protocol::codec::{batch_writer, read_frame, MAX_CONTROL_FRAME};
+use drover_protocol::endpoint::{connect, say_hello, EndpointError, Session};
+use drover_protocol::{FromClient, Hello, PeerInfo, ToClient};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{info, warn};
+
+use super::RunEvent;
+
+/// Keys with their result id and holder.
+pub(super) type Located = Vec<(String, Option<(u32, PeerInfo)>)>;
+
+/// What the scheduler's close reason says when it shuts down on purpose.
+const SHUTDOWN_REASON: &str = "scheduler shutting down";
+/// The first wait between reconnection attempts.
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+/// The longest wait between reconnection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// The state of the connection.
+pub(super) enum Link {
+    /// Connected: messages go to `send`.
+    Up {
+        send: mpsc::UnboundedSender<Vec<FromClient>>,
+        conn: quinn::Connection,
+    },
+    /// Lost, reconnecting: messages wait (as pending runs and lookups) for the new connection.
+    Down,
+    /// Ended for good, and why.
+    Gone(String),
+}
+
+/// A submitted run as the link remembers it, to resubmit after an outage.
+pub(super) struct RunRoute {
+    pub events: mpsc::UnboundedSender<RunEvent>,
+    pub graph_json: Arc<str>,
+    pub wants: Vec<String>,
+}
+
+/// Everything the driver and the client share.
+pub(super) struct Shared {
+    pub link: Link,
+    pub accepted: HashMap<u32, oneshot::Sender<Result<u32, String>>>,
+    pub runs: HashMap<u32, RunRoute>,
+    pub locates: HashMap<u32, (Vec<String>, oneshot::Sender<Located>)>,
+    pub next_locate: u32,
+}
+
+impl Shared {
+    fn new(send: mpsc::UnboundedSender<Vec<FromClient>>, conn: quinn::Connection) -> Shared {
+        Shared {
+            link: Link::Up { send, conn },
+            accepted: HashMap::new(),
+            runs: HashMap::new(),
+            locates: HashMap::new(),
+            next_locate: 0,
+        }
+    }
+
+    /// Sends `msg` when connected. While reconnecting it is dropped: the caller has recorded
+    /// what must survive (a run, a lookup) and the driver replays that. `Err` with the reason
+    /// once the link is gone.
+    pub fn send(&self, msg: FromClient) -> Result<(), String> {
+        match &self.link {
+            Link::Up { send, .. } => {
+                // A closed writer means the connection is dropping: the driver replays.
+                let _ = send.send(vec![msg]);
+                Ok(())
+            }
+            Link::Down => Ok(()),
+            Link::Gone(why) => Err(why.clone()),
+        }
+    }
+
+    /// Why the link ended, if it did.
+    pub fn gone(&self) -> Option<&str> {
+        match &self.link {
+            Link::Gone(why) => Some(why),
+            _ => None,
+        }
+    }
+
+    /// Ends the link: records why and wakes every waiter by dropping its sender.
+    fn end(&mut self, why: String) {
+        if let Link::Up { conn, .. } = &self.link {
+            conn.close(quinn::VarInt::from_u32(0), b"client closed");
+        }
+        if self.gone().is_none() {
+            self.link = Link::Gone(why);
+        }
+        self.accepted.clear();
+        self.runs.clear();
+        self.locates.clear();
+    }
+
+    /// Ends the link at the user's request.
+    pub fn close(&mut self) {
+        self.end("closed by this client".to_owned());
+    }
+
+    fn warn_runs(&self, text: String) {
+        for r in self.runs.values() {
+            let _ = r.events.send(RunEvent::Warning(text.clone()));
+        }
+    }
+}
+
+/// How to reach the scheduler again.
+pub(super) struct Dialer {
+    pub endpoint: quinn::Endpoint,
+    pub addr: SocketAddr,
+    pub cert: Vec<u8>,
+    pub hello: Hello,
+    pub idle: Duration,
+}
+
+impl Dialer {
+    /// Connects and says hello.
+    pub async fn dial(&self) -> Result<(quinn::Connection, Session), EndpointError> {
+        let conn = connect(&self.endpoint, self.addr, &self.cert, self.idle).await?;
+        let session = say_hello(&conn, &self.hello).await?;
+        Ok((conn, session))
+    }
+}
+
+/// Starts the writer and the driver for a fresh session; returns the shared state.
+pub(super) fn start(
+    dialer: Dialer,
+    conn: quinn::Connection,
+    session: Session,
+    patience: Duration,
+) -> Arc<Mutex<Shared>> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(batch_writer(session.send, rx));
+    let shared = Arc::new(Mutex::new(Shared::new(tx, conn.clone())));
+    tokio::spawn(drive(shared.clone(), dialer, conn, session.recv, patience));
+    shared
+}
+
+/// Routes incoming messages; when the connection ends, reconnects or ends the link.
+async fn drive(
+    shared: Arc<Mutex<Shared>>,
+    dialer: Dialer,
+    mut conn: quinn::Connection,
+    mut recv: quinn::RecvStream,
+    patience: Duration,
+) {
+    loop {
+        route_incoming(&mut recv, &shared).await;
+        if shared.lock().expect("link lock").gone().is_some() {
+            return;
+        }
+        let why = close_reason(&conn, dialer.idle).await;
+        if why == SHUTDOWN_REASON || patience.is_zero() {
+            let why = if why == SHUTDOWN_REASON {
+                "the scheduler shut down".to_owned()
+            } else {
+                format!("lost the scheduler at {}: {why}", dialer.addr)
+            };
+            warn!("{why}");
+            shared.lock().expect("link lock").end(why);
+            return;
+        }
+        {
+            let mut s = shared.lock().expect("link lock");
+            if s.gone().is_some() {
+                return;
+            }
+            s.link = Link::Down;
+            let text = format!(
+                "lost the scheduler at {} ({why}); reconnecting for up to {} s",
+                dialer.addr,
+                patience.as_secs()
+            );
+            warn!("{text}");
+            s.warn_runs(text);
+        }
+        match redial(&dialer, patience).await {
+            Ok((c, session)) => {
+                let (tx, rx) = mpsc::unbounded_channel();
+                tokio::spawn(batch_writer(session.send, rx));
+                let mut s = shared.lock().expect("link lock");
+                if s.gone().is_some() {
+                    c.close(quinn::VarInt::from_u32(0), b"client closed");
+                    return;
+                }
+                let resent = replay(&s, &tx);
+                s.link = Link::Up {
+                    send: tx,
+                    conn: c.clone(),
+                };
+                let text = format!(
+                    "reconnected to the scheduler at {}; resubmitted {resent} run(s), whose \
+                     tasks run again",
+                    dialer.addr
+                );
+                info!("{text}");
+                s.warn_runs(text);
+                conn = c;
+                recv = session.recv;
+            }
+            Err(why) => {
+                warn!("{why}");
+                shared.lock().expect("link lock").end(why);
+                return;
+            }
+        }
+    }
+}
+
+/// Resends every live run, then every pending lookup, on the new connection. Returns the
+/// number of runs.
+fn replay(s: &Shared, tx: &mpsc::UnboundedSender<Vec<FromClient>>) -> usize {
+    let mut runs: Vec<(&u32, &RunRoute)> = s.runs.iter().collect();
+    runs.sort_unstable_by_key(|(id, _)| **id);
+    let mut batch: Vec<FromClient> = runs
+        .iter()
+        .map(|(id, r)| FromClient::Submit {
+            run: **id,
+            graph_json: r.graph_json.to_string(),
+            wants: r.wants.clone(),
+        })
+        .collect();
+    batch.extend(s.locates.iter().map(|(req, (keys, _))| FromClient::Locate {
+        req: *req,
+        keys: keys.clone(),
+    }));
+    let _ = tx.send(batch);
+    runs.len()
+}
+
+/// Dials with backoff until connected, refused, or out of patience.
+async fn redial(
+    dialer: &Dialer,
+    patience: Duration,
+) -> Result<(quinn::Connection, Session), String> {
+    let start = Instant::now();
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        let error = match dialer.dial().await {
+            Ok(up) => return Ok(up),
+            Err(e @ (EndpointError::Refused { .. } | EndpointError::Certificate { .. })) => {
+                return Err(e.to_string())
+            }
+            Err(e) => e,
+        };
+        let left = patience.saturating_sub(start.elapsed());
+        if left.is_zero() {
+            return Err(format!(
+                "gave up after {} s without the scheduler at {}: {error}",
+                patience.as_secs(),
+                dialer.addr
+            ));
+        }
+        warn!(%error, retry_in = ?backoff.min(left), "scheduler unreachable; retrying");
+        tokio::time::sleep(backoff.min(left)).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Why the connection ended, waiting (bounded) for QUIC to say.
+async fn close_reason(conn: &quinn::Connection, idle: Duration) -> String {
+    let err = match conn.close_reason() {
+        Some(e) => e,
+        None => match tokio::time::timeout(idle, conn.closed()).await {
+            Ok(e) => e,
+            Err(_) => {
+                conn.close(quinn::VarInt::from_u32(0), b"control stream ended");
+                return "the control stream ended".to_owned();
+            }
+        },
+    };
+    match err {
+        quinn::ConnectionError::ApplicationClosed(c) => {
+            String::from_utf8_lossy(&c.reason).into_owned()
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Routes the scheduler's messages until the stream ends.
+async fn route_incoming(recv: &mut quinn::RecvStream, shared: &Mutex<Shared>) {
+    while let Ok(Some(batch)) = read_frame::<Vec<ToClient>>(recv, MAX_CONTROL_FRAME).await {
+        let mut s = shared.lock().expect("link lock");
+        for msg in batch {
+            match msg {
+                ToClient::Accepted { run, tasks } => {
+                    if let Some(tx) = s.accepted.remove(&run) {
+                        let _ = tx.send(Ok(tasks));
+                    }
+                }
+                ToClient::Rejected { run, error } => {
+                    if let Some(tx) = s.accepted.remove(&run) {
+                        let _ = tx.send(Err(error));
+                    } else if let Some(r) = s.runs.remove(&run) {
+                        // A resubmitted run refused by a different scheduler: it ends.
+                        let text = format!("the scheduler refused the resubmitted run: {error}");
+                        warn!("{text}");
+                        let _ = r.events.send(RunEvent::Warning(text));
+                    }
+                }
+                ToClient::Events(events) => {
+                    for e in events {
+                        if let Some(r) = s.runs.get(&e.run) {
+                            let _ = r.events.send(RunEvent::Task(e));
+                        }
+                    }
+                }
+                ToClient::Warning(w) => {
+                    warn!("{w}");
+                    s.warn_runs(w);
+                }
+                ToClient::Located { req, found } => {
+                    if let Some((_, tx)) = s.locates.remove(&req) {
+                        let _ = tx.send(found);
+                    }
+                }
+            }
+        }
+    }
+}
