@@ -25,8 +25,8 @@ use drover_annotations::{Annotations, Placement, Pool, Resources, POOL_RESOURCE_
 use serde::Serialize;
 
 use crate::error::GraphError;
-use crate::model::{NewTask, Place};
-use crate::typed::{HandleList, TaskFn};
+use crate::model::{Lifetime, NewTask, OnceCell, Place};
+use crate::typed::{HandleList, Loader, PerWorker, Shared, TaskFn};
 use crate::{Graph, TaskId};
 
 /// Marks a handle whose output type is not known at compile time (a task added by function
@@ -99,6 +99,9 @@ pub struct TaskBuilder<'g, T = Untyped> {
     pool_error: Option<(String, drover_annotations::AnnotationError)>,
     resource_error: Option<drover_annotations::AnnotationError>,
     foreign_input: bool,
+    once_cell: Option<OnceCell>,
+    /// `.lazy()` or `.scoped_to_run()` on a task that is not a once-cell.
+    cell_option_misused: bool,
     _output: PhantomData<fn() -> T>,
 }
 
@@ -133,6 +136,41 @@ impl Graph {
         b
     }
 
+    /// Starts a once-cell made by the typed loader `L` from `params`: each worker process that
+    /// needs it runs the loader once and every task there shares the object. Tasks take it as a
+    /// [`PerWorker<L::Object>`] input. Loaded eagerly on eligible workers at submission unless
+    /// [`.lazy()`](TaskBuilder::lazy); kept for the worker's life unless
+    /// [`.scoped_to_run()`](TaskBuilder::scoped_to_run).
+    pub fn once<'g, L: Loader>(
+        &'g mut self,
+        params: &L::Params,
+    ) -> TaskBuilder<'g, PerWorker<L::Object>> {
+        let mut b = self.builder(L::NAME, params_json(params));
+        b.once_cell = Some(OnceCell::default());
+        b
+    }
+
+    /// Starts a once-cell made by the loader named `loader` (untyped form of [`Graph::once`]).
+    pub fn once_named<'g, P: Serialize + ?Sized>(
+        &'g mut self,
+        loader: &'g str,
+        params: &P,
+    ) -> TaskBuilder<'g> {
+        let mut b = self.builder(loader, params_json(params));
+        b.once_cell = Some(OnceCell::default());
+        b
+    }
+
+    /// Starts a shared object: `value` is sent to each worker that needs it once (not once per
+    /// task), decoded there once, and tasks take it as a [`Shared<T>`] input (an `Arc<T>`).
+    /// Loaded eagerly like a once-cell; its key is derived from the value unless given.
+    pub fn share<'g, T: Serialize>(&'g mut self, value: &T) -> TaskBuilder<'g, Shared<T>> {
+        let params = crate::decode::encode_shared(value).and_then(|text| params_json(&text));
+        let mut b = self.builder(crate::decode::SHARED_LOADER, params);
+        b.once_cell = Some(OnceCell::default());
+        b
+    }
+
     fn builder<'g, T>(
         &'g mut self,
         function: &'g str,
@@ -148,6 +186,8 @@ impl Graph {
             pool_error: None,
             resource_error: None,
             foreign_input: false,
+            once_cell: None,
+            cell_option_misused: false,
             _output: PhantomData,
         }
     }
@@ -286,6 +326,25 @@ impl<'g, T> TaskBuilder<'g, T> {
         self
     }
 
+    /// For a once-cell: load it only when a dependent needs it, not at submission.
+    pub fn lazy(mut self) -> Self {
+        match &mut self.once_cell {
+            Some(c) => c.lazy = true,
+            None => self.cell_option_misused = true,
+        }
+        self
+    }
+
+    /// For a once-cell: drop it on every worker (running its `Drop`) when the run that
+    /// submitted it ends, instead of keeping it for the worker's life.
+    pub fn scoped_to_run(mut self) -> Self {
+        match &mut self.once_cell {
+            Some(c) => c.lifetime = Lifetime::Run,
+            None => self.cell_option_misused = true,
+        }
+        self
+    }
+
     /// Applies a whole set of annotations over those given so far.
     pub fn annotations(mut self, a: &Annotations) -> Self {
         self.own.overlay(a);
@@ -303,6 +362,8 @@ impl<'g, T> TaskBuilder<'g, T> {
             pool_error,
             resource_error,
             foreign_input,
+            once_cell,
+            cell_option_misused,
             ..
         } = self;
         let mut eff = graph.scopes.current().clone();
@@ -330,6 +391,7 @@ impl<'g, T> TaskBuilder<'g, T> {
             retries: eff.retries.unwrap_or(0),
             size_hint: eff.size_hint,
             timeout_ms: eff.timeout.map(|t| t.as_millis().max(1) as u64),
+            once_cell,
         });
         // Keys are copied into errors only when there is one: no allocation on the good path.
         let task = |g: &Graph| g.key(id).to_owned();
@@ -358,6 +420,13 @@ impl<'g, T> TaskBuilder<'g, T> {
             graph
                 .errors
                 .push(GraphError::BadTimeout { task, seconds: 0.0 });
+        }
+        if cell_option_misused {
+            let task = task(graph);
+            graph.errors.push(GraphError::BadParams {
+                task,
+                error: ".lazy() and .scoped_to_run() apply to once-cells only".to_owned(),
+            });
         }
         if foreign_input {
             let task = task(graph);

@@ -10,9 +10,14 @@ use crate::{Graph, PoolId, TaskId};
 /// others count as this many bytes. It never switches the rule for the whole decision.
 pub const DEFAULT_SIZE_HINT: u64 = 1024;
 
-/// The estimated output bytes of task `id`: its size hint, or [`DEFAULT_SIZE_HINT`].
+/// The estimated output bytes of task `id`: its size hint, or [`DEFAULT_SIZE_HINT`]; 0 for a
+/// once-cell, which never moves.
 #[inline]
 pub fn estimated_size(graph: &Graph, id: TaskId) -> u64 {
+    if graph.is_once_cell(id) {
+        // Never moved: each worker loads its own.
+        return 0;
+    }
     graph.size_hint(id).unwrap_or(DEFAULT_SIZE_HINT)
 }
 

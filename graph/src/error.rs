@@ -83,6 +83,30 @@ pub enum GraphError {
         /// The pool it was pinned to.
         pool: String,
     },
+    /// A once-cell lists inputs: its loader takes params only.
+    #[error("once-cell {task:?} has inputs: a loader takes params only")]
+    OnceCellWithInputs {
+        /// The once-cell.
+        task: String,
+    },
+    /// A once-cell asks for resources: loads run outside the task slots.
+    #[error("once-cell {task:?} asks for resources: loads do not hold task resources")]
+    OnceCellWithResources {
+        /// The once-cell.
+        task: String,
+    },
+    /// A task cannot run where a once-cell it uses loads.
+    #[error("task {task:?} uses once-cell {cell:?}, which loads only in pool {cell_pool:?}, but {conflict}")]
+    OnceCellPoolConflict {
+        /// The task.
+        task: String,
+        /// The once-cell.
+        cell: String,
+        /// The once-cell's pool.
+        cell_pool: String,
+        /// What the task says instead.
+        conflict: String,
+    },
     /// A task's timeout is zero, negative or not finite.
     #[error("task {task:?} has timeout {seconds}: it must be a positive number of seconds")]
     BadTimeout {

@@ -65,6 +65,10 @@ pub struct TaskSpec {
     /// Seconds a run may take before the task fails (a `command` task's process is killed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<f64>,
+    /// Present for a once-cell: `function` is its loader, and each worker that needs it loads it
+    /// once. `{}` for the defaults; `{"lifetime": "run", "lazy": true}` for the others.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub once_cell: Option<crate::OnceCell>,
 }
 
 fn is_zero_i32(v: &i32) -> bool {
@@ -191,6 +195,7 @@ impl Graph {
             retries: t.retries,
             size_hint: t.size_hint,
             timeout_ms,
+            once_cell: t.once_cell,
         });
         self.errors.append(&mut errors);
         id
@@ -227,6 +232,7 @@ impl Graph {
                 retries: self.retries(id),
                 size_hint: self.size_hint(id),
                 timeout: self.timeout(id).map(|d| d.as_secs_f64()),
+                once_cell: self.once_cell(id),
             })
             .collect();
         GraphFile { tasks }

@@ -13,6 +13,7 @@
 
 pub mod builder;
 pub mod cost;
+pub mod decode;
 mod error;
 pub mod export;
 mod ids;
@@ -29,7 +30,7 @@ pub use drover_annotations as annotations;
 pub use error::{GraphError, InvalidGraph};
 pub use ids::{PoolId, TaskId};
 pub use json::{GraphFile, JsonError, TaskSpec};
-pub use model::{Graph, Place};
+pub use model::{Graph, Lifetime, OnceCell, Place};
 pub use propagate::{propagate_pools, Propagation, Reason};
-pub use typed::{HandleList, TaskFn};
+pub use typed::{HandleList, Loader, PerWorker, Shared, TaskFn};
 pub use validate::Topology;

@@ -27,6 +27,39 @@ pub enum Place {
     Pinned(PoolId),
 }
 
+/// How long a once-cell's object lives on a worker.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Lifetime {
+    /// As long as the worker process (the default).
+    #[default]
+    Worker,
+    /// Until the graph run that submitted it ends: then every worker drops it.
+    Run,
+}
+
+/// What makes a task a once-cell: a per-worker object made by a loader, loaded at most once per
+/// worker process and shared by every task there that uses it.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
+#[serde(deny_unknown_fields)]
+pub struct OnceCell {
+    /// How long it lives.
+    #[serde(default, skip_serializing_if = "is_worker_lifetime")]
+    pub lifetime: Lifetime,
+    /// Load only when a dependent needs it, instead of on eligible workers as soon as the graph
+    /// is submitted.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub lazy: bool,
+}
+
+fn is_worker_lifetime(l: &Lifetime) -> bool {
+    *l == Lifetime::Worker
+}
+
 /// One task's fixed-size record.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub(crate) struct TaskRecord {
@@ -44,6 +77,8 @@ pub(crate) struct TaskRecord {
     pub size_hint: Option<u64>,
     /// Timeout in milliseconds.
     pub timeout_ms: Option<u64>,
+    /// Set for once-cells.
+    pub once_cell: Option<OnceCell>,
 }
 
 impl TaskRecord {
@@ -73,6 +108,7 @@ pub(crate) struct NewTask<'a> {
     pub retries: u32,
     pub size_hint: Option<u64>,
     pub timeout_ms: Option<u64>,
+    pub once_cell: Option<OnceCell>,
 }
 
 static NEXT_GRAPH_ID: AtomicU64 = AtomicU64::new(1);
@@ -234,6 +270,16 @@ impl Graph {
             .map(std::time::Duration::from_millis)
     }
 
+    /// The task's once-cell settings, when it is a once-cell.
+    pub fn once_cell(&self, id: TaskId) -> Option<OnceCell> {
+        self.tasks[id.index()].once_cell
+    }
+
+    /// True when the task is a once-cell.
+    pub fn is_once_cell(&self, id: TaskId) -> bool {
+        self.tasks[id.index()].once_cell.is_some()
+    }
+
     /// The number of pools mentioned.
     pub fn pool_count(&self) -> usize {
         self.pools.len()
@@ -343,6 +389,7 @@ impl Graph {
             retries: task.retries,
             size_hint: task.size_hint,
             timeout_ms: task.timeout_ms,
+            once_cell: task.once_cell,
         };
         let existing = &self.tasks[id.index()];
         if existing.defined {

@@ -31,6 +31,8 @@ pub enum Reason {
     Forward,
     /// Backward: all its pooled consumers are in this pool.
     Backward,
+    /// A once-cell it uses loads only in this pool: a hard restriction, like a pin.
+    OnceCell,
     /// The user marked it any-pool.
     Any,
     /// Two or more pools were equally good: left free for the scheduler.
@@ -46,6 +48,7 @@ impl Reason {
             Reason::Pinned => "pinned",
             Reason::Forward => "forward",
             Reason::Backward => "backward",
+            Reason::OnceCell => "once_cell",
             Reason::Any => "any",
             Reason::Tie => "tie",
             Reason::None => "none",
@@ -106,7 +109,23 @@ pub fn propagate_pools(graph: &Graph, topo: &Topology) -> Propagation {
         };
         pools.push(pool);
         reasons.push(reason);
-        free.push(reason == Reason::None);
+        // A once-cell without a pool loads wherever it is needed: nothing moves it.
+        free.push(reason == Reason::None && !graph.is_once_cell(id));
+    }
+    // Users of a pooled once-cell run where it loads (validation refused conflicts).
+    for id in graph.task_ids() {
+        if !free[id.index()] {
+            continue;
+        }
+        let cell_pool = graph.inputs(id).iter().find_map(|&i| match graph.place(i) {
+            Place::Pinned(p) if graph.is_once_cell(i) => Some(p),
+            _ => None,
+        });
+        if let Some(p) = cell_pool {
+            pools[id.index()] = Some(p);
+            reasons[id.index()] = Reason::OnceCell;
+            free[id.index()] = false;
+        }
     }
     // Dense per-task sizes: the passes below read them once per edge.
     let sizes = Sizes::of(graph);
@@ -162,8 +181,9 @@ impl Scratch {
     ) -> TransferEstimate {
         let at = |t: TaskId| {
             let (p, r) = (pools[t.index()], reasons[t.index()]);
-            let before = if r == Reason::Pinned { p } else { None };
-            let after_forward = if matches!(r, Reason::Pinned | Reason::Forward) {
+            let hard = matches!(r, Reason::Pinned | Reason::OnceCell);
+            let before = if hard { p } else { None };
+            let after_forward = if hard || r == Reason::Forward {
                 p
             } else {
                 None

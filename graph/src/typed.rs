@@ -84,3 +84,36 @@ tuple_list!(h1 T1, h2 T2, h3 T3);
 tuple_list!(h1 T1, h2 T2, h3 T3, h4 T4);
 tuple_list!(h1 T1, h2 T2, h3 T3, h4 T4, h5 T5);
 tuple_list!(h1 T1, h2 T2, h3 T3, h4 T4, h5 T5, h6 T6);
+
+/// A once-cell loader's signature, known to the graph builder (the worker registers the body
+/// with `Registry::register_loader`). Tasks that take the cell declare [`PerWorker<Object>`] in
+/// their `Inputs` and receive an `Arc<Object>`.
+pub trait Loader {
+    /// The name the loader is registered under on workers.
+    const NAME: &'static str;
+    /// Its parameters, serialised to JSON in the graph.
+    type Params: Serialize;
+    /// The object it makes: never serialised, never moved between processes.
+    type Object: Send + Sync + 'static;
+}
+
+/// The input type of a once-cell made by a [`Loader`] with object `T`: a task function listing
+/// `PerWorker<T>` in its `Inputs` receives an `Arc<T>`, the one object of its worker process.
+pub struct PerWorker<T: ?Sized>(std::marker::PhantomData<fn() -> Box<T>>);
+
+/// The input type of a shared object of type `T` (see
+/// [`Graph::share`](crate::Graph::share)): a task function listing `Shared<T>` in its `Inputs`
+/// receives an `Arc<T>`, decoded once per worker process.
+pub struct Shared<T: ?Sized>(std::marker::PhantomData<fn() -> Box<T>>);
+
+impl<T: ?Sized> std::fmt::Debug for PerWorker<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PerWorker<{}>", std::any::type_name::<T>())
+    }
+}
+
+impl<T: ?Sized> std::fmt::Debug for Shared<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Shared<{}>", std::any::type_name::<T>())
+    }
+}

@@ -5,7 +5,7 @@
 use std::collections::VecDeque;
 
 use crate::error::{GraphError, InvalidGraph};
-use crate::{Graph, TaskId};
+use crate::{Graph, Place, TaskId};
 
 /// The shape of a valid graph: a topological order (inputs before consumers) and, per task, the
 /// tasks that consume it, in compressed form.
@@ -57,6 +57,7 @@ impl Graph {
                     });
                 }
             }
+            self.check_once_cells(id, &mut errors);
         }
         if !errors.is_empty() {
             return Err(InvalidGraph { errors });
@@ -69,6 +70,51 @@ impl Graph {
             .into());
         }
         Ok(topo)
+    }
+
+    /// A once-cell takes no inputs and no resources; a task using pooled once-cells must be
+    /// able to run in their pool.
+    fn check_once_cells(&self, id: TaskId, errors: &mut Vec<GraphError>) {
+        let key = || self.key(id).to_owned();
+        if self.is_once_cell(id) {
+            if !self.inputs(id).is_empty() {
+                errors.push(GraphError::OnceCellWithInputs { task: key() });
+            }
+            if !self.resources(id).is_empty() {
+                errors.push(GraphError::OnceCellWithResources { task: key() });
+            }
+        }
+        let mut first: Option<(TaskId, crate::PoolId)> = None;
+        for &input in self.inputs(id) {
+            let Place::Pinned(p) = self.place(input) else {
+                continue;
+            };
+            if !self.is_defined(input) || !self.is_once_cell(input) {
+                continue;
+            }
+            let conflict = match (first, self.place(id)) {
+                (Some((other, q)), _) if q != p => Some(format!(
+                    "it also uses once-cell {:?} of pool {:?}",
+                    self.key(other),
+                    self.pool_name(q)
+                )),
+                (_, Place::Pinned(q)) if q != p => {
+                    Some(format!("it is pinned to pool {:?}", self.pool_name(q)))
+                }
+                (_, Place::Any) => Some("it is marked any-pool".to_owned()),
+                _ => None,
+            };
+            if let Some(conflict) = conflict {
+                errors.push(GraphError::OnceCellPoolConflict {
+                    task: key(),
+                    cell: self.key(input).to_owned(),
+                    cell_pool: self.pool_name(p).to_owned(),
+                    conflict,
+                });
+                return;
+            }
+            first.get_or_insert((input, p));
+        }
     }
 
     /// Consumer lists and Kahn's algorithm. With a cycle, the order is short: it holds exactly
@@ -347,5 +393,66 @@ mod tests {
     fn empty_graph_is_valid() {
         let g = Graph::new();
         assert!(g.validate().unwrap().order().is_empty());
+    }
+}
+
+#[cfg(test)]
+mod once_cell_tests {
+    use crate::{propagate_pools, Graph, Reason};
+
+    #[test]
+    fn once_cells_take_no_inputs_or_resources_and_users_must_fit_their_pool() {
+        let g = Graph::from_json_str(
+            r#"{"tasks": [
+                {"key": "x", "function": "noop"},
+                {"key": "m", "function": "load", "inputs": ["x"], "resources": {"gpu": 1}, "once_cell": {}},
+                {"key": "a", "function": "load", "pool": "A", "once_cell": {}},
+                {"key": "b", "function": "load", "pool": "B", "once_cell": {}},
+                {"key": "both", "function": "f", "inputs": ["a", "b"]},
+                {"key": "pinned", "function": "f", "pool": "B", "inputs": ["a"]},
+                {"key": "any", "function": "f", "any_pool": true, "inputs": ["a"]}
+            ]}"#,
+        )
+        .unwrap();
+        let text = g.validate().unwrap_err().to_string();
+        for needle in [
+            "once-cell \"m\" has inputs",
+            "once-cell \"m\" asks for resources",
+            "task \"both\" uses once-cell \"b\", which loads only in pool \"B\", but it also uses once-cell \"a\" of pool \"A\"",
+            "task \"pinned\" uses once-cell \"a\", which loads only in pool \"A\", but it is pinned to pool \"B\"",
+            "task \"any\" uses once-cell \"a\", which loads only in pool \"A\", but it is marked any-pool",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn users_of_a_pooled_cell_go_to_its_pool_and_cells_weigh_nothing() {
+        let g = Graph::from_json_str(
+            r#"{"tasks": [
+                {"key": "big", "function": "noop", "pool": "B", "size_hint": 1000000},
+                {"key": "m", "function": "load", "pool": "A", "once_cell": {}},
+                {"key": "free_cell", "function": "load", "once_cell": {"lazy": true}},
+                {"key": "t", "function": "f", "inputs": ["big", "m"]},
+                {"key": "u", "function": "f", "inputs": ["free_cell"]}
+            ]}"#,
+        )
+        .unwrap();
+        let topo = g.validate().unwrap();
+        let p = propagate_pools(&g, &topo);
+        let t = g.id_of("t").unwrap();
+        assert_eq!(
+            (p.pool_name(&g, t), p.reason(t)),
+            (Some("A"), Reason::OnceCell)
+        );
+        // A cell without a pool is not pulled anywhere, and pulls nothing.
+        let (fc, u) = (g.id_of("free_cell").unwrap(), g.id_of("u").unwrap());
+        assert_eq!(p.pool(fc), None);
+        assert_eq!(p.pool(u), None);
+        // Only `big` crosses (into A); the cell edges cost nothing.
+        assert_eq!(p.estimate.full, 1000000);
+        // The file form round-trips the once-cell settings.
+        let again = Graph::from_file(&g.to_file());
+        assert!(again.once_cell(fc).unwrap().lazy);
     }
 }

@@ -57,6 +57,7 @@ fn specs(raw: &[RawTask]) -> Vec<TaskSpec> {
             retries: 0,
             size_hint: t.size,
             timeout: None,
+            once_cell: None,
         })
         .collect()
 }

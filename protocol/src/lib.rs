@@ -21,7 +21,7 @@ pub use codec::{read_frame, write_frame, CodecError, MAX_CONTROL_FRAME};
 pub use messages::*;
 
 /// The protocol version; a peer speaking another one is refused.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The TLS server name every Drover certificate carries.
 pub const SERVER_NAME: &str = "drover";

@@ -99,6 +99,23 @@ pub struct ComputeTask {
     pub timeout_ms: Option<u64>,
 }
 
+/// A once-cell as a worker needs to know it: sent once per worker before its first use there.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CellSpec {
+    /// The scheduler's id of the cell (tasks list it among their inputs).
+    pub id: TaskIdx,
+    /// Its key: the worker keeps its object under it for the process's life.
+    pub key: String,
+    /// The registered loader.
+    pub function: String,
+    /// Params as JSON text, or none.
+    pub params: Option<String>,
+    /// Loader attempts after a failure, within one load.
+    pub retries: u32,
+    /// Load now (eager), rather than when a task first needs it.
+    pub load_now: bool,
+}
+
 /// Scheduler to worker.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ToWorker {
@@ -120,6 +137,11 @@ pub enum ToWorker {
     },
     /// Retirement is complete: nothing needed is held only here any more. Exit.
     Retired,
+    /// Know this once-cell (and load it now if it says so). Answered by
+    /// [`FromWorker::Loaded`] when a load happens.
+    Cell(CellSpec),
+    /// Drop these once-cells' objects (their run ended, or the client released them).
+    DropCells(Vec<TaskIdx>),
 }
 
 /// Worker to scheduler.
@@ -175,6 +197,17 @@ pub enum FromWorker {
         /// Run time in microseconds.
         duration_us: u64,
     },
+    /// A once-cell load ended here (eager, or on a task's first need).
+    Loaded {
+        /// The cell.
+        id: TaskIdx,
+        /// Load time in microseconds (0 when it was already loaded in this process).
+        duration_us: u64,
+        /// Bytes received for it (a shared object's value; 0 for loaders).
+        bytes: u64,
+        /// Why it failed, if it did.
+        error: Option<String>,
+    },
 }
 
 /// Client to scheduler.
@@ -200,6 +233,17 @@ pub enum FromClient {
     /// The client no longer needs these results.
     Release {
         /// Keys to release.
+        keys: Vec<String>,
+    },
+    /// The run is over (complete, or abandoned): once-cells scoped to it are dropped when no
+    /// other live run uses them.
+    EndRun {
+        /// The client's run number.
+        run: u32,
+    },
+    /// Drop these once-cells on every worker now; a later need loads them again.
+    ReleaseCells {
+        /// Keys of once-cells.
         keys: Vec<String>,
     },
 }
@@ -238,6 +282,8 @@ pub struct TaskEvent {
     pub error: Option<String>,
     /// How many times it was started (more than 1 when re-run after a worker loss or retry).
     pub attempts: u32,
+    /// A once-cell load on `worker` (one event per worker that loaded it), not a task run.
+    pub load: bool,
 }
 
 /// Scheduler to client.

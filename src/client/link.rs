@@ -171,8 +171,14 @@ async fn drive(
             } else {
                 format!("lost the scheduler at {}: {why}", dialer.addr)
             };
-            warn!("{why}");
-            shared.lock().expect("link lock").end(why);
+            let mut s = shared.lock().expect("link lock");
+            // Worth a warning only when it cuts a run short.
+            if s.runs.is_empty() {
+                info!("{why}");
+            } else {
+                warn!("{why}");
+            }
+            s.end(why);
             return;
         }
         {

@@ -190,7 +190,11 @@ impl Client {
     /// Submits `graph`; keeps the outputs of its sinks (tasks nothing consumes) for fetching.
     pub async fn submit(&self, graph: &Graph) -> Result<Run, ClientError> {
         let topo = graph.validate()?;
-        let sinks: Vec<String> = topo.sinks().map(|t| graph.key(t).to_owned()).collect();
+        let sinks: Vec<String> = topo
+            .sinks()
+            .filter(|&t| !graph.is_once_cell(t))
+            .map(|t| graph.key(t).to_owned())
+            .collect();
         self.submit_with(graph, &sinks).await
     }
 
@@ -242,6 +246,7 @@ impl Client {
         Ok(Run {
             client: self.clone(),
             id: run,
+            ended: false,
             tasks,
             events: ev_rx,
             done: HashMap::new(),
@@ -285,6 +290,14 @@ impl Client {
         self.lock().close();
     }
 
+    /// Drops these once-cells on every worker now (their objects' `Drop` runs there); a later
+    /// need loads them again.
+    pub fn release_cells(&self, keys: Vec<String>) -> Result<(), ClientError> {
+        self.lock()
+            .send(FromClient::ReleaseCells { keys })
+            .map_err(ClientError::Lost)
+    }
+
     /// Tells the scheduler these outputs are no longer needed.
     pub fn release(&self, keys: Vec<String>) -> Result<(), ClientError> {
         let mut s = self.lock();
@@ -301,6 +314,7 @@ impl Client {
 pub struct Run {
     client: Client,
     id: u32,
+    ended: bool,
     tasks: u32,
     events: mpsc::UnboundedReceiver<RunEvent>,
     done: HashMap<String, usize>,
@@ -320,11 +334,20 @@ impl std::fmt::Debug for Run {
 
 impl Drop for Run {
     fn drop(&mut self) {
+        self.end();
         self.client.lock().runs.remove(&self.id);
     }
 }
 
 impl Run {
+    /// Tells the scheduler, once, that the run is over (its run-scoped once-cells go).
+    fn end(&mut self) {
+        if !self.ended {
+            self.ended = true;
+            let _ = self.client.lock().send(FromClient::EndRun { run: self.id });
+        }
+    }
+
     /// The number of tasks in the run.
     pub fn task_count(&self) -> u32 {
         self.tasks
@@ -353,10 +376,15 @@ impl Run {
         let ev = self.events.recv().await?;
         match &ev {
             RunEvent::Task(t) => {
-                self.done.insert(t.key.clone(), self.log.len());
+                if !t.load {
+                    self.done.insert(t.key.clone(), self.log.len());
+                }
                 self.log.push(t.clone());
             }
             RunEvent::Warning(w) => self.warnings.push(w.clone()),
+        }
+        if self.is_complete() {
+            self.end();
         }
         Some(ev)
     }

@@ -24,6 +24,9 @@ pub struct TaskReport {
     pub moved_bytes: u64,
     /// Times it was started beyond the first (after a lost worker, a lost input or a retry).
     pub reruns: u32,
+    /// `task` for a task run; `load` for a once-cell load (one row per load, on its worker;
+    /// `moved_bytes` is what the worker received for it, a shared object's value).
+    pub kind: &'static str,
 }
 
 /// What a run did. The JSON form is a contract: `tasks` with `key`, `worker`, `pool`, `status`,
@@ -40,6 +43,9 @@ pub struct Report {
     pub finished: usize,
     /// Tasks that failed.
     pub failed: usize,
+    /// Once-cell loads (each also a row of `tasks`, kind `load`); failed ones are not counted
+    /// in `failed`: the tasks that needed them are.
+    pub loads: usize,
 }
 
 impl Report {
@@ -51,15 +57,20 @@ impl Report {
         // Per key: the latest event, and the starts of earlier schedulers' sessions. A session's
         // attempts only grow, so an event not above the previous one starts a new session.
         let mut latest: std::collections::HashMap<&str, (&TaskEvent, u32)> = Default::default();
-        let mut order: Vec<&str> = Vec::new();
+        // Rows in first-seen order: a task key, or a load (its index in `events`).
+        let mut order: Vec<Result<&str, usize>> = Vec::new();
         let (mut between_workers, mut between_pools) = (0, 0);
-        for e in events {
+        for (n, e) in events.iter().enumerate() {
             between_workers += e.moved_bytes;
             between_pools += e.cross_pool_bytes;
+            if e.load {
+                order.push(Err(n));
+                continue;
+            }
             match latest.entry(&e.key) {
                 std::collections::hash_map::Entry::Vacant(v) => {
                     v.insert((e, 0));
-                    order.push(&e.key);
+                    order.push(Ok(&e.key));
                 }
                 std::collections::hash_map::Entry::Occupied(mut o) => {
                     let (prev, earlier) = *o.get();
@@ -78,18 +89,26 @@ impl Report {
             bytes_between_pools: between_pools,
             finished: 0,
             failed: 0,
+            loads: 0,
         };
-        for (e, earlier) in order.iter().map(|k| latest[k]) {
-            let status = match e.status {
-                TaskStatus::Finished => {
+        for row in order {
+            let (e, earlier) = match row {
+                Ok(key) => latest[key],
+                Err(n) => (&events[n], 0),
+            };
+            let status = match (e.status, e.load) {
+                (TaskStatus::Finished, false) => {
                     r.finished += 1;
                     "finished"
                 }
-                TaskStatus::Failed => {
+                (TaskStatus::Failed, false) => {
                     r.failed += 1;
                     "failed"
                 }
+                (TaskStatus::Finished, true) => "finished",
+                (TaskStatus::Failed, true) => "failed",
             };
+            r.loads += usize::from(e.load);
             r.tasks.push(TaskReport {
                 key: e.key.clone(),
                 worker: e.worker.clone(),
@@ -99,15 +118,27 @@ impl Report {
                 duration_ms: e.duration_us as f64 / 1000.0,
                 error: e.error.clone(),
                 moved_bytes: e.moved_bytes,
-                reruns: (earlier + e.attempts).saturating_sub(1),
+                reruns: if e.load {
+                    0
+                } else {
+                    (earlier + e.attempts).saturating_sub(1)
+                },
+                kind: if e.load { "load" } else { "task" },
             });
         }
         r
     }
 
-    /// The report of one task.
+    /// The report of one task (not of a load).
     pub fn task(&self, key: &str) -> Option<&TaskReport> {
-        self.tasks.iter().find(|t| t.key == key)
+        self.tasks.iter().find(|t| t.key == key && t.kind == "task")
+    }
+
+    /// The loads of a once-cell, in order.
+    pub fn loads_of<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a TaskReport> + 'a {
+        self.tasks
+            .iter()
+            .filter(move |t| t.key == key && t.kind == "load")
     }
 }
 
@@ -128,6 +159,7 @@ mod tests {
             cross_pool_bytes: 0,
             error: None,
             attempts,
+            load: false,
         }
     }
 
@@ -149,5 +181,43 @@ mod tests {
         assert_eq!(r.bytes_between_workers, 15);
         assert_eq!(r.finished, 2);
         assert_eq!(r.tasks[0].key, "a");
+    }
+
+    #[test]
+    fn loads_are_rows_of_their_own_and_not_task_failures() {
+        let load = |worker: &str, ok: bool| TaskEvent {
+            worker: Some(worker.into()),
+            load: true,
+            status: if ok {
+                TaskStatus::Finished
+            } else {
+                TaskStatus::Failed
+            },
+            error: (!ok).then(|| "no file".into()),
+            moved_bytes: 0,
+            ..event("model", 1, 0)
+        };
+        let events = [
+            load("w1", false),
+            load("w1", true),
+            event("t", 1, 0),
+            load("w2", true),
+        ];
+        let r = Report::from_events(&events);
+        assert_eq!((r.finished, r.failed, r.loads), (1, 0, 3));
+        let loads: Vec<_> = r
+            .loads_of("model")
+            .map(|l| (l.worker.clone().unwrap(), l.status))
+            .collect();
+        assert_eq!(
+            loads,
+            vec![
+                ("w1".into(), "failed"),
+                ("w1".into(), "finished"),
+                ("w2".into(), "finished")
+            ]
+        );
+        assert!(r.task("model").is_none());
+        assert_eq!(r.task("t").unwrap().kind, "task");
     }
 }

@@ -8,13 +8,21 @@
 //! | `concat` | none | its inputs' bytes joined in order |
 //! | `len` | none | the total byte length of its inputs, as decimal text |
 //! | `command` | `{"argv": [...], "env": {...}, "cwd": "..."}` | the command's stdout; a non-zero exit fails the task with the exit code and the tail of stderr |
+//!
+//! `concat` and `len` also take once-cells made by the built-in loaders, whose objects are
+//! bytes:
+//!
+//! | loader | params | object, loaded once per worker process |
+//! | --- | --- | --- |
+//! | `file` | `{"path": "..."}` | the file's contents |
+//! | `command` | as the `command` function | the command's stdout (e.g. data a script prepares) |
 
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use serde::Deserialize;
 
-use crate::registry::{parse_params, Registry, TaskContext};
+use crate::registry::{parse_params, Object, Registry, TaskContext};
 
 /// How much of a failed command's stderr is kept.
 pub const STDERR_TAIL: usize = 2048;
@@ -43,6 +51,19 @@ struct CommandParams {
     cwd: Option<String>,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileParams {
+    path: String,
+}
+
+/// Input `i`'s bytes: a byte-valued once-cell's object, or the producer's output.
+fn input_bytes<'a>(ctx: &'a TaskContext, inputs: &'a [Bytes], i: usize) -> &'a Bytes {
+    ctx.object(i)
+        .and_then(|o| o.downcast_ref::<Bytes>())
+        .unwrap_or(&inputs[i])
+}
+
 fn no_params(params: Option<&str>) -> Result<(), String> {
     match params {
         None | Some("null") | Some("{}") => Ok(()),
@@ -69,20 +90,29 @@ pub fn register(r: &mut Registry) {
             Ok(unit.repeat(p.n))
         }
     });
-    r.register_raw("concat", |_, p, inputs| {
+    r.register_raw("concat", |ctx, p, inputs| {
         no_params(p)?;
-        Ok(inputs.iter().flat_map(|b| b.iter().copied()).collect())
+        Ok((0..inputs.len())
+            .flat_map(|i| input_bytes(ctx, inputs, i).iter().copied())
+            .collect())
     });
-    r.register_raw("len", |_, p, inputs| {
+    r.register_raw("len", |ctx, p, inputs| {
         no_params(p)?;
-        Ok(inputs
-            .iter()
-            .map(Bytes::len)
+        Ok((0..inputs.len())
+            .map(|i| input_bytes(ctx, inputs, i).len())
             .sum::<usize>()
             .to_string()
             .into_bytes())
     });
     r.register_raw("command", run_command);
+    r.register_loader_raw("file", |_, p| {
+        let p: FileParams = parse_params(p)?;
+        let data = std::fs::read(&p.path).map_err(|e| format!("cannot read {:?}: {e}", p.path))?;
+        Ok(std::sync::Arc::new(Bytes::from(data)) as Object)
+    });
+    r.register_loader_raw("command", |ctx, p| {
+        run_command(ctx, p, &[]).map(|out| std::sync::Arc::new(Bytes::from(out)) as Object)
+    });
 }
 
 fn run_command(ctx: &TaskContext, p: Option<&str>, _: &[Bytes]) -> Result<Vec<u8>, String> {
@@ -188,13 +218,7 @@ mod tests {
 
     fn call(name: &str, params: Option<&str>, inputs: &[Bytes]) -> Result<Vec<u8>, String> {
         let r = Registry::with_builtins();
-        let ctx = TaskContext {
-            key: "k".into(),
-            worker_id: 0,
-            worker_name: "w".into(),
-            deadline: None,
-            timeout: None,
-        };
+        let ctx = TaskContext::standalone("k");
         r.get(name).unwrap()(&ctx, params, inputs)
     }
 
@@ -238,14 +262,37 @@ mod tests {
     }
 
     #[test]
+    fn loaders_make_bytes_that_concat_and_len_read() {
+        let r = Registry::with_builtins();
+        let dir = std::env::temp_dir().join(format!("drover-loader-{}", std::process::id()));
+        std::fs::write(&dir, b"data").unwrap();
+        let ctx = TaskContext::standalone("c");
+        let params = serde_json::json!({"path": dir.to_str().unwrap()}).to_string();
+        let file = r.loader("file").unwrap()(&ctx, Some(&params)).unwrap();
+        let cmd =
+            r.loader("command").unwrap()(&ctx, Some(r#"{"argv": ["printf", "ab"]}"#)).unwrap();
+        let ctx = TaskContext {
+            objects: vec![Some(file), None, Some(cmd)],
+            ..TaskContext::standalone("t")
+        };
+        let inputs = [Bytes::new(), Bytes::from_static(b"-"), Bytes::new()];
+        assert_eq!(
+            r.get("concat").unwrap()(&ctx, None, &inputs).unwrap(),
+            b"data-ab"
+        );
+        assert_eq!(r.get("len").unwrap()(&ctx, None, &inputs).unwrap(), b"7");
+        let err = r.loader("file").unwrap()(&ctx, Some(r#"{"path": "/no/such"}"#)).unwrap_err();
+        assert!(err.contains("cannot read"), "{err}");
+        std::fs::remove_file(dir).unwrap();
+    }
+
+    #[test]
     fn command_is_killed_at_its_deadline() {
         let r = Registry::with_builtins();
         let ctx = TaskContext {
-            key: "k".into(),
-            worker_id: 0,
-            worker_name: "w".into(),
             deadline: Some(std::time::Instant::now() + std::time::Duration::from_millis(100)),
             timeout: Some(std::time::Duration::from_millis(100)),
+            ..TaskContext::standalone("k")
         };
         let started = std::time::Instant::now();
         let err =

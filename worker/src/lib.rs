@@ -5,6 +5,8 @@
 //!   outputs) or raw (bytes in, bytes out).
 //! * [`builtins`]: the stock functions (`noop`, `sleep`, `bytes`, `concat`, `len`, `command`).
 //! * [`store`]: results held here, shared byte buffers.
+//! * [`local`]: what a worker keeps for itself: identity, worker state, once-cells (the
+//!   single-flight loading lives in `cells`).
 //! * [`peer`]: the fetch protocol, server and client side, used by peers and clients alike.
 //! * [`runtime`]: the worker itself: connect, execute, report. A user's program becomes a worker
 //!   by handing its own [`Registry`] to [`runtime::run_worker`].
@@ -12,12 +14,15 @@
 #![warn(missing_docs, missing_debug_implementations)]
 
 pub mod builtins;
+mod cells;
+pub mod local;
 pub mod peer;
 pub mod registry;
 pub mod runtime;
 pub mod store;
 pub mod supervise;
 
+pub use local::WorkerLocal;
 pub use registry::{Raw, Registry, TaskContext};
 pub use runtime::{
     resident_memory, retire_on_sigterm, run_worker, run_worker_notify, run_worker_reconnecting,

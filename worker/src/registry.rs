@@ -10,9 +10,13 @@ use std::fmt::Display;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use drover_graph::TaskFn;
+use drover_graph::decode::{decode_shared, SharedValue, SHARED_LOADER};
+pub use drover_graph::decode::{DecodeInput, DecodeInputs, InputRef, Object};
+use drover_graph::{Loader, TaskFn};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+
+use crate::local::{Hook, WorkerLocal};
 
 /// What a running task can see of its worker.
 #[derive(Debug, Clone)]
@@ -28,21 +32,57 @@ pub struct TaskContext {
     pub deadline: Option<std::time::Instant>,
     /// The task's timeout, if any (`deadline` is its start plus this).
     pub timeout: Option<std::time::Duration>,
+    /// The worker: its identity (id, name, pools, resources), its state, its once-cells.
+    pub worker: Arc<WorkerLocal>,
+    /// Per input, in order: the worker's object for once-cell and shared-object inputs (their
+    /// bytes are empty); empty when the task has none.
+    pub objects: Vec<Option<Object>>,
+}
+
+impl TaskContext {
+    /// A context outside any worker, for calling task functions directly (tests, tools).
+    pub fn standalone(key: &str) -> TaskContext {
+        TaskContext {
+            key: key.to_owned(),
+            worker_id: crate::local::NO_ID,
+            worker_name: "standalone".to_owned(),
+            deadline: None,
+            timeout: None,
+            worker: Arc::new(WorkerLocal::new(
+                "standalone",
+                drover_annotations::Resources::new(),
+            )),
+            objects: Vec::new(),
+        }
+    }
+
+    /// The object of input `i`, for once-cell and shared-object inputs.
+    pub fn object(&self, i: usize) -> Option<&Object> {
+        self.objects.get(i).and_then(Option::as_ref)
+    }
 }
 
 /// A function body: params JSON (or none), input bytes in order → output bytes or an error.
 pub type RawFn =
     dyn Fn(&TaskContext, Option<&str>, &[Bytes]) -> Result<Vec<u8>, String> + Send + Sync;
 
-/// Named task functions.
+/// A once-cell loader body: params JSON (or none) → the object or an error.
+pub type LoaderFn = dyn Fn(&TaskContext, Option<&str>) -> Result<Object, String> + Send + Sync;
+
+/// Named task functions and once-cell loaders, and the worker's start and exit hooks.
 #[derive(Clone, Default)]
 pub struct Registry {
     functions: BTreeMap<String, Arc<RawFn>>,
+    loaders: BTreeMap<String, Arc<LoaderFn>>,
+    start_hooks: Vec<Arc<Hook>>,
+    exit_hooks: Vec<Arc<Hook>>,
 }
 
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_set().entries(self.functions.keys()).finish()
+        f.debug_set()
+            .entries(self.functions.keys().chain(self.loaders.keys()))
+            .finish()
     }
 }
 
@@ -51,67 +91,12 @@ impl std::fmt::Debug for Registry {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Raw(pub Bytes);
 
-/// Decodes one input.
-pub trait DecodeInput: Sized {
-    /// Decodes `bytes`.
-    fn decode_input(bytes: &Bytes) -> Result<Self, String>;
-}
-
-impl<T: DeserializeOwned> DecodeInput for T {
-    fn decode_input(bytes: &Bytes) -> Result<Self, String> {
-        postcard::from_bytes(bytes)
-            .map_err(|e| format!("cannot decode input as {}: {e}", std::any::type_name::<T>()))
-    }
-}
-
 impl DecodeInput for Raw {
-    fn decode_input(bytes: &Bytes) -> Result<Self, String> {
-        Ok(Raw(bytes.clone()))
+    type Value = Raw;
+    fn decode_input(input: InputRef<'_>) -> Result<Raw, String> {
+        Ok(Raw(input.bytes.clone()))
     }
 }
-
-/// Decodes a whole input list into a typed function's `Inputs`.
-pub trait DecodeInputs: Sized {
-    /// Decodes `inputs`, checking their number.
-    fn decode_inputs(inputs: &[Bytes]) -> Result<Self, String>;
-}
-
-impl DecodeInputs for () {
-    fn decode_inputs(inputs: &[Bytes]) -> Result<Self, String> {
-        expect_count(inputs, 0)
-    }
-}
-
-impl<T: DecodeInput> DecodeInputs for Vec<T> {
-    fn decode_inputs(inputs: &[Bytes]) -> Result<Self, String> {
-        inputs.iter().map(T::decode_input).collect()
-    }
-}
-
-fn expect_count(inputs: &[Bytes], n: usize) -> Result<(), String> {
-    if inputs.len() == n {
-        Ok(())
-    } else {
-        Err(format!("expected {n} input(s), got {}", inputs.len()))
-    }
-}
-
-macro_rules! tuple_inputs {
-    ($n:expr; $($t:ident $i:tt),+) => {
-        impl<$($t: DecodeInput),+> DecodeInputs for ($($t,)+) {
-            fn decode_inputs(inputs: &[Bytes]) -> Result<Self, String> {
-                expect_count(inputs, $n)?;
-                Ok(($($t::decode_input(&inputs[$i])?,)+))
-            }
-        }
-    };
-}
-tuple_inputs!(1; A 0);
-tuple_inputs!(2; A 0, B 1);
-tuple_inputs!(3; A 0, B 1, C 2);
-tuple_inputs!(4; A 0, B 1, C 2, D 3);
-tuple_inputs!(5; A 0, B 1, C 2, D 3, E 4);
-tuple_inputs!(6; A 0, B 1, C 2, D 3, E 4, F 5);
 
 /// Encodes a typed output (postcard), as typed functions do.
 pub fn encode_output<T: Serialize>(value: &T) -> Result<Vec<u8>, String> {
@@ -150,10 +135,16 @@ impl Registry {
         self
     }
 
-    /// Registers the body of the typed function `F`.
+    /// Registers the body of the typed function `F`. It receives its inputs decoded: serde
+    /// types as themselves, [`PerWorker<T>`](drover_graph::PerWorker) and
+    /// [`Shared<T>`](drover_graph::Shared) as `Arc<T>`.
+    #[allow(clippy::type_complexity)]
     pub fn register<F, E>(
         &mut self,
-        f: impl Fn(&TaskContext, F::Params, F::Inputs) -> Result<F::Output, E> + Send + Sync + 'static,
+        f: impl Fn(&TaskContext, F::Params, <F::Inputs as DecodeInputs>::Value) -> Result<F::Output, E>
+            + Send
+            + Sync
+            + 'static,
     ) -> &mut Registry
     where
         F: TaskFn,
@@ -164,10 +155,68 @@ impl Registry {
     {
         self.register_raw(F::NAME, move |ctx, params, inputs| {
             let params = parse_params::<F::Params>(params)?;
-            let inputs = F::Inputs::decode_inputs(inputs)?;
+            let inputs = F::Inputs::decode_inputs(inputs, &ctx.objects)?;
             let out = f(ctx, params, inputs).map_err(|e| e.to_string())?;
             encode_output(&out)
         })
+    }
+
+    /// Registers the body of the typed once-cell loader `L`: it makes the object from the
+    /// params; each worker process runs it at most once per cell.
+    pub fn register_loader<L, E>(
+        &mut self,
+        f: impl Fn(&TaskContext, L::Params) -> Result<L::Object, E> + Send + Sync + 'static,
+    ) -> &mut Registry
+    where
+        L: Loader,
+        L::Params: DeserializeOwned,
+        E: Display,
+    {
+        self.register_loader_raw(L::NAME, move |ctx, params| {
+            let params = parse_params::<L::Params>(params)?;
+            let object = f(ctx, params).map_err(|e| e.to_string())?;
+            Ok(Arc::new(object) as Object)
+        })
+    }
+
+    /// Registers an untyped loader under `name`.
+    pub fn register_loader_raw(
+        &mut self,
+        name: &str,
+        f: impl Fn(&TaskContext, Option<&str>) -> Result<Object, String> + Send + Sync + 'static,
+    ) -> &mut Registry {
+        self.loaders.insert(name.to_owned(), Arc::new(f));
+        self
+    }
+
+    /// Runs `hook` when a worker starts (before it first connects), e.g. to set up its state.
+    pub fn on_worker_start(
+        &mut self,
+        hook: impl Fn(&WorkerLocal) + Send + Sync + 'static,
+    ) -> &mut Registry {
+        self.start_hooks.push(Arc::new(hook));
+        self
+    }
+
+    /// Runs `hook` when a worker is about to exit (after its last task, whatever the reason).
+    pub fn on_worker_exit(
+        &mut self,
+        hook: impl Fn(&WorkerLocal) + Send + Sync + 'static,
+    ) -> &mut Registry {
+        self.exit_hooks.push(Arc::new(hook));
+        self
+    }
+
+    pub(crate) fn run_start_hooks(&self, worker: &WorkerLocal) {
+        for h in &self.start_hooks {
+            h(worker);
+        }
+    }
+
+    pub(crate) fn run_exit_hooks(&self, worker: &WorkerLocal) {
+        for h in &self.exit_hooks {
+            h(worker);
+        }
     }
 
     /// The function named `name`.
@@ -175,9 +224,26 @@ impl Registry {
         self.functions.get(name)
     }
 
-    /// All names, sorted.
+    /// The loader named `name`; every registry has the shared-object loader.
+    pub fn loader(&self, name: &str) -> Option<Arc<LoaderFn>> {
+        if name == SHARED_LOADER {
+            return Some(Arc::new(|_: &TaskContext, params: Option<&str>| {
+                decode_shared(params).map(|b| Arc::new(SharedValue::new(b)) as Object)
+            }));
+        }
+        self.loaders.get(name).cloned()
+    }
+
+    /// All function and loader names, sorted.
     pub fn names(&self) -> Vec<String> {
-        self.functions.keys().cloned().collect()
+        let mut names: Vec<String> = self
+            .functions
+            .keys()
+            .chain(self.loaders.keys())
+            .cloned()
+            .collect();
+        names.sort();
+        names
     }
 }
 
@@ -194,13 +260,7 @@ mod tests {
     }
 
     fn ctx() -> TaskContext {
-        TaskContext {
-            key: "k".into(),
-            worker_id: 0,
-            worker_name: "w".into(),
-            deadline: None,
-            timeout: None,
-        }
+        TaskContext::standalone("k")
     }
 
     #[test]

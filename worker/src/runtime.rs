@@ -21,8 +21,10 @@ use drover_protocol::{
 use tokio::sync::{mpsc, RwLock};
 use tracing::{debug, info, warn};
 
+use crate::cells::{CellSlot, Got, LoadError};
+use crate::local::WorkerLocal;
 use crate::peer::{serve, Fetcher};
-use crate::registry::{RawFn, Registry, TaskContext};
+use crate::registry::{Object, RawFn, Registry, TaskContext};
 use crate::store::Store;
 
 /// How a worker is started.
@@ -143,6 +145,8 @@ struct Job {
     func: Option<Arc<RawFn>>,
     inputs: Vec<Bytes>,
     fetched: Vec<(TaskIdx, WorkerId, u64)>,
+    /// Once-cell inputs: (position, cell id, slot).
+    cells: Vec<(usize, TaskIdx, Arc<CellSlot>)>,
 }
 
 /// What an executor thread reports.
@@ -166,6 +170,78 @@ enum ThreadMsg {
     },
     /// A task ended.
     Done(Done),
+    /// A once-cell load ended.
+    Loaded(FromWorker),
+}
+
+/// The report of a load this thread ran, or of one found done for an eager request.
+fn load_report(
+    id: TaskIdx,
+    slot: &CellSlot,
+    outcome: &Result<Got, LoadError>,
+) -> Option<FromWorker> {
+    let (duration_us, error) = match outcome {
+        Ok(Got::Loaded(us)) => (*us, None),
+        Ok(Got::Present | Got::Waited) => return None,
+        Err((_, None)) => return None,
+        Err((e, Some(us))) => (*us, Some(e.clone())),
+    };
+    Some(FromWorker::Loaded {
+        id,
+        duration_us,
+        bytes: slot.wire_bytes(),
+        error,
+    })
+}
+
+/// A context for running a loader.
+fn load_context(local: &Arc<WorkerLocal>, key: &str) -> TaskContext {
+    TaskContext {
+        key: key.to_owned(),
+        worker_id: local.id(),
+        worker_name: local.name().to_owned(),
+        deadline: None,
+        timeout: None,
+        worker: local.clone(),
+        objects: Vec::new(),
+    }
+}
+
+/// Gets the once-cell inputs of a job (loading them if needed, reporting the loads), as the
+/// positional objects its function receives.
+fn resolve_cells(
+    job: &Job,
+    local: &Arc<WorkerLocal>,
+    out: &mpsc::UnboundedSender<ThreadMsg>,
+) -> Result<Vec<Option<Object>>, String> {
+    if job.cells.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut objects: Vec<Option<Object>> = vec![None; job.inputs.len()];
+    for (pos, id, slot) in &job.cells {
+        let outcome = slot.get(&load_context(local, &slot.key));
+        if let Some(report) = load_report(
+            *id,
+            slot,
+            &outcome
+                .as_ref()
+                .map(|(_, g)| g.clone())
+                .map_err(Clone::clone),
+        ) {
+            let _ = out.send(ThreadMsg::Loaded(report));
+        }
+        match outcome {
+            Ok((object, _)) => objects[*pos] = Some(object),
+            Err((e, _)) => {
+                return Err(format!(
+                    "once-cell {:?} failed to load on worker {:?}: {e}",
+                    slot.key,
+                    local.name()
+                ))
+            }
+        }
+    }
+    Ok(objects)
 }
 
 /// How a timeout is reported, by the worker or by a function that stops itself at its deadline.
@@ -196,7 +272,7 @@ impl Ord for Queued {
     }
 }
 
-fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
+pub(crate) fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
     if let Some(s) = p.downcast_ref::<&str>() {
         s.to_string()
     } else if let Some(s) = p.downcast_ref::<String>() {
@@ -208,14 +284,15 @@ fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
 
 fn spawn_executors(
     n: u32,
-    name: &str,
+    local: &Arc<WorkerLocal>,
     id: WorkerId,
     out: mpsc::UnboundedSender<ThreadMsg>,
 ) -> std::sync::mpsc::Sender<Job> {
     let (tx, rx) = std::sync::mpsc::channel::<Job>();
     let rx = Arc::new(Mutex::new(rx));
     for i in 0..n {
-        let (rx, out, name) = (rx.clone(), out.clone(), name.to_owned());
+        let (rx, out, local) = (rx.clone(), out.clone(), local.clone());
+        let name = local.name().to_owned();
         std::thread::Builder::new()
             .name(format!("drover-exec-{i}"))
             .spawn(move || loop {
@@ -223,6 +300,8 @@ fn spawn_executors(
                     Ok(Ok(job)) => job,
                     _ => return,
                 };
+                // Once-cells first: a load is its own step, reported and timed apart.
+                let objects = resolve_cells(&job, &local, &out);
                 let start = Instant::now();
                 let deadline = job
                     .task
@@ -233,18 +312,21 @@ fn spawn_executors(
                     id: job.task.id,
                     limit: job.task.timeout_ms.zip(deadline),
                 });
-                let result = match &job.func {
-                    None => Err(format!(
+                let result = match (&job.func, objects) {
+                    (None, _) => Err(format!(
                         "worker {name:?} has no function {:?}",
                         job.task.function
                     )),
-                    Some(f) => {
+                    (_, Err(e)) => Err(e),
+                    (Some(f), Ok(objects)) => {
                         let ctx = TaskContext {
                             key: job.task.key.clone(),
                             worker_id: id,
                             worker_name: name.clone(),
                             deadline,
                             timeout: job.task.timeout_ms.map(Duration::from_millis),
+                            worker: local.clone(),
+                            objects,
                         };
                         match catch_unwind(AssertUnwindSafe(|| {
                             f(&ctx, job.task.params.as_deref(), &job.inputs)
@@ -276,6 +358,13 @@ pub async fn run_worker(config: WorkerConfig, registry: Registry) -> Result<Stop
     run_worker_notify(config, registry, None).await
 }
 
+/// The worker's own state for its life, with the start hooks run.
+fn start_worker(config: &WorkerConfig, registry: &Registry) -> Arc<WorkerLocal> {
+    let local = Arc::new(WorkerLocal::new(&config.name, config.resources.clone()));
+    registry.run_start_hooks(&local);
+    local
+}
+
 /// Runs a worker, and when the scheduler cannot be reached or the connection is lost, tries
 /// again with backoff (0.5 s doubling to 5 s) for up to `patience` before giving up. Each new
 /// connection is a fresh worker: results held before are gone (the scheduler recomputes what it
@@ -286,11 +375,23 @@ pub async fn run_worker_reconnecting(
     registry: Registry,
     patience: Duration,
 ) -> Result<Stopped, WorkerError> {
+    let local = start_worker(&config, &registry);
+    let result = reconnecting(config, &registry, &local, patience).await;
+    registry.run_exit_hooks(&local);
+    result
+}
+
+async fn reconnecting(
+    config: WorkerConfig,
+    registry: &Registry,
+    local: &Arc<WorkerLocal>,
+    patience: Duration,
+) -> Result<Stopped, WorkerError> {
     let mut lost_since: Option<Instant> = None;
     let mut backoff = Duration::from_millis(500);
     loop {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let result = run_worker_notify(config.clone(), registry.clone(), Some(tx)).await;
+        let result = session(config.clone(), registry.clone(), local.clone(), Some(tx)).await;
         if rx.await.is_ok() {
             // It was connected: the outage starts now.
             lost_since = None;
@@ -325,6 +426,19 @@ pub async fn run_worker_notify(
     registry: Registry,
     ready: Option<tokio::sync::oneshot::Sender<WorkerId>>,
 ) -> Result<Stopped, WorkerError> {
+    let local = start_worker(&config, &registry);
+    let result = session(config, registry.clone(), local.clone(), ready).await;
+    registry.run_exit_hooks(&local);
+    result
+}
+
+/// One connection to the scheduler, from hello to its end.
+async fn session(
+    config: WorkerConfig,
+    registry: Registry,
+    me: Arc<WorkerLocal>,
+    ready: Option<tokio::sync::oneshot::Sender<WorkerId>>,
+) -> Result<Stopped, WorkerError> {
     let sched_addr = config.access.socket_addr().map_err(WorkerError::Access)?;
     let sched_cert = config.access.cert_der().map_err(WorkerError::Access)?;
     let identity = Identity::generate().map_err(|e| WorkerError::Access(e.to_string()))?;
@@ -352,6 +466,7 @@ pub async fn run_worker_notify(
     };
     let session = say_hello(&conn, &hello).await?;
     let id = session.id;
+    me.set_id(id);
     info!(worker = id, name = %config.name, %peer_addr, scheduler = %sched_addr, "worker connected");
     if let Some(ready) = ready {
         let _ = ready.send(id);
@@ -363,7 +478,9 @@ pub async fn run_worker_notify(
     let (out_tx, out_rx) = mpsc::unbounded_channel::<Vec<FromWorker>>();
     tokio::spawn(batch_writer(session.send, out_rx));
     let (thread_tx, mut thread_rx) = mpsc::unbounded_channel::<ThreadMsg>();
-    let jobs = spawn_executors(config.nthreads.max(1), &config.name, id, thread_tx);
+    let jobs = spawn_executors(config.nthreads.max(1), &me, id, thread_tx.clone());
+    // Once-cells this session's scheduler told us of, by its ids.
+    let mut cell_ids: HashMap<TaskIdx, Arc<CellSlot>> = HashMap::new();
     // Timeouts: runs with a deadline, the timers' channel, and runs already reported as timed
     // out whose threads have not returned yet (their results are dropped).
     let mut timed: HashMap<u64, (TaskIdx, u64)> = HashMap::new();
@@ -483,6 +600,34 @@ pub async fn run_worker_notify(
                                 });
                             }
                             ToWorker::Retired => retired = true,
+                            ToWorker::Cell(spec) => {
+                                let slot = me.cells.slot(&spec.key, &spec.function, spec.params.as_deref(), spec.retries, registry.loader(&spec.function));
+                                cell_ids.insert(spec.id, slot.clone());
+                                if spec.load_now {
+                                    let (me, out) = (me.clone(), thread_tx.clone());
+                                    // Its own thread: eager loads overlap the tasks running now.
+                                    std::thread::spawn(move || {
+                                        let outcome = slot.get(&load_context(&me, &slot.key)).map(|(_, g)| g);
+                                        let report = match outcome {
+                                            // Already here (e.g. from an earlier session): say so.
+                                            Ok(Got::Present) => Some(FromWorker::Loaded { id: spec.id, duration_us: 0, bytes: 0, error: None }),
+                                            other => load_report(spec.id, &slot, &other),
+                                        };
+                                        if let Some(r) = report {
+                                            let _ = out.send(ThreadMsg::Loaded(r));
+                                        }
+                                    });
+                                }
+                            }
+                            ToWorker::DropCells(ids) => {
+                                for i in ids {
+                                    if let Some(slot) = cell_ids.remove(&i) {
+                                        if me.cells.drop_key(&slot.key) {
+                                            info!(worker = id, cell = %slot.key, "dropped once-cell");
+                                        }
+                                    }
+                                }
+                            }
                         }
                     }
                     if retired {
@@ -517,6 +662,13 @@ pub async fn run_worker_notify(
                         continue;
                     }
                     ThreadMsg::Done(done) => done,
+                    ThreadMsg::Loaded(report) => {
+                        if let FromWorker::Loaded { id: cell, duration_us, error, .. } = &report {
+                            info!(worker = id, cell, duration_us, ok = error.is_none(), "once-cell load ended");
+                        }
+                        let _ = out_tx.send(vec![report]);
+                        continue;
+                    }
                 };
                 local.release(&done.task);
                 timed.remove(&done.seq);
@@ -570,17 +722,33 @@ pub async fn run_worker_notify(
         // Start what fits: a free thread and the task's resources.
         while let Some(task) = local.next_runnable() {
             let func = registry.get(&task.function).cloned();
+            let cells: Vec<(usize, TaskIdx, Arc<CellSlot>)> = if cell_ids.is_empty() {
+                Vec::new()
+            } else {
+                task.inputs
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(pos, (i, _))| cell_ids.get(i).map(|s| (pos, *i, s.clone())))
+                    .collect()
+            };
+            let is_cell = |i: &TaskIdx| cells.iter().any(|(_, c, _)| c == i);
             let missing: Vec<(TaskIdx, WorkerId)> = task
                 .inputs
                 .iter()
                 .copied()
-                .filter(|(i, _)| !store.contains(*i))
+                .filter(|(i, _)| !is_cell(i) && !store.contains(*i))
                 .collect();
             if missing.is_empty() {
                 let inputs = task
                     .inputs
                     .iter()
-                    .map(|(i, _)| store.get(*i).expect("checked above"))
+                    .map(|(i, _)| {
+                        if is_cell(i) {
+                            Bytes::new()
+                        } else {
+                            store.get(*i).expect("checked above")
+                        }
+                    })
                     .collect();
                 run_seq += 1;
                 let _ = jobs.send(Job {
@@ -589,6 +757,7 @@ pub async fn run_worker_notify(
                     func,
                     inputs,
                     fetched: Vec::new(),
+                    cells,
                 });
                 continue;
             }
@@ -604,8 +773,17 @@ pub async fn run_worker_notify(
                 let r = fetch_inputs(&store, &fetcher, &peers, &missing).await;
                 let _ = ready_tx.send(match r {
                     Ok(fetched) => {
-                        let inputs: Option<Vec<Bytes>> =
-                            task.inputs.iter().map(|(i, _)| store.get(*i)).collect();
+                        let inputs: Option<Vec<Bytes>> = task
+                            .inputs
+                            .iter()
+                            .map(|(i, _)| {
+                                if cells.iter().any(|(_, c, _)| c == i) {
+                                    Some(Bytes::new())
+                                } else {
+                                    store.get(*i)
+                                }
+                            })
+                            .collect();
                         match inputs {
                             Some(inputs) => Ok(Job {
                                 seq,
@@ -613,6 +791,7 @@ pub async fn run_worker_notify(
                                 func,
                                 inputs,
                                 fetched,
+                                cells,
                             }),
                             None => {
                                 let msg = FromWorker::Failed {

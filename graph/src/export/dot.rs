@@ -25,7 +25,7 @@ fn quote(s: &str) -> String {
 /// Style attributes for a node of the given pool and reason.
 fn node_style(fill: &str, reason: Reason) -> String {
     match reason {
-        Reason::Pinned => format!(
+        Reason::Pinned | Reason::OnceCell => format!(
             "style=\"filled,bold\", penwidth=3, fillcolor={}",
             quote(fill)
         ),

@@ -23,7 +23,7 @@ fn colour(hex: &str) -> Color {
 
 fn look(fill: &str, reason: Reason) -> StyleAttr {
     let (line, width, rounded) = match reason {
-        Reason::Pinned => ("#000000", 3, 0),
+        Reason::Pinned | Reason::OnceCell => ("#000000", 3, 0),
         Reason::Forward | Reason::Backward => ("#333333", 1, 0),
         Reason::Any => ("#555555", 1, 12),
         Reason::Tie | Reason::None => ("#999999", 1, 0),

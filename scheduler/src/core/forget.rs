@@ -1,3 +1,6 @@
+//! Once-cells are never forgotten (they stay "in memory": a worker maps the cell's id to its
+//! object, so the id must not come back as another task's); they are a few hundred bytes each.
+//!
 //! Forgetting: when clients leave, the tasks only their runs referred to, and whose results are
 //! gone (released, cancelled or failed), are dropped from the core: keys unmapped, slots freed for
 //! reuse, trailing free slots truncated. So the scheduler's memory returns to where it was.
@@ -113,6 +116,7 @@ impl Task {
             started: false,
             assigned_seq: 0,
             timeout_ms: None,
+            cell: None,
         }
     }
 }

@@ -6,6 +6,7 @@
 //! worker → *memory* (held by one or more workers) → *released* when no pending task and no
 //! client needs it; or *failed*, which fails its dependents with a reason naming it.
 
+mod cells;
 mod forget;
 mod placement;
 mod retire;
@@ -122,6 +123,18 @@ pub(crate) struct Task {
     /// When it was last assigned (the core's sequence), for the worker's run order.
     pub assigned_seq: u64,
     pub timeout_ms: Option<u64>,
+    /// Set for once-cells: always "in memory" (every worker can load its own), never freed
+    /// by waiters; `holders` are the workers that loaded it.
+    pub cell: Option<CellInfo>,
+}
+
+/// A once-cell's settings and what the scheduler learnt of it.
+#[derive(Debug, Clone)]
+pub(crate) struct CellInfo {
+    pub lifetime: drover_graph::Lifetime,
+    pub lazy: bool,
+    /// Mean load time seen so far, microseconds.
+    pub mean_load_us: Option<f64>,
 }
 
 #[derive(Debug)]
@@ -144,12 +157,18 @@ pub(crate) struct Worker {
     pub handoff_failed: bool,
     /// A replacement is coming: hold results until some other worker can take them.
     pub await_successor: bool,
+    /// Once-cells this worker was told of: loaded, loading, or to load on first need.
+    pub cells: HashSet<TaskIdx>,
 }
 
 #[derive(Debug)]
 pub(crate) struct Run {
     pub client: ClientId,
     pub client_run: u32,
+    /// The client said the run is over.
+    pub ended: bool,
+    /// Once-cells scoped to this run.
+    pub scoped_cells: Vec<TaskIdx>,
 }
 
 /// A ready task in a queue: higher priority first, then first come.
@@ -271,6 +290,12 @@ impl Core {
                 FromWorker::InputsLost { id, holder, error } => {
                     self.inputs_lost(w, id, holder, &error)
                 }
+                FromWorker::Loaded {
+                    id,
+                    duration_us,
+                    bytes,
+                    error,
+                } => self.cell_loaded(w, id, duration_us, bytes, error),
             },
             Event::Client(c, msg) => match msg {
                 FromClient::Submit {
@@ -282,6 +307,8 @@ impl Core {
                     self.pending_locates.push((c, req, keys));
                 }
                 FromClient::Release { keys } => self.release_wants(c, &keys),
+                FromClient::EndRun { run } => self.end_run(c, run),
+                FromClient::ReleaseCells { keys } => self.release_cells(&keys),
             },
         }
         self.schedule();
@@ -368,6 +395,7 @@ impl Core {
                 handoffs: Vec::new(),
                 handoff_failed: false,
                 await_successor: false,
+                cells: HashSet::new(),
             },
         );
     }
@@ -425,6 +453,9 @@ impl Core {
             }
             self.tasks[t as usize].state = State::Waiting;
             self.make_ready_or_recompute(t);
+        }
+        for &c in &w.cells {
+            self.tasks[c as usize].holders.retain(|&h| h != id);
         }
         // Results only it held are recomputed from lineage if still needed.
         let mut lost: Vec<TaskIdx> = w.has.into_iter().collect();
@@ -500,6 +531,7 @@ impl Core {
         }
         self.warned.retain(|(c, _)| *c != id);
         self.pending_locates.retain(|(c, _, _)| *c != id);
+        self.drop_scoped_cells_of_client(id);
         // A run is gone when its client is no longer connected (this one or an earlier one).
         let gone = |core: &Core, r: u32| !core.clients.contains_key(&core.runs[r as usize].client);
         let mut cancelled = 0usize;
@@ -590,7 +622,7 @@ impl Core {
     /// Frees `t`'s result on every holder when no pending task or client needs it.
     fn release_if_unneeded(&mut self, t: TaskIdx) {
         let task = &mut self.tasks[t as usize];
-        if task.waiters == 0 && task.state == State::Memory {
+        if task.waiters == 0 && task.state == State::Memory && task.cell.is_none() {
             task.state = State::Released;
             let holders = std::mem::take(&mut task.holders);
             for w in holders {
@@ -832,6 +864,7 @@ impl Core {
                 cross_pool_bytes,
                 error: error.clone(),
                 attempts: task.attempts,
+                load: false,
             };
             self.out
                 .push(Command::Client(run.client, ToClient::Events(vec![event])));
@@ -846,7 +879,7 @@ impl Core {
             .iter()
             .map(|&i| {
                 let holders = &self.tasks[i as usize].holders;
-                let holder = if holders.contains(&w) {
+                let holder = if holders.contains(&w) || self.tasks[i as usize].cell.is_some() {
                     w
                 } else {
                     holders.first().copied().unwrap_or(w)

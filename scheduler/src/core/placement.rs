@@ -28,6 +28,10 @@ pub enum Restriction {
     Pool(PoolIdx),
 }
 
+/// Assumed load time of a once-cell never loaded yet, in microseconds: loaders are expensive
+/// by nature, so a worker that has one is preferred until it is a second behind.
+pub(crate) const DEFAULT_LOAD_US: f64 = 1_000_000.0;
+
 /// Target queued work per thread, in microseconds.
 const PREFETCH_US: f64 = 10_000.0;
 /// Most tasks queued on a worker beyond its threads.
@@ -50,6 +54,10 @@ impl Core {
             }
             seen.push(i);
             let input = &self.tasks[i as usize];
+            if input.cell.is_some() {
+                // Loaded wherever needed, never moved: no vote.
+                continue;
+            }
             let Some(holder) = input.holders.first().and_then(|h| self.workers.get(h)) else {
                 continue;
             };
@@ -76,7 +84,7 @@ impl Core {
         w.nthreads + (per_thread.saturating_mul(w.nthreads)).clamp(1, MAX_PREFETCH)
     }
 
-    fn eligible(&self, w: &Worker, restriction: Restriction, t: TaskIdx) -> bool {
+    pub(crate) fn eligible(&self, w: &Worker, restriction: Restriction, t: TaskIdx) -> bool {
         if w.retiring {
             return false;
         }
@@ -93,8 +101,9 @@ impl Core {
     }
 
     /// The best worker with room for `t`, if any; and whether any worker at all is eligible.
-    /// Best is the earliest estimated start; ties go to the worker missing fewer inputs (so
-    /// zero-byte inputs still pull work to where they are), then to the lowest id.
+    /// Best is the earliest estimated start (queue, then bytes to fetch, then once-cells to
+    /// load); ties go to the worker missing fewer inputs (so zero-byte inputs still pull work
+    /// to where they are), then to the lowest id.
     fn best_worker(&self, t: TaskIdx, restriction: Restriction) -> (Option<WorkerId>, bool) {
         let task = &self.tasks[t as usize];
         let mut best: Option<(f64, usize, WorkerId)> = None;
@@ -107,13 +116,25 @@ impl Core {
             if w.inflight >= self.capacity(w) {
                 continue;
             }
-            let (mut missing_bytes, mut missing) = (0u64, 0usize);
+            let (mut missing_bytes, mut missing, mut loads_us) = (0u64, 0usize, 0f64);
             for i in task.inputs.iter().filter(|i| !w.has.contains(i)) {
-                missing_bytes += self.tasks[*i as usize].size;
-                missing += 1;
+                let input = &self.tasks[*i as usize];
+                match &input.cell {
+                    // A once-cell costs its load where it is not (being) loaded.
+                    Some(c) if !w.cells.contains(i) => {
+                        loads_us += c.mean_load_us.unwrap_or(DEFAULT_LOAD_US);
+                        missing += 1;
+                    }
+                    Some(_) => {}
+                    None => {
+                        missing_bytes += input.size;
+                        missing += 1;
+                    }
+                }
             }
             let start = f64::from(w.inflight) / f64::from(w.nthreads) * self.mean_duration_us
-                + missing_bytes as f64 / self.bandwidth;
+                + missing_bytes as f64 / self.bandwidth
+                + loads_us;
             let better = match best {
                 None => true,
                 Some((s, m, _)) => start < s || (start == s && missing < m),
@@ -155,6 +176,7 @@ impl Core {
                 let worker = self.workers.get_mut(&w).expect("chosen worker exists");
                 worker.inflight += 1;
                 worker.assigned.insert(t);
+                self.announce_cells(t, w);
                 let msg = self.compute_message(t, w);
                 self.out.push(Command::Worker(w, msg));
             }

@@ -5,10 +5,10 @@
 
 use std::sync::Arc;
 
-use drover_graph::{propagate_pools, Graph, Place};
+use drover_graph::{propagate_pools, Graph, Place, Reason};
 use drover_protocol::{TaskIdx, TaskStatus, ToClient};
 
-use super::{ClientId, Command, Core, ResourceList, Run, State, StaticPlace, Task};
+use super::{CellInfo, ClientId, Command, Core, ResourceList, Run, State, StaticPlace, Task};
 
 impl Core {
     pub(crate) fn submit(
@@ -47,6 +47,8 @@ impl Core {
         self.runs.push(Run {
             client,
             client_run: run,
+            ended: false,
+            scoped_cells: Vec::new(),
         });
 
         let mut resource_sets: Vec<Option<ResourceList>> = Vec::new();
@@ -54,9 +56,17 @@ impl Core {
         let mut fresh: Vec<TaskIdx> = Vec::new();
         let mut restart: Vec<TaskIdx> = Vec::new();
         let mut already_done: Vec<TaskIdx> = Vec::new();
+        let mut cells: Vec<(TaskIdx, drover_graph::TaskId)> = Vec::new();
         for &gid in topo.order() {
             let key = graph.key(gid);
             if let Some(&existing) = self.keys.get(key) {
+                if self.tasks[existing as usize].cell.is_some() {
+                    // The same once-cell: workers that loaded it keep it.
+                    map[gid.index()] = existing;
+                    self.extra_runs.entry(existing).or_default().push(run_idx);
+                    cells.push((existing, gid));
+                    continue;
+                }
                 match self.tasks[existing as usize].state {
                     State::Failed(_) => {}
                     State::Memory => {
@@ -94,10 +104,22 @@ impl Core {
             let place = match graph.place(gid) {
                 Place::Pinned(p) => StaticPlace::Pinned(self.intern_pool(graph.pool_name(p))),
                 Place::Any => StaticPlace::Any,
+                // Where a pooled once-cell it uses loads: as hard as a pin.
+                Place::Free if prop.reason(gid) == Reason::OnceCell => StaticPlace::Pinned(
+                    self.intern_pool(
+                        prop.pool_name(&graph, gid)
+                            .expect("once-cell reasons carry a pool"),
+                    ),
+                ),
                 Place::Free => {
                     StaticPlace::Pass(prop.pool_name(&graph, gid).map(|n| self.intern_pool(n)))
                 }
             };
+            let cell = graph.once_cell(gid).map(|c| CellInfo {
+                lifetime: c.lifetime,
+                lazy: c.lazy,
+                mean_load_us: None,
+            });
             let inputs: Box<[TaskIdx]> = graph.inputs(gid).iter().map(|i| map[i.index()]).collect();
             let task = Task {
                 key: graph.key_shared(gid).clone(),
@@ -109,7 +131,6 @@ impl Core {
                 resources,
                 priority: graph.priority(gid),
                 retries_left: graph.retries(gid),
-                state: State::Waiting,
                 pending: 0,
                 waiters: 0,
                 holders: Vec::new(),
@@ -120,6 +141,12 @@ impl Core {
                 started: false,
                 assigned_seq: 0,
                 timeout_ms: graph.timeout(gid).map(|d| d.as_millis() as u64),
+                state: if cell.is_some() {
+                    State::Memory
+                } else {
+                    State::Waiting
+                },
+                cell,
             };
             let idx = match self.keys.get(key) {
                 Some(&failed) => {
@@ -135,6 +162,10 @@ impl Core {
                 }
             };
             map[gid.index()] = idx;
+            if self.tasks[idx as usize].cell.is_some() {
+                cells.push((idx, gid));
+                continue;
+            }
             fresh.push(idx);
         }
         // Wire consumers and count what each new task waits for.
@@ -161,9 +192,20 @@ impl Core {
             client,
             ToClient::Accepted {
                 run,
-                tasks: graph.len() as u32,
+                tasks: (graph.len() - cells.len()) as u32,
             },
         ));
+        for &(t, gid) in &cells {
+            if self.tasks[t as usize]
+                .cell
+                .as_ref()
+                .is_some_and(|c| c.lifetime == drover_graph::Lifetime::Run)
+            {
+                self.runs[run_idx as usize].scoped_cells.push(t);
+            }
+            let users = topo.consumers(gid).len();
+            self.load_eagerly(t, users);
+        }
         for t in already_done {
             self.emit_to_run(t, run_idx);
         }
@@ -207,6 +249,7 @@ impl Core {
             cross_pool_bytes: 0,
             error: None,
             attempts: task.attempts,
+            load: false,
         };
         self.out
             .push(Command::Client(run.client, ToClient::Events(vec![event])));

@@ -516,3 +516,148 @@ fn a_task_shared_by_several_clients_goes_when_the_last_of_them_leaves() {
     s.core.handle(Event::ClientLeft { id: 2 });
     assert_eq!(s.core.stats().tasks, 0);
 }
+
+fn cell_specs(cmds: &[Command]) -> Vec<(WorkerId, String, bool)> {
+    cmds.iter()
+        .filter_map(|c| match c {
+            Command::Worker(w, ToWorker::Cell(s)) => Some((*w, s.key.clone(), s.load_now)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn an_eager_pooled_cell_loads_at_submission_only_in_its_pool_and_users_follow_it() {
+    let mut s = Sim::new(&[
+        ("a0", "pool-A=1", 1),
+        ("a1", "pool-A=1", 1),
+        ("b0", "pool-B=1", 1),
+    ]);
+    let cmds = s.submit(
+        r#"{"tasks": [
+            {"key": "m", "function": "load", "pool": "A", "once_cell": {}},
+            {"key": "up", "function": "noop", "pool": "B"},
+            {"key": "t1", "function": "f", "inputs": ["m", "up"]},
+            {"key": "t2", "function": "f", "inputs": ["m", "up"]}
+        ]}"#,
+        &[],
+    );
+    // Loads start at once on both pool-A workers (two users), in parallel with `up`.
+    let mut loads = cell_specs(&cmds);
+    loads.sort();
+    assert_eq!(loads, vec![(0, "m".into(), true), (1, "m".into(), true)]);
+    assert_eq!(computes(&cmds), vec![(2, "up".into())]);
+    // Accepted counts tasks only.
+    assert!(cmds
+        .iter()
+        .any(|c| matches!(c, Command::Client(_, ToClient::Accepted { tasks: 3, .. }))));
+    // The users are pinned to A by the cell, whatever their input's pool says.
+    let cmds = s.finish(2, "up", 1 << 20, vec![]);
+    let mut placed: Vec<WorkerId> = computes(&cmds).iter().map(|(w, _)| *w).collect();
+    placed.sort();
+    assert_eq!(placed, vec![0, 1]);
+    // Nothing more to announce: the workers know the cell.
+    assert!(cell_specs(&cmds).is_empty());
+    // A load is reported as an event of its own.
+    let m = s.id("m");
+    let cmds = s.core.handle(Event::Worker(
+        0,
+        FromWorker::Loaded {
+            id: m,
+            duration_us: 5000,
+            bytes: 0,
+            error: None,
+        },
+    ));
+    let ev = events(&cmds);
+    assert_eq!(ev.len(), 1);
+    assert!(ev[0].load && ev[0].key == "m" && ev[0].worker.as_deref() == Some("a0"));
+    assert_eq!(ev[0].pool.as_deref(), Some("A"));
+}
+
+#[test]
+fn a_lazy_cell_is_announced_before_its_first_user_and_holders_are_preferred() {
+    let mut s = Sim::new(&[("w0", "", 4), ("w1", "", 4)]);
+    let cmds = s.submit(
+        r#"{"tasks": [
+            {"key": "m", "function": "load", "once_cell": {"lazy": true}},
+            {"key": "t1", "function": "f", "inputs": ["m"]},
+            {"key": "t2", "function": "f", "inputs": ["m"]},
+            {"key": "t3", "function": "f", "inputs": ["m"]}
+        ]}"#,
+        &[],
+    );
+    // Not loaded ahead; announced (not loaded) to the worker of the first user, before it.
+    let order: Vec<String> = cmds
+        .iter()
+        .filter_map(|c| match c {
+            Command::Worker(0, ToWorker::Cell(s)) => Some(format!("cell {} {}", s.key, s.load_now)),
+            Command::Worker(w, ToWorker::Compute(t)) => Some(format!("{w} {}", t.key)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        order,
+        vec!["cell m false", "0 t1", "0 t2", "0 t3"],
+        "one load's worth of work waits for it"
+    );
+    let t1 = s.id("t1");
+    let m = s.id("m");
+    let cmd = s.core.compute_message(t1, 0);
+    let ToWorker::Compute(c) = cmd else { panic!() };
+    assert_eq!(
+        c.inputs,
+        vec![(m, 0)],
+        "a cell is always held where the task runs"
+    );
+}
+
+#[test]
+fn a_run_scoped_cell_is_dropped_when_its_run_ends_and_cells_are_released_by_name() {
+    let mut s = Sim::new(&[("w0", "", 1)]);
+    s.submit(
+        r#"{"tasks": [
+            {"key": "m", "function": "load", "once_cell": {"lifetime": "run"}},
+            {"key": "k", "function": "load", "once_cell": {}},
+            {"key": "t", "function": "f", "inputs": ["m", "k"]}
+        ]}"#,
+        &[],
+    );
+    let cmds = s
+        .core
+        .handle(Event::Client(0, FromClient::EndRun { run: 1 }));
+    let m = s.id("m");
+    let dropped: Vec<_> = cmds
+        .iter()
+        .filter_map(|c| match c {
+            Command::Worker(w, ToWorker::DropCells(ids)) => Some((*w, ids.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(dropped, vec![(0, vec![m])], "only the run-scoped one");
+    let k = s.id("k");
+    let cmds = s.core.handle(Event::Client(
+        0,
+        FromClient::ReleaseCells {
+            keys: vec!["k".into()],
+        },
+    ));
+    assert!(cmds
+        .iter()
+        .any(|c| matches!(c, Command::Worker(0, ToWorker::DropCells(ids)) if *ids == vec![k])));
+    // A failed load is an event, and the worker no longer counts as holding it.
+    let cmds = s.core.handle(Event::Worker(
+        0,
+        FromWorker::Loaded {
+            id: k,
+            duration_us: 10,
+            bytes: 0,
+            error: Some("boom".into()),
+        },
+    ));
+    assert!(
+        events(&cmds).is_empty(),
+        "the run has ended: nobody to tell"
+    );
+    assert!(!s.core.workers[&0].cells.contains(&k));
+}

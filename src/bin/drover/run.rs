@@ -81,8 +81,12 @@ pub fn run(args: Args) -> Result<(), Failure> {
     };
     let sinks: Vec<String> = {
         let g = &planned.graph;
-        let is_sink: std::collections::HashSet<&str> =
-            planned.topology.sinks().map(|t| g.key(t)).collect();
+        let is_sink: std::collections::HashSet<&str> = planned
+            .topology
+            .sinks()
+            .filter(|&t| !g.is_once_cell(t))
+            .map(|t| g.key(t))
+            .collect();
         file.tasks
             .iter()
             .map(|t| t.key.clone())
@@ -201,6 +205,8 @@ pub fn run(args: Args) -> Result<(), Failure> {
             report.bytes_between_workers,
             report.bytes_between_pools
         );
+        drop(run);
+        client.close();
         if let Some(c) = cluster {
             c.shutdown().await;
         }
