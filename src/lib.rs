@@ -11,7 +11,11 @@
 //! * annotations ([`Pool`], [`Resources`], [`Annotations`]);
 //! * running graphs: [`Client`] (connect by access file, submit, stream events, fetch outputs,
 //!   [`Report`]), [`LocalCluster`] (scheduler and workers in this process, over loopback QUIC),
-//!   [`Registry`] and [`run_worker`] to make a program a worker.
+//!   [`Registry`] and [`run_worker`] to make a program a worker, or
+//!   [`run_as_worker_if_asked`] for a program that is its own worker;
+//! * per-worker state: once-cells ([`Graph::once`], [`Loader`], [`PerWorker`]), shared objects
+//!   ([`Graph::share`], [`Shared`]), worker state, identity and hooks ([`WorkerLocal`],
+//!   [`Registry::on_worker_start`]).
 //!
 //! See README.md for the JSON format and the `drover` command.
 
@@ -19,21 +23,27 @@
 
 pub mod client;
 pub mod local;
+pub mod worker_mode;
 
 pub use client::{
     BlockingClient, BlockingRun, Client, ClientError, ClientOptions, Report, Run, RunEvent,
     TaskReport,
 };
 pub use drover_annotations::{AnnotationError, Annotations, Placement, Pool, Resources};
+pub use drover_graph::decode::{DecodeInput, DecodeInputs};
 pub use drover_graph::export;
 pub use drover_graph::{
     propagate_pools, Graph, GraphError, GraphFile, Handle, HandleList, InvalidGraph, JsonError,
     Place, PoolId, Propagation, Reason, TaskFn, TaskId, TaskSpec, Topology, TransferEstimate,
     Untyped, DEFAULT_SIZE_HINT,
 };
+pub use drover_graph::{Lifetime, Loader, OnceCell, PerWorker, Shared};
 pub use drover_protocol::{AccessFile, TaskEvent, TaskStatus};
-pub use drover_worker::{retire_on_sigterm, run_worker, Raw, Registry, TaskContext, WorkerConfig};
+pub use drover_worker::{
+    retire_on_sigterm, run_worker, Raw, Registry, TaskContext, WorkerConfig, WorkerLocal,
+};
 pub use local::{ClusterSpec, LocalCluster};
+pub use worker_mode::run_as_worker_if_asked;
 
 /// A graph that has been validated and propagated: everything a picture or a scheduler needs.
 #[derive(Debug, Clone)]

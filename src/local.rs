@@ -10,6 +10,17 @@ use drover_worker::{run_worker_notify, Registry, WorkerConfig};
 
 use crate::client::{Client, ClientError};
 
+/// A worker's resources: `pool-P=1` for a pool, none otherwise.
+fn pool_resources(pool: Option<&str>) -> Resources {
+    let mut resources = Resources::new();
+    if let Some(p) = pool {
+        resources
+            .insert(&format!("pool-{p}"), 1.0)
+            .expect("validated pool name");
+    }
+    resources
+}
+
 /// Which workers a local cluster has: `3` is three plain workers; `A=2,B=1` two workers in
 /// pool A and one in pool B; entries combine (`A=2,1`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,12 +82,14 @@ pub enum LocalError {
     Io(#[from] std::io::Error),
 }
 
-/// A scheduler and workers in this process. Dropping it stops them.
+/// A scheduler in this process and its workers: in this process too ([`LocalCluster::start`]),
+/// or as child processes ([`LocalCluster::start_processes`]). Dropping it stops them.
 pub struct LocalCluster {
     scheduler: Option<Scheduler>,
     access: AccessFile,
     workers: Vec<tokio::task::JoinHandle<()>>,
-    _dir: tempfile::TempDir,
+    children: Vec<tokio::process::Child>,
+    dir: tempfile::TempDir,
 }
 
 impl std::fmt::Debug for LocalCluster {
@@ -92,6 +105,111 @@ impl LocalCluster {
     /// Starts a scheduler on loopback and the workers of `spec`, each with `registry`, and waits
     /// until every worker has joined.
     pub async fn start(spec: &ClusterSpec, registry: Registry) -> Result<LocalCluster, LocalError> {
+        let mut cluster = LocalCluster::scheduler_only().await?;
+        let idle = Duration::from_secs(10);
+        let access = cluster.access.clone();
+        let mut index = 0;
+        for (pool, count) in &spec.groups {
+            for _ in 0..*count {
+                let name = format!("local-{}-{index}", pool.as_deref().unwrap_or("plain"));
+                index += 1;
+                let config = WorkerConfig {
+                    access: access.clone(),
+                    resources: pool_resources(pool.as_deref()),
+                    nthreads: spec.nthreads.max(1),
+                    name: name.clone(),
+                    idle_timeout: idle,
+                    retire: None,
+                    lifespan_tasks: None,
+                    memory_limit: None,
+                };
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let registry = registry.clone();
+                let task_name = name.clone();
+                cluster.workers.push(tokio::spawn(async move {
+                    if let Err(e) = run_worker_notify(config, registry, Some(tx)).await {
+                        tracing::debug!(worker = %task_name, error = %e, "local worker stopped");
+                    }
+                }));
+                rx.await.map_err(|_| LocalError::Worker {
+                    name,
+                    error: "stopped before joining".into(),
+                })?;
+            }
+        }
+        Ok(cluster)
+    }
+
+    /// Starts a scheduler on loopback and the workers of `spec` as child processes running
+    /// `program worker --access-file F --name N --resources R --nthreads T` (a program that
+    /// calls [`run_as_worker_if_asked`](crate::run_as_worker_if_asked) first, usually
+    /// `std::env::current_exe()`), and waits until every worker has joined. Each process is its
+    /// own worker with its own once-cells and state. Their stdout is passed through.
+    pub async fn start_processes(
+        spec: &ClusterSpec,
+        program: &std::path::Path,
+    ) -> Result<LocalCluster, LocalError> {
+        use tokio::io::AsyncBufReadExt;
+        let mut cluster = LocalCluster::scheduler_only().await?;
+        let access_path = cluster.dir.path().join("access.json");
+        let mut index = 0;
+        for (pool, count) in &spec.groups {
+            for _ in 0..*count {
+                let name = format!("local-{}-{index}", pool.as_deref().unwrap_or("plain"));
+                index += 1;
+                let fail = |error: String| LocalError::Worker {
+                    name: name.clone(),
+                    error,
+                };
+                let mut child = tokio::process::Command::new(program)
+                    .arg("worker")
+                    .arg("--access-file")
+                    .arg(&access_path)
+                    .args([
+                        "--name",
+                        &name,
+                        "--nthreads",
+                        &spec.nthreads.max(1).to_string(),
+                    ])
+                    .args([
+                        "--resources",
+                        &pool
+                            .as_ref()
+                            .map(|p| format!("pool-{p}=1"))
+                            .unwrap_or_default(),
+                    ])
+                    .stdout(std::process::Stdio::piped())
+                    .kill_on_drop(true)
+                    .spawn()
+                    .map_err(|e| fail(format!("cannot start {}: {e}", program.display())))?;
+                let stdout = child.stdout.take().expect("piped");
+                let mut lines = tokio::io::BufReader::new(stdout).lines();
+                loop {
+                    match lines.next_line().await {
+                        Ok(Some(line)) if line.starts_with(crate::worker_mode::JOINED_LINE) => {
+                            break
+                        }
+                        Ok(Some(line)) => println!("{line}"),
+                        Ok(None) | Err(_) => {
+                            let status = child.wait().await.ok();
+                            return Err(fail(format!("exited before joining ({status:?})")));
+                        }
+                    }
+                }
+                // Pass the rest of its output through.
+                tokio::spawn(async move {
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        println!("{line}");
+                    }
+                });
+                cluster.children.push(child);
+            }
+        }
+        Ok(cluster)
+    }
+
+    /// A scheduler on loopback with a fresh state dir, and no workers yet.
+    async fn scheduler_only() -> Result<LocalCluster, LocalError> {
         let dir = tempfile::tempdir()?;
         let idle = Duration::from_secs(10);
         let scheduler = Scheduler::start(SchedulerConfig {
@@ -106,47 +224,12 @@ impl LocalCluster {
             name: "-".into(),
             error: e.to_string(),
         })?;
-        let mut workers = Vec::new();
-        let mut index = 0;
-        for (pool, count) in &spec.groups {
-            for _ in 0..*count {
-                let name = format!("local-{}-{index}", pool.as_deref().unwrap_or("plain"));
-                index += 1;
-                let mut resources = Resources::new();
-                if let Some(p) = pool {
-                    resources
-                        .insert(&format!("pool-{p}"), 1.0)
-                        .expect("validated pool name");
-                }
-                let config = WorkerConfig {
-                    access: access.clone(),
-                    resources,
-                    nthreads: spec.nthreads.max(1),
-                    name: name.clone(),
-                    idle_timeout: idle,
-                    retire: None,
-                    lifespan_tasks: None,
-                    memory_limit: None,
-                };
-                let (tx, rx) = tokio::sync::oneshot::channel();
-                let registry = registry.clone();
-                let task_name = name.clone();
-                workers.push(tokio::spawn(async move {
-                    if let Err(e) = run_worker_notify(config, registry, Some(tx)).await {
-                        tracing::debug!(worker = %task_name, error = %e, "local worker stopped");
-                    }
-                }));
-                rx.await.map_err(|_| LocalError::Worker {
-                    name,
-                    error: "stopped before joining".into(),
-                })?;
-            }
-        }
         Ok(LocalCluster {
             scheduler: Some(scheduler),
             access,
-            workers,
-            _dir: dir,
+            workers: Vec::new(),
+            children: Vec::new(),
+            dir,
         })
     }
 
@@ -167,6 +250,15 @@ impl LocalCluster {
         }
         for w in self.workers.drain(..) {
             let _ = tokio::time::timeout(Duration::from_secs(5), w).await;
+        }
+        // Worker processes exit on the scheduler's shutdown (their exit hooks run).
+        for mut c in self.children.drain(..) {
+            if tokio::time::timeout(Duration::from_secs(10), c.wait())
+                .await
+                .is_err()
+            {
+                let _ = c.kill().await;
+            }
         }
     }
 }
