@@ -45,8 +45,9 @@ pub(crate) struct CellSlot {
 pub(crate) type LoadError = (String, Option<u64>);
 
 impl CellSlot {
-    /// The object, loading it if nobody has (see the module docs).
-    pub fn get(&self, ctx: &TaskContext) -> Result<(Object, Got), LoadError> {
+    /// The object, loading it if nobody has (see the module docs); `ctx` makes the loader's
+    /// context, only when a load runs.
+    pub fn get(&self, ctx: impl FnOnce() -> TaskContext) -> Result<(Object, Got), LoadError> {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let mut waited = false;
         loop {
@@ -65,10 +66,11 @@ impl CellSlot {
         }
         *s = SlotState::Loading;
         drop(s);
+        let ctx = ctx();
         let start = Instant::now();
         let mut result = Err(String::new());
         for _ in 0..=self.retries {
-            result = self.load_once(ctx);
+            result = self.load_once(&ctx);
             if result.is_ok() {
                 break;
             }
@@ -111,7 +113,8 @@ impl CellSlot {
         }
     }
 
-    fn is_loaded(&self) -> bool {
+    /// True when its object is loaded.
+    pub fn is_loaded(&self) -> bool {
         matches!(
             *self.state.lock().unwrap_or_else(|p| p.into_inner()),
             SlotState::Ready(_)
@@ -212,7 +215,7 @@ mod tests {
         let ctx = TaskContext::standalone("m");
         let results: Vec<Got> = std::thread::scope(|s| {
             let hs: Vec<_> = (0..8)
-                .map(|_| s.spawn(|| slot.get(&ctx).unwrap().1))
+                .map(|_| s.spawn(|| slot.get(|| ctx.clone()).unwrap().1))
                 .collect();
             hs.into_iter().map(|h| h.join().unwrap()).collect()
         });
@@ -224,7 +227,7 @@ mod tests {
                 .count(),
             1
         );
-        assert_eq!(slot.get(&ctx).unwrap().1, Got::Present);
+        assert_eq!(slot.get(|| ctx.clone()).unwrap().1, Got::Present);
     }
 
     #[test]
@@ -241,12 +244,18 @@ mod tests {
         let ctx = TaskContext::standalone("m");
         // No retries: the first two needs fail, the third loads.
         let (_t, slot) = table_with(loader.clone(), 0);
-        assert_eq!(slot.get(&ctx).unwrap_err().0, "flaky disk");
-        assert!(slot.get(&ctx).is_err());
-        assert!(matches!(slot.get(&ctx).unwrap().1, Got::Loaded(_)));
+        assert_eq!(slot.get(|| ctx.clone()).unwrap_err().0, "flaky disk");
+        assert!(slot.get(|| ctx.clone()).is_err());
+        assert!(matches!(
+            slot.get(|| ctx.clone()).unwrap().1,
+            Got::Loaded(_)
+        ));
         // Two retries: one need is enough.
         let (_t, slot) = table_with(loader, 2);
-        assert!(matches!(slot.get(&ctx).unwrap().1, Got::Loaded(_)));
+        assert!(matches!(
+            slot.get(|| ctx.clone()).unwrap().1,
+            Got::Loaded(_)
+        ));
         assert_eq!(calls.load(Ordering::SeqCst), 6);
     }
 
@@ -261,13 +270,17 @@ mod tests {
         let ctx = TaskContext::standalone("m");
         let panicky: Arc<LoaderFn> = Arc::new(|_, _| panic!("no model file"));
         let (_t, slot) = table_with(panicky, 0);
-        assert!(slot.get(&ctx).unwrap_err().0.contains("no model file"));
+        assert!(slot
+            .get(|| ctx.clone())
+            .unwrap_err()
+            .0
+            .contains("no model file"));
         let drops = Arc::new(AtomicU32::new(0));
         let d = drops.clone();
         let loader: Arc<LoaderFn> = Arc::new(move |_, _| Ok(Arc::new(Noisy(d.clone())) as Object));
         let t = CellTable::default();
         let slot = t.slot("n", "load", None, 0, Some(loader));
-        let (obj, _) = slot.get(&ctx).unwrap();
+        let (obj, _) = slot.get(|| ctx.clone()).unwrap();
         assert_eq!(t.loaded_keys(), vec!["n".to_owned()]);
         assert!(t.drop_key("n"));
         assert_eq!(drops.load(Ordering::SeqCst), 0, "a task still holds it");

@@ -219,7 +219,7 @@ fn resolve_cells(
     }
     let mut objects: Vec<Option<Object>> = vec![None; job.inputs.len()];
     for (pos, id, slot) in &job.cells {
-        let outcome = slot.get(&load_context(local, &slot.key));
+        let outcome = slot.get(|| load_context(local, &slot.key));
         if let Some(report) = load_report(
             *id,
             slot,
@@ -603,17 +603,16 @@ async fn session(
                             ToWorker::Cell(spec) => {
                                 let slot = me.cells.slot(&spec.key, &spec.function, spec.params.as_deref(), spec.retries, registry.loader(&spec.function));
                                 cell_ids.insert(spec.id, slot.clone());
-                                if spec.load_now {
+                                if spec.load_now && slot.is_loaded() {
+                                    // Already here (loaded for an earlier scheduler session): say so.
+                                    let _ = out_tx.send(vec![FromWorker::Loaded { id: spec.id, duration_us: 0, bytes: 0, error: None }]);
+                                } else if spec.load_now {
                                     let (me, out) = (me.clone(), thread_tx.clone());
                                     // Its own thread: eager loads overlap the tasks running now.
+                                    // Only a load it runs itself is reported (a task may beat it).
                                     std::thread::spawn(move || {
-                                        let outcome = slot.get(&load_context(&me, &slot.key)).map(|(_, g)| g);
-                                        let report = match outcome {
-                                            // Already here (e.g. from an earlier session): say so.
-                                            Ok(Got::Present) => Some(FromWorker::Loaded { id: spec.id, duration_us: 0, bytes: 0, error: None }),
-                                            other => load_report(spec.id, &slot, &other),
-                                        };
-                                        if let Some(r) = report {
+                                        let outcome = slot.get(|| load_context(&me, &slot.key)).map(|(_, g)| g);
+                                        if let Some(r) = load_report(spec.id, &slot, &outcome) {
                                             let _ = out.send(ThreadMsg::Loaded(r));
                                         }
                                     });

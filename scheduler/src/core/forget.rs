@@ -20,6 +20,10 @@ impl Core {
         let live_run =
             |core: &Core, r: u32| core.clients.contains_key(&core.runs[r as usize].client);
         let mut forgotten = 0usize;
+        // Forgotten slots, and the inputs that must stop listing them: pruned once each at the
+        // end (an input with many consumers is not scanned once per consumer).
+        let mut gone: Vec<bool> = Vec::new();
+        let mut touched: Vec<u32> = Vec::new();
         for t in 0..self.tasks.len() {
             let task = &self.tasks[t];
             if task.key.is_empty() || !matches!(task.state, State::Released | State::Failed(_)) {
@@ -37,9 +41,11 @@ impl Core {
             self.keys.remove(&self.tasks[t as usize].key);
             // Its inputs may live on (shared with a client still here): they stop listing it.
             let inputs = std::mem::take(&mut self.tasks[t as usize].inputs);
-            for &i in inputs.iter() {
-                self.tasks[i as usize].consumers.retain(|&c| c != t);
+            touched.extend_from_slice(&inputs);
+            if gone.is_empty() {
+                gone = vec![false; self.tasks.len()];
             }
+            gone[t as usize] = true;
             self.tasks[t as usize] = Task::tombstone();
             self.extra_runs.remove(&t);
             self.deaths.remove(&t);
@@ -48,6 +54,15 @@ impl Core {
         }
         if forgotten == 0 {
             return;
+        }
+        touched.sort_unstable();
+        touched.dedup();
+        for i in touched {
+            if !gone[i as usize] {
+                self.tasks[i as usize]
+                    .consumers
+                    .retain(|&c| !gone[c as usize]);
+            }
         }
         // Ready queues drop entries of tasks no longer ready (cancelled and now forgotten ones
         // among them) before any slot is reused: an old entry must never schedule a new task.

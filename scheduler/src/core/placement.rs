@@ -47,12 +47,15 @@ impl Core {
             StaticPlace::Pass(p) => p,
         };
         let mut votes: Vec<(PoolIdx, u64)> = Vec::new();
-        let mut seen: Vec<TaskIdx> = Vec::with_capacity(task.inputs.len());
+        // Each input counts once (a single input needs no bookkeeping).
+        let mut seen: Vec<TaskIdx> = Vec::new();
         for &i in task.inputs.iter() {
-            if seen.contains(&i) {
-                continue;
+            if task.inputs.len() > 1 {
+                if seen.contains(&i) {
+                    continue;
+                }
+                seen.push(i);
             }
-            seen.push(i);
             let input = &self.tasks[i as usize];
             if input.cell.is_some() {
                 // Loaded wherever needed, never moved: no vote.
