@@ -114,12 +114,14 @@ fn eager_loads_start_at_submission_in_the_cells_pool_and_lazy_ones_wait_for_a_us
         assert_eq!(report["loads"], loads.len());
         let first_load = position(&report, cell, "load");
         let up = position(&report, "up", "task");
+        let at = |i: usize| report["tasks"][i]["at_ms"].as_f64().unwrap();
         if lazy {
             // Loaded on a user's first need, after `up`.
-            assert!(first_load > up, "{report}");
+            assert!(first_load > up && at(first_load) >= at(up), "{report}");
         } else {
-            // Started with the graph: done long before `up`'s 2 s.
+            // Started with the graph, in parallel with `up`: done long before its 2 s.
             assert!(first_load < up, "{report}");
+            assert!(at(first_load) + 1000.0 < at(up), "{report}");
             assert_eq!(
                 distinct.len(),
                 2,
@@ -143,7 +145,9 @@ fn a_failing_loader_fails_its_users_on_that_worker_and_the_next_need_loads_again
     std::fs::write(
         &graph,
         serde_json::json!({"tasks": [
-            {"key": "flaky", "function": "command", "params": {"argv": ["sh", "-c", script]}, "once_cell": {}},
+            // Lazy, so that `u`'s need is the first load (an eager load that failed would be
+            // retried by `u`'s need at once).
+            {"key": "flaky", "function": "command", "params": {"argv": ["sh", "-c", script]}, "once_cell": {"lazy": true}},
             {"key": "u", "function": "len", "inputs": ["flaky"]},
             {"key": "other", "function": "bytes", "params": {"n": 1}}
         ]})
@@ -257,6 +261,73 @@ fn a_run_scoped_cell_is_dropped_on_its_workers_when_the_run_ends() {
         .seen
         .iter()
         .any(|l| l.contains("dropped once-cell") && l.contains("kept")));
+}
+
+#[test]
+fn a_client_releases_a_cell_by_name_on_every_worker() {
+    let c = Cluster::start();
+    let access = c.access();
+    let mut workers: Vec<Proc> = ["w0", "w1"]
+        .iter()
+        .map(|name| {
+            let mut w = Proc::start(
+                name,
+                &binary("worker"),
+                &["--access-file", &access, "--name", name],
+            );
+            w.wait_for("worker connected");
+            w
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data.bin");
+    std::fs::write(&data, vec![1u8; 10]).unwrap();
+    let mut g = drover::Graph::new();
+    let cell = g
+        .once_named("file", &serde_json::json!({"path": data}))
+        .key("table")
+        .add();
+    for i in 0..4 {
+        g.task("len", &()).key(format!("n{i}")).input(cell).add();
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let client = drover::Client::connect(&access).await.unwrap();
+        let mut run = client.submit(&g).await.unwrap();
+        let report = run.wait().await.unwrap();
+        assert_eq!(report.finished, 4);
+        // Eager: both workers load (a load on a worker that ran no user may be reported after
+        // the run completed, so their logs say it).
+        assert!(report.loads_of("table").count() >= 1, "{report:?}");
+        for w in &mut workers {
+            w.wait_for("once-cell load ended");
+        }
+        client.release_cells(vec!["table".into()]).unwrap();
+        for w in &mut workers {
+            let line = w.wait_for("dropped once-cell");
+            assert!(line.contains("table"), "{line}");
+        }
+        // A later need (new users) loads it again.
+        let mut g = drover::Graph::new();
+        let cell = g
+            .once_named("file", &serde_json::json!({"path": data}))
+            .key("table")
+            .add();
+        for i in 0..4 {
+            g.task("len", &())
+                .key(format!("again{i}"))
+                .input(cell)
+                .add();
+        }
+        let mut run = client.submit(&g).await.unwrap();
+        let report = run.wait().await.unwrap();
+        assert_eq!(report.finished, 4);
+        assert!(report.loads_of("table").count() >= 1, "{report:?}");
+        assert_eq!(
+            String::from_utf8(run.get_bytes("again0").await.unwrap().to_vec()).unwrap(),
+            "10"
+        );
+    });
 }
 
 /// Runs an example program to completion (it starts its own worker processes).

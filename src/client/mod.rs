@@ -211,6 +211,7 @@ impl Client {
         wants: &[String],
     ) -> Result<Run, ClientError> {
         let run = self.inner.next_run.fetch_add(1, Ordering::Relaxed);
+        let submitted = std::time::Instant::now();
         let (acc_tx, acc_rx) = oneshot::channel();
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
         let graph_json: Arc<str> = graph_json.into();
@@ -251,6 +252,8 @@ impl Client {
             events: ev_rx,
             done: HashMap::new(),
             log: Vec::new(),
+            log_ms: Vec::new(),
+            submitted,
             warnings: Vec::new(),
             wants: wants.to_vec(),
         })
@@ -319,6 +322,9 @@ pub struct Run {
     events: mpsc::UnboundedReceiver<RunEvent>,
     done: HashMap<String, usize>,
     log: Vec<TaskEvent>,
+    /// When each event of `log` arrived, in ms since the run was submitted.
+    log_ms: Vec<f64>,
+    submitted: std::time::Instant,
     warnings: Vec<String>,
     wants: Vec<String>,
 }
@@ -380,6 +386,8 @@ impl Run {
                     self.done.insert(t.key.clone(), self.log.len());
                 }
                 self.log.push(t.clone());
+                self.log_ms
+                    .push(self.submitted.elapsed().as_secs_f64() * 1000.0);
             }
             RunEvent::Warning(w) => self.warnings.push(w.clone()),
         }
@@ -401,7 +409,7 @@ impl Run {
 
     /// The report of what has happened so far.
     pub fn report(&self) -> Report {
-        Report::from_events(&self.log)
+        Report::from_timed_events(&self.log, &self.log_ms)
     }
 
     async fn wait_for(&mut self, key: &str) -> Result<TaskEvent, ClientError> {

@@ -24,6 +24,9 @@ pub struct TaskReport {
     pub moved_bytes: u64,
     /// Times it was started beyond the first (after a lost worker, a lost input or a retry).
     pub reruns: u32,
+    /// When the client heard of it, in milliseconds since the run was submitted (for a task
+    /// reported more than once, the latest).
+    pub at_ms: f64,
     /// `task` for a task run; `load` for a once-cell load (one row per load, on its worker;
     /// `moved_bytes` is what the worker received for it, a shared object's value).
     pub kind: &'static str,
@@ -54,9 +57,15 @@ impl Report {
     /// in the order of its first; its `reruns` count every start beyond the first, over all
     /// schedulers; the byte totals count every transfer that happened, the lost run's included.
     pub fn from_events(events: &[TaskEvent]) -> Report {
-        // Per key: the latest event, and the starts of earlier schedulers' sessions. A session's
+        Report::from_timed_events(events, &[])
+    }
+
+    /// [`Report::from_events`], with each event's arrival time (ms since submission; missing
+    /// times are 0).
+    pub fn from_timed_events(events: &[TaskEvent], times_ms: &[f64]) -> Report {
+        // Per key: the index of its latest event, and the starts of earlier schedulers' sessions. A session's
         // attempts only grow, so an event not above the previous one starts a new session.
-        let mut latest: std::collections::HashMap<&str, (&TaskEvent, u32)> = Default::default();
+        let mut latest: std::collections::HashMap<&str, (usize, u32)> = Default::default();
         // Rows in first-seen order: a task key, or a load (its index in `events`).
         let mut order: Vec<Result<&str, usize>> = Vec::new();
         let (mut between_workers, mut between_pools) = (0, 0);
@@ -69,17 +78,18 @@ impl Report {
             }
             match latest.entry(&e.key) {
                 std::collections::hash_map::Entry::Vacant(v) => {
-                    v.insert((e, 0));
+                    v.insert((n, 0));
                     order.push(Ok(&e.key));
                 }
                 std::collections::hash_map::Entry::Occupied(mut o) => {
                     let (prev, earlier) = *o.get();
-                    let earlier = if e.attempts <= prev.attempts {
-                        earlier + prev.attempts
+                    let prev = events[prev].attempts;
+                    let earlier = if e.attempts <= prev {
+                        earlier + prev
                     } else {
                         earlier
                     };
-                    o.insert((e, earlier));
+                    o.insert((n, earlier));
                 }
             }
         }
@@ -92,10 +102,11 @@ impl Report {
             loads: 0,
         };
         for row in order {
-            let (e, earlier) = match row {
+            let (n, earlier) = match row {
                 Ok(key) => latest[key],
-                Err(n) => (&events[n], 0),
+                Err(n) => (n, 0),
             };
+            let e = &events[n];
             let status = match (e.status, e.load) {
                 (TaskStatus::Finished, false) => {
                     r.finished += 1;
@@ -118,6 +129,7 @@ impl Report {
                 duration_ms: e.duration_us as f64 / 1000.0,
                 error: e.error.clone(),
                 moved_bytes: e.moved_bytes,
+                at_ms: times_ms.get(n).copied().unwrap_or(0.0),
                 reruns: if e.load {
                     0
                 } else {

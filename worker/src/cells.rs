@@ -47,7 +47,18 @@ pub(crate) type LoadError = (String, Option<u64>);
 impl CellSlot {
     /// The object, loading it if nobody has (see the module docs); `ctx` makes the loader's
     /// context, only when a load runs.
+    #[cfg(test)]
     pub fn get(&self, ctx: impl FnOnce() -> TaskContext) -> Result<(Object, Got), LoadError> {
+        self.get_reporting(ctx, |_, _| {})
+    }
+
+    /// [`CellSlot::get`], calling `report(duration_us, error)` when this call ran a load,
+    /// before anyone else sees its outcome: a load is reported before any task that used it.
+    pub fn get_reporting(
+        &self,
+        ctx: impl FnOnce() -> TaskContext,
+        report: impl FnOnce(u64, Option<&str>),
+    ) -> Result<(Object, Got), LoadError> {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let mut waited = false;
         loop {
@@ -76,6 +87,7 @@ impl CellSlot {
             }
         }
         let took = start.elapsed().as_micros() as u64;
+        report(took, result.as_ref().err().map(String::as_str));
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         *s = match &result {
             Ok(o) => SlotState::Ready(o.clone()),

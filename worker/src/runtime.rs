@@ -21,7 +21,7 @@ use drover_protocol::{
 use tokio::sync::{mpsc, RwLock};
 use tracing::{debug, info, warn};
 
-use crate::cells::{CellSlot, Got, LoadError};
+use crate::cells::CellSlot;
 use crate::local::WorkerLocal;
 use crate::peer::{serve, Fetcher};
 use crate::registry::{Object, RawFn, Registry, TaskContext};
@@ -174,23 +174,13 @@ enum ThreadMsg {
     Loaded(FromWorker),
 }
 
-/// The report of a load this thread ran, or of one found done for an eager request.
-fn load_report(
-    id: TaskIdx,
-    slot: &CellSlot,
-    outcome: &Result<Got, LoadError>,
-) -> Option<FromWorker> {
-    let (duration_us, error) = match outcome {
-        Ok(Got::Loaded(us)) => (*us, None),
-        Ok(Got::Present | Got::Waited) => return None,
-        Err((_, None)) => return None,
-        Err((e, Some(us))) => (*us, Some(e.clone())),
-    };
-    Some(FromWorker::Loaded {
+/// The report of a load this thread ran.
+fn load_report(id: TaskIdx, slot: &CellSlot, duration_us: u64, error: Option<&str>) -> ThreadMsg {
+    ThreadMsg::Loaded(FromWorker::Loaded {
         id,
         duration_us,
         bytes: slot.wire_bytes(),
-        error,
+        error: error.map(str::to_owned),
     })
 }
 
@@ -219,17 +209,12 @@ fn resolve_cells(
     }
     let mut objects: Vec<Option<Object>> = vec![None; job.inputs.len()];
     for (pos, id, slot) in &job.cells {
-        let outcome = slot.get(|| load_context(local, &slot.key));
-        if let Some(report) = load_report(
-            *id,
-            slot,
-            &outcome
-                .as_ref()
-                .map(|(_, g)| g.clone())
-                .map_err(Clone::clone),
-        ) {
-            let _ = out.send(ThreadMsg::Loaded(report));
-        }
+        let outcome = slot.get_reporting(
+            || load_context(local, &slot.key),
+            |us, error| {
+                let _ = out.send(load_report(*id, slot, us, error));
+            },
+        );
         match outcome {
             Ok((object, _)) => objects[*pos] = Some(object),
             Err((e, _)) => {
@@ -611,10 +596,9 @@ async fn session(
                                     // Its own thread: eager loads overlap the tasks running now.
                                     // Only a load it runs itself is reported (a task may beat it).
                                     std::thread::spawn(move || {
-                                        let outcome = slot.get(|| load_context(&me, &slot.key)).map(|(_, g)| g);
-                                        if let Some(r) = load_report(spec.id, &slot, &outcome) {
-                                            let _ = out.send(ThreadMsg::Loaded(r));
-                                        }
+                                        let _ = slot.get_reporting(|| load_context(&me, &slot.key), |us, error| {
+                                            let _ = out.send(load_report(spec.id, &slot, us, error));
+                                        });
                                     });
                                 }
                             }
