@@ -185,8 +185,13 @@ fn task_view(
         index[t.index()] = i;
         nodes.push(ViewNode {
             label: format!(
-                "{}\n{}\n{}",
+                "{}\n{}{}\n{}",
                 graph.key(t),
+                if graph.is_once_cell(t) {
+                    "once-cell: "
+                } else {
+                    ""
+                },
                 graph.function(t),
                 placement_text(graph, prop.pool(t), prop.reason(t))
             ),
