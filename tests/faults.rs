@@ -599,3 +599,49 @@ fn sigterm_retires_a_worker_without_recomputing_anything() {
     let reruns = total_reruns(&r);
     assert_eq!(reruns, 0, "nothing is recomputed: {r}");
 }
+
+#[test]
+fn a_killed_worker_leaves_no_command_process_behind() {
+    let mut c = Cluster::start();
+    c.add_worker(&binary("worker"), &[], "doomed", "");
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("pid");
+    let graph = dir.path().join("g.json");
+    let script = format!(
+        "echo $$ > '{}.tmp'; mv '{0}.tmp' '{0}'; exec sleep 1000",
+        pid_file.display()
+    );
+    std::fs::write(
+        &graph,
+        serde_json::json!({"tasks": [{"key": "long", "function": "command", "params": {"argv": ["sh", "-c", script]}}]})
+            .to_string(),
+    )
+    .unwrap();
+    let access = c.access();
+    let _run = Proc::start(
+        "drover run",
+        &binary("drover"),
+        &["run", graph.to_str().unwrap(), "--access-file", &access],
+    );
+    common::wait_for_file(&pid_file);
+    let pid = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .to_owned();
+    let alive = || std::path::Path::new(&format!("/proc/{pid}")).exists();
+    assert!(alive());
+    c.workers[0].kill();
+    let end = std::time::Instant::now() + common::DEADLINE;
+    while alive() {
+        // A zombie is gone too: it only waits for its parent to be reaped.
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if state.split_whitespace().nth(2) == Some("Z") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "command process {pid} outlived its worker"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -125,6 +125,7 @@ fn run_command(ctx: &TaskContext, p: Option<&str>, _: &[Bytes]) -> Result<Vec<u8
     if let Some(cwd) = &p.cwd {
         cmd.current_dir(cwd);
     }
+    die_with_worker(&mut cmd);
     let out = match ctx.deadline {
         None => cmd
             .output()
@@ -160,6 +161,26 @@ fn run_command(ctx: &TaskContext, p: Option<&str>, _: &[Bytes]) -> Result<Vec<u8
         "command {program:?} failed with {how}; stderr: {}",
         tail.trim_end()
     ))
+}
+
+/// Makes the command's process die with the worker (Linux): a worker that is killed, or exits
+/// while a command runs, leaves no orphan behind.
+fn die_with_worker(cmd: &mut std::process::Command) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = cmd;
 }
 
 /// Why [`output_until`] gave no output.
