@@ -17,7 +17,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use drover::{ClusterSpec, Graph, Loader, LocalCluster, PerWorker, Registry, TaskFn};
+use drover::program::Session;
+use drover::{ClusterSpec, Graph, Loader, PerWorker, Registry, TaskFn};
 
 /// Expensive to build and deliberately neither `Serialize` nor `Clone` (the seed's raises in
 /// `__getstate__`): it never leaves its process. Shared by the tasks of one process as an `Arc`.
@@ -117,14 +118,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
-    match rt.block_on(run(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(1)
-        }
-    }
+    drover::program::run_main(run(args))
 }
 
 async fn run(args: Args) -> Result<(), String> {
@@ -141,24 +135,12 @@ async fn run(args: Args) -> Result<(), String> {
         })
         .collect();
 
-    let cluster = match &args.access_file {
-        Some(_) => None,
-        None => {
-            let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-            Some(
-                LocalCluster::start_processes(&ClusterSpec::plain(args.processes, 4), &exe)
-                    .await
-                    .map_err(|e| e.to_string())?,
-            )
-        }
-    };
-    let client = match (&cluster, &args.access_file) {
-        (Some(c), _) => c.client().await,
-        (None, Some(f)) => drover::Client::connect(f).await,
-        (None, None) => unreachable!(),
-    }
-    .map_err(|e| e.to_string())?;
-    let mut run = client.submit(&g).await.map_err(|e| e.to_string())?;
+    let session = Session::connect_or_start(
+        args.access_file.as_deref().map(std::path::Path::new),
+        &ClusterSpec::plain(args.processes, 4),
+    )
+    .await?;
+    let mut run = session.client.submit(&g).await.map_err(|e| e.to_string())?;
     let report = run.wait().await.map_err(|e| e.to_string())?;
     let mut rows = 0;
     for p in &parts {
@@ -192,10 +174,7 @@ async fn run(args: Args) -> Result<(), String> {
         loads.values().map(|l| l.0).sum::<usize>()
     );
     drop(run);
-    client.close();
-    if let Some(c) = cluster {
-        c.shutdown().await;
-    }
+    session.finish().await;
     if report.failed > 0 {
         return Err(format!("{} partitions failed", report.failed));
     }

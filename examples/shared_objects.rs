@@ -13,7 +13,8 @@
 
 use std::process::ExitCode;
 
-use drover::{ClusterSpec, Graph, LocalCluster, Registry, Shared, TaskFn};
+use drover::program::Session;
+use drover::{ClusterSpec, Graph, Registry, Shared, TaskFn};
 
 /// An offset table too big to send with every task.
 type Table = Vec<f32>;
@@ -39,32 +40,14 @@ fn registry() -> Registry {
 }
 
 fn main() -> ExitCode {
-    if let Some(code) = drover::run_as_worker_if_asked(registry) {
-        return code;
-    }
-    drover_protocol::logging::init("warn");
-    let mut access_file = None;
-    let mut it = std::env::args().skip(1);
-    while let Some(a) = it.next() {
-        match (a.as_str(), it.next()) {
-            ("--access-file", Some(f)) => access_file = Some(f),
-            _ => {
-                eprintln!("usage: shared_objects [--access-file F] | shared_objects worker --access-file F");
-                return ExitCode::from(2);
-            }
-        }
-    }
-    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
-    match rt.block_on(run(access_file)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(1)
-        }
-    }
+    drover::program::main_with_access_file(
+        "shared_objects [--access-file F] | shared_objects worker --access-file F",
+        registry,
+        run,
+    )
 }
 
-async fn run(access_file: Option<String>) -> Result<(), String> {
+async fn run(access_file: Option<std::path::PathBuf>) -> Result<(), String> {
     let table: Table = (0..TABLE_LEN).map(|i| (i % 7) as f32).collect();
     let mut g = Graph::new();
     let shared = g.share(&table).key("offsets").add();
@@ -76,23 +59,9 @@ async fn run(access_file: Option<String>) -> Result<(), String> {
         })
         .collect();
 
-    let cluster = match &access_file {
-        Some(_) => None,
-        None => {
-            let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-            Some(
-                LocalCluster::start_processes(&ClusterSpec::plain(3, 2), &exe)
-                    .await
-                    .map_err(|e| e.to_string())?,
-            )
-        }
-    };
-    let client = match (&cluster, &access_file) {
-        (Some(c), _) => c.client().await,
-        (None, Some(f)) => drover::Client::connect(f).await,
-        (None, None) => unreachable!(),
-    }
-    .map_err(|e| e.to_string())?;
+    let session =
+        Session::connect_or_start(access_file.as_deref(), &ClusterSpec::plain(3, 2)).await?;
+    let client = &session.client;
     let mut run = client.submit(&g).await.map_err(|e| e.to_string())?;
     let report = run.wait().await.map_err(|e| e.to_string())?;
     for (i, h) in tasks.iter().enumerate() {
@@ -118,10 +87,7 @@ async fn run(access_file: Option<String>) -> Result<(), String> {
         per_copy * TASKS as u64
     );
     drop(run);
-    client.close();
-    if let Some(c) = cluster {
-        c.shutdown().await;
-    }
+    session.finish().await;
     if loads.len() > users.len().max(3) || per_copy == 0 {
         return Err("the shared object was not sent once per worker".into());
     }

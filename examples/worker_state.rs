@@ -14,7 +14,8 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use drover::{ClusterSpec, Graph, LocalCluster, Registry, TaskFn};
+use drover::program::Session;
+use drover::{ClusterSpec, Graph, Registry, TaskFn};
 
 /// A model that takes a lot of memory (here: a few weights).
 struct Model {
@@ -102,32 +103,14 @@ fn registry() -> Registry {
 }
 
 fn main() -> ExitCode {
-    if let Some(code) = drover::run_as_worker_if_asked(registry) {
-        return code;
-    }
-    drover_protocol::logging::init("warn");
-    let mut access_file = None;
-    let mut it = std::env::args().skip(1);
-    while let Some(a) = it.next() {
-        match (a.as_str(), it.next()) {
-            ("--access-file", Some(f)) => access_file = Some(f),
-            _ => {
-                eprintln!("usage: worker_state [--access-file F] | worker_state worker --access-file F [--resources R]");
-                return ExitCode::from(2);
-            }
-        }
-    }
-    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
-    match rt.block_on(run(access_file)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(1)
-        }
-    }
+    drover::program::main_with_access_file(
+        "worker_state [--access-file F] | worker_state worker --access-file F [--resources R]",
+        registry,
+        run,
+    )
 }
 
-async fn run(access_file: Option<String>) -> Result<(), String> {
+async fn run(access_file: Option<std::path::PathBuf>) -> Result<(), String> {
     let mut g = Graph::new();
     let inputs: Vec<Vec<f64>> = (0..60).map(|i| vec![i as f64, 1.0, 0.5]).collect();
     let predictions: Vec<_> = inputs
@@ -149,24 +132,12 @@ async fn run(access_file: Option<String>) -> Result<(), String> {
         })
         .collect();
 
-    let cluster = match &access_file {
-        Some(_) => None,
-        None => {
-            let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-            let spec = ClusterSpec::parse("A=2,1", 2).expect("valid spec");
-            Some(
-                LocalCluster::start_processes(&spec, &exe)
-                    .await
-                    .map_err(|e| e.to_string())?,
-            )
-        }
-    };
-    let client = match (&cluster, &access_file) {
-        (Some(c), _) => c.client().await,
-        (None, Some(f)) => drover::Client::connect(f).await,
-        (None, None) => unreachable!(),
-    }
-    .map_err(|e| e.to_string())?;
+    let session = Session::connect_or_start(
+        access_file.as_deref(),
+        &ClusterSpec::parse("A=2,1", 2).expect("valid spec"),
+    )
+    .await?;
+    let client = &session.client;
     let mut run = client.submit(&g).await.map_err(|e| e.to_string())?;
     run.wait().await.map_err(|e| e.to_string())?;
     let model = Model {
@@ -189,10 +160,7 @@ async fn run(access_file: Option<String>) -> Result<(), String> {
     let expected: f64 = (0..100).map(|i| (i * i) as f64).sum();
     println!("60 predictions ok; sum of squares {total} (expected {expected})");
     drop(run);
-    client.close();
-    if let Some(c) = cluster {
-        c.shutdown().await;
-    }
+    session.finish().await;
     if total != expected {
         return Err("wrong sum of squares".into());
     }

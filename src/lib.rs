@@ -23,6 +23,7 @@
 
 pub mod client;
 pub mod local;
+pub mod program;
 pub mod worker_mode;
 
 pub use client::{
