@@ -23,6 +23,10 @@ pub use messages::*;
 /// The protocol version; a peer speaking another one is refused.
 pub const PROTOCOL_VERSION: u32 = 2;
 
+/// The reason a scheduler closes every connection with when it shuts down on purpose: workers
+/// exit 0 and clients end their runs, rather than retrying as after a loss.
+pub const SHUTDOWN_REASON: &str = "scheduler shutting down";
+
 /// The TLS server name every Drover certificate carries.
 pub const SERVER_NAME: &str = "drover";
 

@@ -191,10 +191,12 @@ impl Scheduler {
         &self.access_path
     }
 
-    /// Closes every connection (peers see "scheduler shutting down") and stops.
+    /// Closes every connection (peers see [`drover_protocol::SHUTDOWN_REASON`]) and stops.
     pub async fn shutdown(self) {
-        self.endpoint
-            .close(quinn::VarInt::from_u32(0), b"scheduler shutting down");
+        self.endpoint.close(
+            quinn::VarInt::from_u32(0),
+            drover_protocol::SHUTDOWN_REASON.as_bytes(),
+        );
         for t in &self.tasks {
             t.abort();
         }

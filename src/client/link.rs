@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use drover_protocol::codec::{batch_writer, read_frame, MAX_CONTROL_FRAME};
 use drover_protocol::endpoint::{connect, say_hello, EndpointError, Session};
-use drover_protocol::{FromClient, Hello, PeerInfo, ToClient};
+use drover_protocol::{FromClient, Hello, PeerInfo, ToClient, SHUTDOWN_REASON};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
@@ -24,8 +24,6 @@ use super::RunEvent;
 /// Keys with their result id and holder.
 pub(super) type Located = Vec<(String, Option<(u32, PeerInfo)>)>;
 
-/// What the scheduler's close reason says when it shuts down on purpose.
-const SHUTDOWN_REASON: &str = "scheduler shutting down";
 /// The first wait between reconnection attempts.
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 /// The longest wait between reconnection attempts.

@@ -803,7 +803,7 @@ async fn session(
     match outcome.as_deref() {
         Some(RETIRED) => Ok(Stopped::Retired),
         Some(RECYCLED) => Ok(Stopped::Recycled),
-        Some(reason) if !reason.contains("scheduler shutting down") => {
+        Some(reason) if !reason.contains(drover_protocol::SHUTDOWN_REASON) => {
             Err(WorkerError::Lost(reason.to_owned()))
         }
         _ => {
