@@ -19,16 +19,22 @@ use super::placement::Restriction;
 use super::{ClientId, Command, Core, StaticPlace};
 
 impl Core {
-    fn cell_spec(&self, t: TaskIdx, load_now: bool) -> CellSpec {
+    /// Tells worker `w` of cell `t` (to load now, or on a task's first need) and records that
+    /// it knows it.
+    fn send_cell(&mut self, w: WorkerId, t: TaskIdx, load_now: bool) {
         let task = &self.tasks[t as usize];
-        CellSpec {
+        let spec = CellSpec {
             id: t,
             key: task.key.to_string(),
             function: task.function.to_string(),
             params: task.params.as_deref().map(str::to_owned),
             retries: task.retries_left,
             load_now,
+        };
+        if let Some(worker) = self.workers.get_mut(&w) {
+            worker.cells.insert(t);
         }
+        self.out.push(Command::Worker(w, ToWorker::Cell(spec)));
     }
 
     /// Tells `w` of the once-cells task `t` uses that it does not know yet.
@@ -47,11 +53,7 @@ impl Core {
             .filter(|&i| self.tasks[i as usize].cell.is_some() && !worker.cells.contains(&i))
             .collect();
         for c in new {
-            let spec = self.cell_spec(c, false);
-            if let Some(worker) = self.workers.get_mut(&w) {
-                worker.cells.insert(c);
-            }
-            self.out.push(Command::Worker(w, ToWorker::Cell(spec)));
+            self.send_cell(w, c, false);
         }
     }
 
@@ -81,11 +83,7 @@ impl Core {
             .map(|c| c.1)
             .collect();
         for w in chosen {
-            let spec = self.cell_spec(t, true);
-            if let Some(worker) = self.workers.get_mut(&w) {
-                worker.cells.insert(t);
-            }
-            self.out.push(Command::Worker(w, ToWorker::Cell(spec)));
+            self.send_cell(w, t, true);
         }
     }
 
@@ -122,13 +120,10 @@ impl Core {
         tracing::debug!(cell = %self.tasks[t as usize].key, worker = w, duration_us, ok = error.is_none(), "once-cell loaded");
         let task = &self.tasks[t as usize];
         let worker = self.workers.get(&w);
-        let mut runs = vec![task.run];
-        if let Some(extra) = self.extra_runs.get(&t) {
-            runs.extend_from_slice(extra);
-        }
+        let runs: Vec<u32> = self.runs_of(t).collect();
         for r in runs {
             let run = &self.runs[r as usize];
-            if run.ended || !self.clients.contains_key(&run.client) {
+            if run.ended || !self.run_connected(r) {
                 continue;
             }
             let event = TaskEvent {
@@ -191,15 +186,9 @@ impl Core {
             {
                 continue;
             }
-            let live = |r: u32| {
-                let run = &self.runs[r as usize];
-                !run.ended && self.clients.contains_key(&run.client)
-            };
-            let in_use = live(task.run)
-                || self
-                    .extra_runs
-                    .get(&t)
-                    .is_some_and(|rs| rs.iter().any(|&r| live(r)));
+            let in_use = self
+                .runs_of(t)
+                .any(|r| !self.runs[r as usize].ended && self.run_connected(r));
             if !in_use {
                 self.drop_cell(t);
             }

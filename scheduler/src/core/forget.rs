@@ -17,8 +17,6 @@ use super::{Core, State, Task};
 impl Core {
     /// Drops every task that no connected client's run refers to and that holds no result.
     pub(crate) fn forget_departed(&mut self) {
-        let live_run =
-            |core: &Core, r: u32| core.clients.contains_key(&core.runs[r as usize].client);
         let mut forgotten = 0usize;
         // Forgotten slots, and the inputs that must stop listing them: pruned once each at the
         // end (an input with many consumers is not scanned once per consumer).
@@ -30,12 +28,7 @@ impl Core {
                 continue;
             }
             let t = t as u32;
-            if live_run(self, task.run)
-                || self
-                    .extra_runs
-                    .get(&t)
-                    .is_some_and(|rs| rs.iter().any(|&r| live_run(self, r)))
-            {
+            if self.runs_of(t).any(|r| self.run_connected(r)) {
                 continue;
             }
             self.keys.remove(&self.tasks[t as usize].key);

@@ -337,6 +337,17 @@ impl Core {
         s
     }
 
+    /// The runs that include task `t`: the one that created it, then any others.
+    pub(crate) fn runs_of(&self, t: TaskIdx) -> impl Iterator<Item = u32> + '_ {
+        std::iter::once(self.tasks[t as usize].run)
+            .chain(self.extra_runs.get(&t).into_iter().flatten().copied())
+    }
+
+    /// Whether run `r`'s client is still connected.
+    pub(crate) fn run_connected(&self, r: u32) -> bool {
+        self.clients.contains_key(&self.runs[r as usize].client)
+    }
+
     pub(crate) fn intern_pool(&mut self, name: &str) -> PoolIdx {
         if let Some(&p) = self.pool_index.get(name) {
             return p;
@@ -533,17 +544,11 @@ impl Core {
         self.pending_locates.retain(|(c, _, _)| *c != id);
         self.drop_scoped_cells_of_client(id);
         // A run is gone when its client is no longer connected (this one or an earlier one).
-        let gone = |core: &Core, r: u32| !core.clients.contains_key(&core.runs[r as usize].client);
         let mut cancelled = 0usize;
         for t in 0..self.tasks.len() as TaskIdx {
             let task = &self.tasks[t as usize];
-            if !matches!(task.state, State::Waiting | State::Ready) || !gone(self, task.run) {
-                continue;
-            }
-            if self
-                .extra_runs
-                .get(&t)
-                .is_some_and(|runs| runs.iter().any(|&r| !gone(self, r)))
+            if !matches!(task.state, State::Waiting | State::Ready)
+                || self.runs_of(t).any(|r| self.run_connected(r))
             {
                 continue;
             }
@@ -840,15 +845,12 @@ impl Core {
             .and_then(|w| self.workers.get(&w))
             .map(|w| w.name.to_string());
         let pool = task.placed_pool.map(|p| self.pools[p as usize].to_string());
-        let mut runs = vec![task.run];
-        if let Some(extra) = self.extra_runs.get(&t) {
-            runs.extend_from_slice(extra);
-        }
+        let runs: Vec<u32> = self.runs_of(t).collect();
         for r in runs {
-            let run = &self.runs[r as usize];
-            if !self.clients.contains_key(&run.client) {
+            if !self.run_connected(r) {
                 continue;
             }
+            let run = &self.runs[r as usize];
             let event = TaskEvent {
                 run: run.client_run,
                 key: task.key.to_string(),

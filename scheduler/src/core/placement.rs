@@ -196,12 +196,8 @@ impl Core {
             .map(|q| q.iter().map(|e| e.task).collect())
             .unwrap_or_default();
         let mut clients: HashSet<ClientId> = HashSet::new();
-        for t in &waiting {
-            let task = &self.tasks[*t as usize];
-            clients.insert(self.runs[task.run as usize].client);
-            if let Some(extra) = self.extra_runs.get(t) {
-                clients.extend(extra.iter().map(|r| self.runs[*r as usize].client));
-            }
+        for &t in &waiting {
+            clients.extend(self.runs_of(t).map(|r| self.runs[r as usize].client));
         }
         let mut clients: Vec<_> = clients.into_iter().collect();
         clients.sort_unstable();
