@@ -184,6 +184,30 @@ fn load_report(id: TaskIdx, slot: &CellSlot, duration_us: u64, error: Option<&st
     })
 }
 
+/// Whether input `i` is one of a job's once-cells.
+fn is_cell(cells: &[(usize, TaskIdx, Arc<CellSlot>)], i: TaskIdx) -> bool {
+    cells.iter().any(|(_, c, _)| *c == i)
+}
+
+/// A job's input bytes in order (empty for once-cells, whose objects come later), or `None` if
+/// some result is not in the store.
+fn job_inputs(
+    task: &ComputeTask,
+    cells: &[(usize, TaskIdx, Arc<CellSlot>)],
+    store: &Store,
+) -> Option<Vec<Bytes>> {
+    task.inputs
+        .iter()
+        .map(|&(i, _)| {
+            if is_cell(cells, i) {
+                Some(Bytes::new())
+            } else {
+                store.get(i)
+            }
+        })
+        .collect()
+}
+
 /// A context for running a loader.
 fn load_context(local: &Arc<WorkerLocal>, key: &str) -> TaskContext {
     TaskContext {
@@ -714,25 +738,14 @@ async fn session(
                     .filter_map(|(pos, (i, _))| cell_ids.get(i).map(|s| (pos, *i, s.clone())))
                     .collect()
             };
-            let is_cell = |i: &TaskIdx| cells.iter().any(|(_, c, _)| c == i);
             let missing: Vec<(TaskIdx, WorkerId)> = task
                 .inputs
                 .iter()
                 .copied()
-                .filter(|(i, _)| !is_cell(i) && !store.contains(*i))
+                .filter(|(i, _)| !is_cell(&cells, *i) && !store.contains(*i))
                 .collect();
             if missing.is_empty() {
-                let inputs = task
-                    .inputs
-                    .iter()
-                    .map(|(i, _)| {
-                        if is_cell(i) {
-                            Bytes::new()
-                        } else {
-                            store.get(*i).expect("checked above")
-                        }
-                    })
-                    .collect();
+                let inputs = job_inputs(&task, &cells, &store).expect("checked above");
                 run_seq += 1;
                 let _ = jobs.send(Job {
                     seq: run_seq,
@@ -755,37 +768,24 @@ async fn session(
             tokio::spawn(async move {
                 let r = fetch_inputs(&store, &fetcher, &peers, &missing).await;
                 let _ = ready_tx.send(match r {
-                    Ok(fetched) => {
-                        let inputs: Option<Vec<Bytes>> = task
-                            .inputs
-                            .iter()
-                            .map(|(i, _)| {
-                                if cells.iter().any(|(_, c, _)| c == i) {
-                                    Some(Bytes::new())
-                                } else {
-                                    store.get(*i)
-                                }
-                            })
-                            .collect();
-                        match inputs {
-                            Some(inputs) => Ok(Job {
-                                seq,
-                                task,
-                                func,
-                                inputs,
-                                fetched,
-                                cells,
-                            }),
-                            None => {
-                                let msg = FromWorker::Failed {
-                                    id: task.id,
-                                    error: "an input was freed while fetching".to_owned(),
-                                    duration_us: 0,
-                                };
-                                Err((task, msg))
-                            }
+                    Ok(fetched) => match job_inputs(&task, &cells, &store) {
+                        Some(inputs) => Ok(Job {
+                            seq,
+                            task,
+                            func,
+                            inputs,
+                            fetched,
+                            cells,
+                        }),
+                        None => {
+                            let msg = FromWorker::Failed {
+                                id: task.id,
+                                error: "an input was freed while fetching".to_owned(),
+                                duration_us: 0,
+                            };
+                            Err((task, msg))
                         }
-                    }
+                    },
                     Err((holder, error)) => {
                         warn!(key = %task.key, holder, %error, "cannot fetch inputs");
                         let msg = FromWorker::InputsLost {
