@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{binary, Cluster, Proc};
+use common::{binary, drover_run, start_drover_run, Cluster, Proc};
 
 fn write_graph(dir: &tempfile::TempDir, name: &str, json: &str) -> String {
     let p = dir.path().join(name);
@@ -73,14 +73,10 @@ fn a_chain_across_workers_moves_data_peer_to_peer() {
     let report_path = c.dir.path().join("report.json");
     let outputs = c.dir.path().join("out");
     let access = c.access();
-    let run = Proc::start(
-        "drover run",
-        &binary("drover"),
+    let run = start_drover_run(
+        &graph,
+        &access,
         &[
-            "run",
-            &graph,
-            "--access-file",
-            &access,
             "--report",
             report_path.to_str().unwrap(),
             "--outputs",
@@ -126,11 +122,7 @@ fn a_pool_without_workers_warns_then_completes_when_one_joins() {
         ]}"#,
     );
     let access = c.access();
-    let mut run = Proc::start(
-        "drover run",
-        &binary("drover"),
-        &["run", &graph, "--access-file", &access],
-    );
+    let mut run = start_drover_run(&graph, &access, &[]);
     let warning = run.wait_for("has no workers");
     assert!(warning.contains("pool \"Z\""), "{warning}");
     c.add_worker(&worker, &[], "zed", "pool-Z=1");
@@ -159,19 +151,7 @@ fn a_failing_command_fails_its_dependents_and_spares_the_rest() {
     );
     let report_path = c.dir.path().join("report.json");
     let access = c.access();
-    let run = Proc::start(
-        "drover run",
-        &binary("drover"),
-        &[
-            "run",
-            &graph,
-            "--access-file",
-            &access,
-            "--report",
-            report_path.to_str().unwrap(),
-        ],
-    );
-    let (code, lines) = run.finish();
+    let (code, lines) = drover_run(&graph, &access, report_path.to_str());
     assert_eq!(code, Some(1), "{}", lines.join("\n"));
     assert!(
         lines.iter().any(|l| l == "stdout: fine: hello"),

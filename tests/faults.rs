@@ -5,7 +5,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{binary, drover_run, free_port, read_report, total_reruns, Cluster, Proc};
+use common::{
+    binary, drover_run, free_port, read_report, start_drover_run, total_reruns, Cluster, Proc,
+};
 use drover_protocol::codec::encode;
 use drover_protocol::endpoint::{client_endpoint, connect, say_hello};
 use drover_protocol::tls::Identity;
@@ -295,17 +297,10 @@ fn a_worker_killed_mid_graph_loses_nothing() {
     let g = dir.path().join("g.json");
     std::fs::write(&g, fan_in_graph()).unwrap();
     let report = dir.path().join("r.json");
-    let run = Proc::start(
-        "drover run",
-        &binary("drover"),
-        &[
-            "run",
-            g.to_str().unwrap(),
-            "--access-file",
-            &access,
-            "--report",
-            report.to_str().unwrap(),
-        ],
+    let run = start_drover_run(
+        g.to_str().unwrap(),
+        &access,
+        &["--report", report.to_str().unwrap()],
     );
     // Kill the victim as soon as the scheduler has one of its results (still needed by "all").
     let joined = c.scheduler.wait_for("name=victim");
@@ -557,17 +552,10 @@ fn sigterm_retires_a_worker_without_recomputing_anything() {
     let g = dir.path().join("g.json");
     std::fs::write(&g, fan_in_graph()).unwrap();
     let report = dir.path().join("r.json");
-    let run = Proc::start(
-        "drover run",
-        &binary("drover"),
-        &[
-            "run",
-            g.to_str().unwrap(),
-            "--access-file",
-            &access,
-            "--report",
-            report.to_str().unwrap(),
-        ],
+    let run = start_drover_run(
+        g.to_str().unwrap(),
+        &access,
+        &["--report", report.to_str().unwrap()],
     );
     leaver.wait_for("task done");
     let pid = leaver.child.id().to_string();
@@ -618,11 +606,7 @@ fn a_killed_worker_leaves_no_command_process_behind() {
     )
     .unwrap();
     let access = c.access();
-    let _run = Proc::start(
-        "drover run",
-        &binary("drover"),
-        &["run", graph.to_str().unwrap(), "--access-file", &access],
-    );
+    let _run = start_drover_run(graph.to_str().unwrap(), &access, &[]);
     common::wait_for_file(&pid_file);
     let pid = std::fs::read_to_string(&pid_file)
         .unwrap()

@@ -7,7 +7,7 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use common::{binary, read_report, Cluster, Proc};
+use common::{binary, drover_run, read_report, Cluster, Proc};
 
 /// The rows of a report's `tasks` of one kind.
 fn rows<'a>(
@@ -19,15 +19,6 @@ fn rows<'a>(
         .expect("tasks")
         .iter()
         .filter(move |t| t["kind"] == kind)
-}
-
-fn drover_run(graph: &str, access: &str, report: &str) -> (Option<i32>, Vec<String>) {
-    Proc::start(
-        "drover run",
-        &binary("drover"),
-        &["run", graph, "--access-file", access, "--report", report],
-    )
-    .finish()
 }
 
 /// Workers a0, a1 in pool A and b0 in pool B, two threads each.
@@ -74,7 +65,7 @@ fn eager_loads_start_at_submission_in_the_cells_pool_and_lazy_ones_wait_for_a_us
     for (cell, lazy) in [("eager", false), ("lazy", true)] {
         let graph = cell_graph(dir.path(), cell, lazy);
         let report_path = dir.path().join(format!("{cell}-report.json"));
-        let (code, lines) = drover_run(&graph, &c.access(), report_path.to_str().unwrap());
+        let (code, lines) = drover_run(&graph, &c.access(), report_path.to_str());
         let all = lines.join("\n");
         assert_eq!(code, Some(0), "{all}");
         assert!(
@@ -156,11 +147,7 @@ fn a_failing_loader_fails_its_users_on_that_worker_and_the_next_need_loads_again
     .unwrap();
     let report_path = dir.path().join("report.json");
     let run = |report: &std::path::Path| {
-        drover_run(
-            graph.to_str().unwrap(),
-            &c.access(),
-            report.to_str().unwrap(),
-        )
+        drover_run(graph.to_str().unwrap(), &c.access(), report.to_str())
     };
     let (code, lines) = run(&report_path);
     let all = lines.join("\n");
@@ -248,7 +235,7 @@ fn a_run_scoped_cell_is_dropped_on_its_workers_when_the_run_ends() {
     )
     .unwrap();
     let report = dir.path().join("r.json");
-    let (code, lines) = drover_run(graph.to_str().unwrap(), &access, report.to_str().unwrap());
+    let (code, lines) = drover_run(graph.to_str().unwrap(), &access, report.to_str());
     assert_eq!(code, Some(0), "{}", lines.join("\n"));
     assert!(
         lines.iter().any(|l| l == "stdout: n: 2000"),
@@ -282,14 +269,22 @@ fn a_client_releases_a_cell_by_name_on_every_worker() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data.bin");
     std::fs::write(&data, vec![1u8; 10]).unwrap();
-    let mut g = drover::Graph::new();
-    let cell = g
-        .once_named("file", &serde_json::json!({"path": data}))
-        .key("table")
-        .add();
-    for i in 0..4 {
-        g.task("len", &()).key(format!("n{i}")).input(cell).add();
-    }
+    // The once-cell "table" and four users named PREFIX0..3.
+    let graph = |prefix: &str| {
+        let mut g = drover::Graph::new();
+        let cell = g
+            .once_named("file", &serde_json::json!({"path": data}))
+            .key("table")
+            .add();
+        for i in 0..4 {
+            g.task("len", &())
+                .key(format!("{prefix}{i}"))
+                .input(cell)
+                .add();
+        }
+        g
+    };
+    let g = graph("n");
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let client = drover::Client::connect(&access).await.unwrap();
@@ -308,17 +303,7 @@ fn a_client_releases_a_cell_by_name_on_every_worker() {
             assert!(line.contains("table"), "{line}");
         }
         // A later need (new users) loads it again.
-        let mut g = drover::Graph::new();
-        let cell = g
-            .once_named("file", &serde_json::json!({"path": data}))
-            .key("table")
-            .add();
-        for i in 0..4 {
-            g.task("len", &())
-                .key(format!("again{i}"))
-                .input(cell)
-                .add();
-        }
+        let g = graph("again");
         let mut run = client.submit(&g).await.unwrap();
         let report = run.wait().await.unwrap();
         assert_eq!(report.finished, 4);

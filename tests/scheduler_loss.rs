@@ -6,7 +6,9 @@ mod common;
 
 use std::path::Path;
 
-use common::{binary, free_port, read_report, signal, total_reruns, wait_for_file, Proc};
+use common::{
+    binary, free_port, read_report, signal, start_drover_run, total_reruns, wait_for_file, Proc,
+};
 
 /// A graph whose `gate` task touches `STARTED` in `dir`, then waits for `GO` there.
 fn gated_graph(dir: &Path) -> String {
@@ -80,10 +82,7 @@ impl Fixed {
     }
 
     fn drover_run(&self, graph: &str, extra: &[&str]) -> Proc {
-        let access = self.access();
-        let mut args = vec!["run", graph, "--access-file", &access];
-        args.extend_from_slice(extra);
-        Proc::start("drover run", &binary("drover"), &args)
+        start_drover_run(graph, &self.access(), extra)
     }
 }
 

@@ -154,11 +154,18 @@ impl Drop for Proc {
 /// Runs `drover run GRAPH --access-file ACCESS [--report REPORT]` to completion; returns its
 /// exit code and output lines (stdout lines prefixed `stdout: `).
 pub fn drover_run(graph: &str, access: &str, report: Option<&str>) -> (Option<i32>, Vec<String>) {
+    let extra = match report {
+        Some(r) => vec!["--report", r],
+        None => vec![],
+    };
+    start_drover_run(graph, access, &extra).finish()
+}
+
+/// Starts `drover run GRAPH --access-file ACCESS EXTRA...` and returns it running.
+pub fn start_drover_run(graph: &str, access: &str, extra: &[&str]) -> Proc {
     let mut args = vec!["run", graph, "--access-file", access];
-    if let Some(r) = report {
-        args.extend(["--report", r]);
-    }
-    Proc::start("drover run", &binary("drover"), &args).finish()
+    args.extend_from_slice(extra);
+    Proc::start("drover run", &binary("drover"), &args)
 }
 
 /// Sends `signal` (`TERM`, `KILL`, ...) to process `pid`.
