@@ -10,17 +10,6 @@ use drover_worker::{run_worker_notify, Registry, WorkerConfig};
 
 use crate::client::{Client, ClientError};
 
-/// A worker's resources: `pool-P=1` for a pool, none otherwise.
-fn pool_resources(pool: Option<&str>) -> Resources {
-    let mut resources = Resources::new();
-    if let Some(p) = pool {
-        resources
-            .insert(&format!("pool-{p}"), 1.0)
-            .expect("validated pool name");
-    }
-    resources
-}
-
 /// Which workers a local cluster has: `3` is three plain workers; `A=2,B=1` two workers in
 /// pool A and one in pool B; entries combine (`A=2,1`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +27,25 @@ impl ClusterSpec {
             groups: vec![(None, n)],
             nthreads,
         }
+    }
+
+    /// Each worker's name (`local-POOL-I`, or `local-plain-I`) and resources (`pool-POOL=1`, or
+    /// none), in order.
+    pub fn workers(&self) -> impl Iterator<Item = (String, Resources)> + '_ {
+        self.groups
+            .iter()
+            .flat_map(|(pool, count)| std::iter::repeat_n(pool, *count))
+            .enumerate()
+            .map(|(index, pool)| {
+                let mut resources = Resources::new();
+                if let Some(p) = pool {
+                    resources
+                        .insert(&format!("pool-{p}"), 1.0)
+                        .expect("validated pool name");
+                }
+                let name = format!("local-{}-{index}", pool.as_deref().unwrap_or("plain"));
+                (name, resources)
+            })
     }
 
     /// Parses `N` or `POOL=N[,POOL=N...]` (see the type docs).
@@ -108,34 +116,29 @@ impl LocalCluster {
         let mut cluster = LocalCluster::scheduler_only().await?;
         let idle = Duration::from_secs(10);
         let access = cluster.access.clone();
-        let mut index = 0;
-        for (pool, count) in &spec.groups {
-            for _ in 0..*count {
-                let name = format!("local-{}-{index}", pool.as_deref().unwrap_or("plain"));
-                index += 1;
-                let config = WorkerConfig {
-                    access: access.clone(),
-                    resources: pool_resources(pool.as_deref()),
-                    nthreads: spec.nthreads.max(1),
-                    name: name.clone(),
-                    idle_timeout: idle,
-                    retire: None,
-                    lifespan_tasks: None,
-                    memory_limit: None,
-                };
-                let (tx, rx) = tokio::sync::oneshot::channel();
-                let registry = registry.clone();
-                let task_name = name.clone();
-                cluster.workers.push(tokio::spawn(async move {
-                    if let Err(e) = run_worker_notify(config, registry, Some(tx)).await {
-                        tracing::debug!(worker = %task_name, error = %e, "local worker stopped");
-                    }
-                }));
-                rx.await.map_err(|_| LocalError::Worker {
-                    name,
-                    error: "stopped before joining".into(),
-                })?;
-            }
+        for (name, resources) in spec.workers() {
+            let config = WorkerConfig {
+                access: access.clone(),
+                resources,
+                nthreads: spec.nthreads.max(1),
+                name: name.clone(),
+                idle_timeout: idle,
+                retire: None,
+                lifespan_tasks: None,
+                memory_limit: None,
+            };
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let registry = registry.clone();
+            let task_name = name.clone();
+            cluster.workers.push(tokio::spawn(async move {
+                if let Err(e) = run_worker_notify(config, registry, Some(tx)).await {
+                    tracing::debug!(worker = %task_name, error = %e, "local worker stopped");
+                }
+            }));
+            rx.await.map_err(|_| LocalError::Worker {
+                name,
+                error: "stopped before joining".into(),
+            })?;
         }
         Ok(cluster)
     }
@@ -152,58 +155,45 @@ impl LocalCluster {
         use tokio::io::AsyncBufReadExt;
         let mut cluster = LocalCluster::scheduler_only().await?;
         let access_path = cluster.dir.path().join("access.json");
-        let mut index = 0;
-        for (pool, count) in &spec.groups {
-            for _ in 0..*count {
-                let name = format!("local-{}-{index}", pool.as_deref().unwrap_or("plain"));
-                index += 1;
-                let fail = |error: String| LocalError::Worker {
-                    name: name.clone(),
-                    error,
-                };
-                let mut child = tokio::process::Command::new(program)
-                    .arg("worker")
-                    .arg("--access-file")
-                    .arg(&access_path)
-                    .args([
-                        "--name",
-                        &name,
-                        "--nthreads",
-                        &spec.nthreads.max(1).to_string(),
-                    ])
-                    .args([
-                        "--resources",
-                        &pool
-                            .as_ref()
-                            .map(|p| format!("pool-{p}=1"))
-                            .unwrap_or_default(),
-                    ])
-                    .stdout(std::process::Stdio::piped())
-                    .kill_on_drop(true)
-                    .spawn()
-                    .map_err(|e| fail(format!("cannot start {}: {e}", program.display())))?;
-                let stdout = child.stdout.take().expect("piped");
-                let mut lines = tokio::io::BufReader::new(stdout).lines();
-                loop {
-                    match lines.next_line().await {
-                        Ok(Some(line)) if line.starts_with(crate::worker_mode::JOINED_LINE) => {
-                            break
-                        }
-                        Ok(Some(line)) => println!("{line}"),
-                        Ok(None) | Err(_) => {
-                            let status = child.wait().await.ok();
-                            return Err(fail(format!("exited before joining ({status:?})")));
-                        }
+        for (name, resources) in spec.workers() {
+            let fail = |error: String| LocalError::Worker {
+                name: name.clone(),
+                error,
+            };
+            let mut child = tokio::process::Command::new(program)
+                .arg("worker")
+                .arg("--access-file")
+                .arg(&access_path)
+                .args([
+                    "--name",
+                    &name,
+                    "--nthreads",
+                    &spec.nthreads.max(1).to_string(),
+                ])
+                .args(["--resources", &resources.to_string()])
+                .stdout(std::process::Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .map_err(|e| fail(format!("cannot start {}: {e}", program.display())))?;
+            let stdout = child.stdout.take().expect("piped");
+            let mut lines = tokio::io::BufReader::new(stdout).lines();
+            loop {
+                match lines.next_line().await {
+                    Ok(Some(line)) if line.starts_with(crate::worker_mode::JOINED_LINE) => break,
+                    Ok(Some(line)) => println!("{line}"),
+                    Ok(None) | Err(_) => {
+                        let status = child.wait().await.ok();
+                        return Err(fail(format!("exited before joining ({status:?})")));
                     }
                 }
-                // Pass the rest of its output through.
-                tokio::spawn(async move {
-                    while let Ok(Some(line)) = lines.next_line().await {
-                        println!("{line}");
-                    }
-                });
-                cluster.children.push(child);
             }
+            // Pass the rest of its output through.
+            tokio::spawn(async move {
+                while let Ok(Some(line)) = lines.next_line().await {
+                    println!("{line}");
+                }
+            });
+            cluster.children.push(child);
         }
         Ok(cluster)
     }
@@ -293,5 +283,19 @@ mod tests {
             .unwrap_err()
             .contains("no workers"));
         assert!(ClusterSpec::parse("a b=1", 1).is_err());
+        let names: Vec<(String, String)> = ClusterSpec::parse("A=2,1", 1)
+            .unwrap()
+            .workers()
+            .map(|(n, r)| (n, r.to_string()))
+            .collect();
+        let want = [
+            ("local-A-0", "pool-A=1"),
+            ("local-A-1", "pool-A=1"),
+            ("local-plain-2", ""),
+        ];
+        assert_eq!(
+            names,
+            want.map(|(n, r)| (n.to_owned(), r.to_owned())).to_vec()
+        );
     }
 }
