@@ -113,18 +113,23 @@ mod tests {
 
     #[test]
     fn round_trip_and_length_prefix() {
-        let msg = vec![FromWorker::Finished {
-            id: 7,
-            size: 800,
-            duration_us: 12,
-            fetched: vec![(3, 1, 80)],
-        }];
+        let msg = vec![
+            FromWorker::Fetched {
+                task: 7,
+                inputs: vec![(3, 1, 80)],
+            },
+            FromWorker::Finished {
+                id: 7,
+                size: 800,
+                duration_us: 12,
+            },
+        ];
         let frame = encode(&msg).unwrap();
         let len = u32::from_le_bytes(frame[..4].try_into().unwrap()) as usize;
         assert_eq!(len, frame.len() - 4);
         let back: Vec<FromWorker> = decode(&frame[4..]).unwrap();
         assert!(matches!(
-            back[0],
+            back[1],
             FromWorker::Finished {
                 id: 7,
                 size: 800,

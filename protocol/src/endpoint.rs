@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::codec::{read_frame, write_frame, CodecError};
-use crate::messages::{Hello, Welcome};
+use crate::messages::{Hello, Lifeline, Welcome};
 use crate::tls::{client_config, server_config, Identity, TlsError};
 
 /// The largest hello frame (a worker lists its functions and certificate).
@@ -117,6 +117,8 @@ pub struct Session {
     pub recv: quinn::RecvStream,
     /// The id the scheduler gave us.
     pub id: u32,
+    /// The lifeline the scheduler offers (see [`crate::lifeline`]).
+    pub lifeline: Option<Lifeline>,
 }
 
 /// Opens the control stream, says hello, and waits for the welcome.
@@ -129,7 +131,12 @@ pub async fn say_hello(conn: &quinn::Connection, hello: &Hello) -> Result<Sessio
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| fail(&e))?;
     write_frame(&mut send, hello).await.map_err(|e| fail(&e))?;
     match read_frame::<Welcome>(&mut recv, MAX_HELLO_FRAME).await {
-        Ok(Some(Welcome::Accepted { id })) => Ok(Session { send, recv, id }),
+        Ok(Some(Welcome::Accepted { id, lifeline })) => Ok(Session {
+            send,
+            recv,
+            id,
+            lifeline,
+        }),
         Ok(Some(Welcome::Refused { reason })) => Err(EndpointError::Refused { addr, reason }),
         Ok(None) => Err(fail(&"connection closed before the welcome")),
         Err(CodecError::Stream(e)) => Err(EndpointError::Refused {

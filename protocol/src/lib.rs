@@ -6,12 +6,14 @@
 //! * [`tls`]: the scheduler's self-signed certificate, and QUIC configs that pin certificates.
 //! * [`access`]: `access.json`, holding the scheduler's address, certificate and secret token.
 //! * [`endpoint`]: QUIC endpoints and the authenticated handshake.
+//! * [`lifeline`]: the TCP lifeline by which the scheduler notices a dead process at once.
 
 #![warn(missing_docs, missing_debug_implementations)]
 
 pub mod access;
 pub mod codec;
 pub mod endpoint;
+pub mod lifeline;
 pub mod logging;
 pub mod messages;
 pub mod tls;
@@ -21,7 +23,7 @@ pub use codec::{read_frame, write_frame, CodecError, MAX_CONTROL_FRAME};
 pub use messages::*;
 
 /// The protocol version; a peer speaking another one is refused.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The reason a scheduler closes every connection with when it shuts down on purpose: workers
 /// exit 0 and clients end their runs, rather than retrying as after a loss.

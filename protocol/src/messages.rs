@@ -57,12 +57,28 @@ pub enum Welcome {
     Accepted {
         /// The worker or client id.
         id: u32,
+        /// Where to open the lifeline, if the scheduler offers one.
+        lifeline: Option<Lifeline>,
     },
     /// Refused, and why.
     Refused {
         /// A readable reason.
         reason: String,
     },
+}
+
+/// The scheduler's offer of a lifeline: a plain TCP connection the newcomer opens to `port` on
+/// the scheduler's address and keeps open for the session, its first 16 bytes the `nonce`.
+/// When the newcomer's process dies its operating system closes the socket at once, so the
+/// scheduler notices within moments instead of after the QUIC idle timeout (which still covers
+/// machines that vanish and network cuts). It carries nothing else; the nonce is good for one
+/// connection only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lifeline {
+    /// The scheduler's lifeline TCP port.
+    pub port: u16,
+    /// Identifies this session's lifeline.
+    pub nonce: [u8; 16],
 }
 
 /// How to reach a worker's peer endpoint.
@@ -89,8 +105,11 @@ pub struct ComputeTask {
     pub function: String,
     /// Params as JSON text, or none.
     pub params: Option<String>,
-    /// Inputs in order: each result's id and the worker holding it.
-    pub inputs: Vec<(TaskIdx, WorkerId)>,
+    /// Input results in order (once-cells among them).
+    pub inputs: Vec<TaskIdx>,
+    /// For each input the scheduler does not count as held by this worker (once-cells aside):
+    /// the workers holding it, best first, one entry per holder.
+    pub sources: Vec<(TaskIdx, WorkerId)>,
     /// Consumable resources held while running.
     pub resources: Vec<(String, f64)>,
     /// Higher runs first.
@@ -121,7 +140,8 @@ pub struct CellSpec {
 pub enum ToWorker {
     /// Run this task.
     Compute(ComputeTask),
-    /// Drop these results.
+    /// Drop these results: the scheduler no longer counts them as held here (a task queued
+    /// here that still needs one keeps it until it starts).
     Free(Vec<TaskIdx>),
     /// These peers exist (sent on join and when workers join).
     Peers(Vec<PeerInfo>),
@@ -156,6 +176,14 @@ pub enum FromWorker {
         /// A replacement is being started.
         successor: bool,
     },
+    /// Inputs fetched from other workers for a task, now held here as replicas: (input, from
+    /// worker, bytes). Sent when the fetch ends, before the task's outcome.
+    Fetched {
+        /// The task they were fetched for.
+        task: TaskIdx,
+        /// (input, the worker it came from, bytes).
+        inputs: Vec<(TaskIdx, WorkerId, u64)>,
+    },
     /// Replicas made for a [`ToWorker::Replicate`]: the ids now held here; `failed` when some
     /// could not be fetched.
     Replicated {
@@ -174,18 +202,17 @@ pub enum FromWorker {
         size: u64,
         /// Run time in microseconds (not counting input fetches).
         duration_us: u64,
-        /// Inputs fetched from other workers for this task: (input, from worker, bytes). The
-        /// fetching worker keeps them as replicas.
-        fetched: Vec<(TaskIdx, WorkerId, u64)>,
     },
-    /// A task could not start: fetching its inputs from `holder` failed (the holder may be
-    /// gone). The scheduler stops trusting that copy, recomputes what is lost, and requeues it.
+    /// A task could not start: some input could be had from none of its sources. `lost` lists
+    /// every (input, holder) that failed: the scheduler stops counting those copies (telling
+    /// the holders to drop them), recomputes what is left without a copy, and requeues the
+    /// task. A holder equal to this worker means an input the scheduler thought was here.
     InputsLost {
         /// The task.
         id: TaskIdx,
-        /// The worker the fetch failed from.
-        holder: WorkerId,
-        /// What went wrong.
+        /// (input, holder) pairs that failed.
+        lost: Vec<(TaskIdx, WorkerId)>,
+        /// What went wrong, for logs and, if the task gives up, its error.
         error: String,
     },
     /// A task failed.
@@ -284,6 +311,10 @@ pub struct TaskEvent {
     pub attempts: u32,
     /// A once-cell load on `worker` (one event per worker that loaded it), not a task run.
     pub load: bool,
+    /// Done before this run was submitted (by an earlier run with the same key and definition):
+    /// reused, not run again. Its result may have been freed since if nothing of this run
+    /// needs it.
+    pub reused: bool,
 }
 
 /// Scheduler to client.
@@ -312,7 +343,9 @@ pub enum ToClient {
         /// The request answered.
         req: u32,
         /// Per key, its id and holder, or none if it is not held (failed, released, unknown).
-        found: Vec<(String, Option<(TaskIdx, PeerInfo)>)>,
+        found: Vec<(String, Option<(TaskIdx, WorkerId)>)>,
+        /// How to reach each holder named in `found`, once each.
+        peers: Vec<PeerInfo>,
     },
 }
 

@@ -46,6 +46,7 @@ fn main() -> anyhow::Result<()> {
             idle_timeout: Duration::from_secs(args.idle_timeout_secs.max(1)),
             core: drover_scheduler::core::CoreConfig {
                 max_worker_deaths: args.max_worker_deaths.max(1),
+                ..Default::default()
             },
         })
         .await?;

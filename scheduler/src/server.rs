@@ -18,6 +18,7 @@ use drover_protocol::codec::{
     batch_writer, read_frame, write_frame, CodecError, MAX_BATCH, MAX_CONTROL_FRAME,
 };
 use drover_protocol::endpoint::{read_hello, server_endpoint};
+use drover_protocol::lifeline::LifelineServer;
 use drover_protocol::tls::Identity;
 use drover_protocol::{
     tokens_equal, AccessFile, FromClient, FromWorker, Hello, Role, ToClient, ToWorker, Welcome,
@@ -169,10 +170,22 @@ impl Scheduler {
         }
         info!(%addr, advertised = %access.address, access_file = %access_path.display(), "scheduler listening");
 
+        // Lifelines (a TCP port beside the QUIC one): a dead process is noticed at once.
+        let lifelines = match LifelineServer::bind(addr.ip()).await {
+            Ok(l) => Some(Arc::new(l)),
+            Err(e) => {
+                warn!(error = %e, "cannot listen for lifelines; dead processes will be noticed only at the idle timeout");
+                None
+            }
+        };
         let (tx, rx) = mpsc::unbounded_channel();
         let core_task = tokio::spawn(core_loop(rx, config.core));
-        let accept_task =
-            tokio::spawn(accept_loop(endpoint.clone(), Arc::from(token.as_str()), tx));
+        let accept_task = tokio::spawn(accept_loop(
+            endpoint.clone(),
+            Arc::from(token.as_str()),
+            tx,
+            lifelines,
+        ));
         Ok(Scheduler {
             endpoint,
             addr,
@@ -204,14 +217,20 @@ impl Scheduler {
     }
 }
 
-async fn accept_loop(endpoint: quinn::Endpoint, token: Arc<str>, tx: mpsc::UnboundedSender<Input>) {
+async fn accept_loop(
+    endpoint: quinn::Endpoint,
+    token: Arc<str>,
+    tx: mpsc::UnboundedSender<Input>,
+    lifelines: Option<Arc<LifelineServer>>,
+) {
     let ids = Arc::new(AtomicU32::new(0));
     while let Some(incoming) = endpoint.accept().await {
-        let (token, tx, ids) = (token.clone(), tx.clone(), ids.clone());
+        let (token, tx, ids, lifelines) =
+            (token.clone(), tx.clone(), ids.clone(), lifelines.clone());
         tokio::spawn(async move {
             let remote = incoming.remote_address();
             match incoming.await {
-                Ok(conn) => serve_connection(conn, &token, tx, &ids).await,
+                Ok(conn) => serve_connection(conn, &token, tx, &ids, lifelines.as_deref()).await,
                 Err(e) => warn!(%remote, error = %e, "connection failed during TLS handshake"),
             }
         });
@@ -247,6 +266,7 @@ async fn serve_connection(
     token: &str,
     tx: mpsc::UnboundedSender<Input>,
     ids: &AtomicU32,
+    lifelines: Option<&LifelineServer>,
 ) {
     let remote = conn.remote_address();
     let hello = tokio::time::timeout(Duration::from_secs(10), read_hello(&conn)).await;
@@ -271,12 +291,24 @@ async fn serve_connection(
         return;
     }
     let id = ids.fetch_add(1, Ordering::Relaxed);
-    if write_frame(&mut send, &Welcome::Accepted { id })
+    let (lifeline, mut watch) = match lifelines.map(LifelineServer::offer) {
+        Some((l, w)) => (Some(l), Some(w)),
+        None => (None, None),
+    };
+    if write_frame(&mut send, &Welcome::Accepted { id, lifeline })
         .await
         .is_err()
     {
         return;
     }
+    // The session lasts until its control stream ends or its lifeline closes (the process on
+    // the other side died: its operating system closed the socket).
+    let lifeline_closed = async {
+        match watch.as_mut() {
+            Some(w) => w.closed().await,
+            None => std::future::pending().await,
+        }
+    };
     match hello.role {
         Role::Worker(h) => {
             info!(%remote, worker = id, name = %h.name, resources = ?h.resources, nthreads = h.nthreads, "worker joined");
@@ -287,10 +319,16 @@ async fn serve_connection(
                 tx: wtx,
             });
             tokio::spawn(batch_writer(send, wrx));
-            read_loop::<FromWorker>(&conn, recv, &tx, |batch| {
+            let read = read_loop::<FromWorker>(&conn, recv, &tx, |batch| {
                 batch.into_iter().map(|m| Event::Worker(id, m)).collect()
-            })
-            .await;
+            });
+            tokio::select! {
+                _ = read => {}
+                _ = lifeline_closed => {
+                    conn.close(quinn::VarInt::from_u32(3), LIFELINE_CLOSED.as_bytes());
+                    info!(%remote, worker = id, "worker's lifeline closed: its process is gone");
+                }
+            }
             info!(%remote, worker = id, "worker left");
             let _ = tx.send(Input::Events(vec![Event::WorkerLeft { id }]));
         }
@@ -299,15 +337,24 @@ async fn serve_connection(
             let (ctx, crx) = mpsc::unbounded_channel();
             let _ = tx.send(Input::ClientJoined { id, tx: ctx });
             tokio::spawn(batch_writer(send, crx));
-            read_loop::<FromClient>(&conn, recv, &tx, |batch| {
+            let read = read_loop::<FromClient>(&conn, recv, &tx, |batch| {
                 batch.into_iter().map(|m| Event::Client(id, m)).collect()
-            })
-            .await;
+            });
+            tokio::select! {
+                _ = read => {}
+                _ = lifeline_closed => {
+                    conn.close(quinn::VarInt::from_u32(3), LIFELINE_CLOSED.as_bytes());
+                    info!(%remote, client = id, "client's lifeline closed: its process is gone");
+                }
+            }
             info!(%remote, client = id, "client left");
             let _ = tx.send(Input::Events(vec![Event::ClientLeft { id }]));
         }
     }
 }
+
+/// The reason a connection is closed with when its lifeline closed.
+const LIFELINE_CLOSED: &str = "lifeline closed";
 
 /// Reads batches until the stream ends. A malformed or oversized frame closes the connection
 /// with error code 2 and a reason; nothing of it reaches the core.

@@ -31,10 +31,12 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// The state of the connection.
 pub(super) enum Link {
-    /// Connected: messages go to `send`.
+    /// Connected: messages go to `send`. The lifeline is held open while connected, so the
+    /// scheduler notices at once when this process dies.
     Up {
         send: mpsc::UnboundedSender<Vec<FromClient>>,
         conn: quinn::Connection,
+        _lifeline: Option<tokio::net::TcpStream>,
     },
     /// Lost, reconnecting: messages wait (as pending runs and lookups) for the new connection.
     Down,
@@ -59,9 +61,17 @@ pub(super) struct Shared {
 }
 
 impl Shared {
-    fn new(send: mpsc::UnboundedSender<Vec<FromClient>>, conn: quinn::Connection) -> Shared {
+    fn new(
+        send: mpsc::UnboundedSender<Vec<FromClient>>,
+        conn: quinn::Connection,
+        lifeline: Option<tokio::net::TcpStream>,
+    ) -> Shared {
         Shared {
-            link: Link::Up { send, conn },
+            link: Link::Up {
+                send,
+                conn,
+                _lifeline: lifeline,
+            },
             accepted: HashMap::new(),
             runs: HashMap::new(),
             locates: HashMap::new(),
@@ -117,6 +127,9 @@ impl Shared {
     }
 }
 
+/// A fresh session: its connection, control stream and lifeline.
+pub(super) type Dialled = (quinn::Connection, Session, Option<tokio::net::TcpStream>);
+
 /// How to reach the scheduler again.
 pub(super) struct Dialer {
     pub endpoint: quinn::Endpoint,
@@ -127,24 +140,22 @@ pub(super) struct Dialer {
 }
 
 impl Dialer {
-    /// Connects and says hello.
-    pub async fn dial(&self) -> Result<(quinn::Connection, Session), EndpointError> {
+    /// Connects, says hello, and opens the lifeline if offered.
+    pub async fn dial(&self) -> Result<Dialled, EndpointError> {
         let conn = connect(&self.endpoint, self.addr, &self.cert, self.idle).await?;
         let session = say_hello(&conn, &self.hello).await?;
-        Ok((conn, session))
+        let lifeline =
+            drover_protocol::lifeline::open_if_offered(self.addr, session.lifeline.as_ref()).await;
+        Ok((conn, session, lifeline))
     }
 }
 
 /// Starts the writer and the driver for a fresh session; returns the shared state.
-pub(super) fn start(
-    dialer: Dialer,
-    conn: quinn::Connection,
-    session: Session,
-    patience: Duration,
-) -> Arc<Mutex<Shared>> {
+pub(super) fn start(dialer: Dialer, dialled: Dialled, patience: Duration) -> Arc<Mutex<Shared>> {
+    let (conn, session, lifeline) = dialled;
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(batch_writer(session.send, rx));
-    let shared = Arc::new(Mutex::new(Shared::new(tx, conn.clone())));
+    let shared = Arc::new(Mutex::new(Shared::new(tx, conn.clone(), lifeline)));
     tokio::spawn(drive(shared.clone(), dialer, conn, session.recv, patience));
     shared
 }
@@ -194,7 +205,7 @@ async fn drive(
             s.warn_runs(text);
         }
         match redial(&dialer, patience).await {
-            Ok((c, session)) => {
+            Ok((c, session, lifeline)) => {
                 let (tx, rx) = mpsc::unbounded_channel();
                 tokio::spawn(batch_writer(session.send, rx));
                 let mut s = shared.lock().expect("link lock");
@@ -206,6 +217,7 @@ async fn drive(
                 s.link = Link::Up {
                     send: tx,
                     conn: c.clone(),
+                    _lifeline: lifeline,
                 };
                 let text = format!(
                     "reconnected to the scheduler at {}; resubmitted {resent} run(s), whose \
@@ -248,10 +260,7 @@ fn replay(s: &Shared, tx: &mpsc::UnboundedSender<Vec<FromClient>>) -> usize {
 }
 
 /// Dials with backoff until connected, refused, or out of patience.
-async fn redial(
-    dialer: &Dialer,
-    patience: Duration,
-) -> Result<(quinn::Connection, Session), String> {
+async fn redial(dialer: &Dialer, patience: Duration) -> Result<Dialled, String> {
     let start = Instant::now();
     let mut backoff = FIRST_BACKOFF;
     loop {
@@ -328,8 +337,17 @@ async fn route_incoming(recv: &mut quinn::RecvStream, shared: &Mutex<Shared>) {
                     warn!("{w}");
                     s.warn_runs(w);
                 }
-                ToClient::Located { req, found } => {
+                ToClient::Located { req, found, peers } => {
                     if let Some((_, tx)) = s.locates.remove(&req) {
+                        let found = found
+                            .into_iter()
+                            .map(|(k, at)| {
+                                let at = at.and_then(|(id, w)| {
+                                    peers.iter().find(|p| p.id == w).map(|p| (id, p.clone()))
+                                });
+                                (k, at)
+                            })
+                            .collect();
                         let _ = tx.send(found);
                     }
                 }

@@ -112,7 +112,7 @@ impl Default for ClientOptions {
 
 struct Inner {
     shared: Arc<Mutex<Shared>>,
-    fetcher: Fetcher,
+    fetcher: Arc<Fetcher>,
     next_run: AtomicU32,
     addr: std::net::SocketAddr,
 }
@@ -175,12 +175,12 @@ impl Client {
             },
             idle,
         };
-        let (conn, session) = dialer.dial().await?;
-        let shared = link::start(dialer, conn, session, options.reconnect);
+        let dialled = dialer.dial().await?;
+        let shared = link::start(dialer, dialled, options.reconnect);
         Ok(Client {
             inner: Arc::new(Inner {
                 shared,
-                fetcher: Fetcher::new(endpoint, access.token.clone(), idle),
+                fetcher: Arc::new(Fetcher::new(endpoint, access.token.clone(), idle)),
                 next_run: AtomicU32::new(1),
                 addr,
             }),
@@ -313,6 +313,11 @@ impl Client {
     }
 }
 
+/// Most outputs fetched per batch by [`Run::fetch_outputs`].
+const OUTPUT_BATCH: usize = 4096;
+/// A batch of [`Run::fetch_outputs`] ends once its outputs reach this many bytes.
+const OUTPUT_BATCH_BYTES: u64 = 256 << 20;
+
 /// A submitted graph: its event stream, its outputs, its report.
 pub struct Run {
     client: Client,
@@ -429,36 +434,132 @@ impl Run {
     /// Waits for `key` and fetches its output bytes from the worker holding it. The key must be
     /// one the run keeps (its sinks, or the `wants` given at submission).
     pub async fn get_bytes(&mut self, key: &str) -> Result<Bytes, ClientError> {
-        if !self.wants.iter().any(|k| k == key) {
-            return Err(ClientError::UnknownKey(format!(
-                "{key} (not kept: only sinks or `wants` are)"
-            )));
+        let mut out = None;
+        self.fetch_outputs(&[key.to_owned()], |_, r| out = Some(r))
+            .await?;
+        out.expect("one key, one answer")
+    }
+
+    /// Fetches the outputs of `keys` (each one the run keeps: a sink, or one of the `wants`
+    /// given at submission) and calls `each` with every key and its bytes or error, in the
+    /// order of `keys`, as they arrive. Keys go in batches (bounded in count and bytes): one
+    /// lookup per batch, then one request per worker holding some, to all those workers at
+    /// once, so many small outputs cost a few round trips, not one each. Waits for each key's
+    /// task first. `Err` only when the scheduler is lost.
+    pub async fn fetch_outputs(
+        &mut self,
+        keys: &[String],
+        mut each: impl FnMut(&str, Result<Bytes, ClientError>),
+    ) -> Result<(), ClientError> {
+        let mut start = 0;
+        while start < keys.len() {
+            // A batch: up to OUTPUT_BATCH keys or OUTPUT_BATCH_BYTES of outputs.
+            let mut end = start;
+            let mut bytes = 0u64;
+            let mut ready: Vec<(usize, Result<(), ClientError>)> = Vec::new();
+            while end < keys.len() && end - start < OUTPUT_BATCH {
+                let key = &keys[end];
+                let verdict = if !self.wants.iter().any(|k| k == key) {
+                    Err(ClientError::UnknownKey(format!(
+                        "{key} (not kept: only sinks or `wants` are)"
+                    )))
+                } else {
+                    match self.wait_for(key).await {
+                        Ok(ev) if ev.status == TaskStatus::Failed => Err(ClientError::TaskFailed {
+                            key: key.clone(),
+                            error: ev.error.unwrap_or_default(),
+                        }),
+                        Ok(ev) => {
+                            bytes += ev.output_bytes;
+                            Ok(())
+                        }
+                        Err(e @ (ClientError::Lost(_) | ClientError::Disconnected)) => {
+                            return Err(e)
+                        }
+                        Err(e) => Err(e),
+                    }
+                };
+                ready.push((end, verdict));
+                end += 1;
+                if bytes >= OUTPUT_BATCH_BYTES {
+                    break;
+                }
+            }
+            let wanted: Vec<String> = ready
+                .iter()
+                .filter(|(_, v)| v.is_ok())
+                .map(|(i, _)| keys[*i].clone())
+                .collect();
+            let mut got = self.fetch_batch(wanted).await?;
+            for (i, verdict) in ready {
+                let key = &keys[i];
+                let result = verdict.and_then(|_| {
+                    got.remove(key.as_str()).unwrap_or_else(|| {
+                        Err(ClientError::Fetch {
+                            key: key.clone(),
+                            error: "no worker holds it".to_owned(),
+                        })
+                    })
+                });
+                each(key, result);
+            }
+            start = end;
         }
-        let ev = self.wait_for(key).await?;
-        if ev.status == TaskStatus::Failed {
-            return Err(ClientError::TaskFailed {
-                key: key.to_owned(),
-                error: ev.error.unwrap_or_default(),
+        Ok(())
+    }
+
+    /// Locates `keys` in one request and fetches them, one request per holder, all at once.
+    async fn fetch_batch(
+        &self,
+        keys: Vec<String>,
+    ) -> Result<HashMap<String, Result<Bytes, ClientError>>, ClientError> {
+        let mut out = HashMap::with_capacity(keys.len());
+        if keys.is_empty() {
+            return Ok(out);
+        }
+        let located = self.client.locate(keys).await?;
+        let mut by_holder: HashMap<u32, (drover_protocol::PeerInfo, Vec<(u32, String)>)> =
+            HashMap::new();
+        for (key, at) in located {
+            match at {
+                Some((id, peer)) => by_holder
+                    .entry(peer.id)
+                    .or_insert_with(|| (peer, Vec::new()))
+                    .1
+                    .push((id, key)),
+                None => {
+                    let e = ClientError::Fetch {
+                        key: key.clone(),
+                        error: "no worker holds it".to_owned(),
+                    };
+                    out.insert(key, Err(e));
+                }
+            }
+        }
+        let mut fetches = tokio::task::JoinSet::new();
+        for (_, (peer, wanted)) in by_holder {
+            let fetcher = self.client.inner.fetcher.clone();
+            fetches.spawn(async move {
+                let ids: Vec<u32> = wanted.iter().map(|(id, _)| *id).collect();
+                let got = fetcher.fetch_partial(&peer, &ids).await;
+                (wanted, got)
             });
         }
-        let fetch_err = |error: String| ClientError::Fetch {
-            key: key.to_owned(),
-            error,
-        };
-        let located = self.client.locate(vec![key.to_owned()]).await?;
-        let (id, peer) = located
-            .into_iter()
-            .next()
-            .and_then(|(_, p)| p)
-            .ok_or_else(|| fetch_err("no worker holds it".to_owned()))?;
-        let mut got = self
-            .client
-            .inner
-            .fetcher
-            .fetch(&peer, &[id])
-            .await
-            .map_err(fetch_err)?;
-        Ok(got.pop().map(|(_, b)| b).unwrap_or_default())
+        while let Some(done) = fetches.join_next().await {
+            let (wanted, got) = done.expect("fetch tasks do not panic");
+            let mut bytes: HashMap<u32, Bytes> = got.got.into_iter().collect();
+            for (id, key) in wanted {
+                let r = bytes.remove(&id).ok_or_else(|| ClientError::Fetch {
+                    key: key.clone(),
+                    error: got
+                        .error
+                        .clone()
+                        .unwrap_or_else(|| "the worker did not send it".to_owned()),
+                });
+                out.insert(key, r);
+            }
+        }
+        Ok(out)
     }
 
     /// Waits for a typed task and decodes its output.

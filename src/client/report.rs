@@ -30,6 +30,9 @@ pub struct TaskReport {
     /// `task` for a task run; `load` for a once-cell load (one row per load, on its worker;
     /// `moved_bytes` is what the worker received for it, a shared object's value).
     pub kind: &'static str,
+    /// Done before this run was submitted (an earlier run computed the same key with the same
+    /// definition): reused, not run again.
+    pub reused: bool,
 }
 
 /// What a run did. The JSON form is a contract: `tasks` with `key`, `worker`, `pool`, `status`,
@@ -136,6 +139,7 @@ impl Report {
                     (earlier + e.attempts).saturating_sub(1)
                 },
                 kind: if e.load { "load" } else { "task" },
+                reused: e.reused,
             });
         }
         r
@@ -172,6 +176,7 @@ mod tests {
             error: None,
             attempts,
             load: false,
+            reused: false,
         }
     }
 

@@ -9,6 +9,10 @@
 //! | `len` | none | the total byte length of its inputs, as decimal text |
 //! | `command` | `{"argv": [...], "env": {...}, "cwd": "..."}` | the command's stdout; a non-zero exit fails the task with the exit code and the tail of stderr |
 //!
+//! Outputs are bounded by the worker's memory: `bytes` (or `concat`) asked for more than the
+//! worker's `--memory-limit`, or more than the machine has available, fails with a clear error
+//! instead of aborting the process.
+//!
 //! `concat` and `len` also take once-cells made by the built-in loaders, whose objects are
 //! bytes:
 //!
@@ -36,7 +40,7 @@ struct SleepParams {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct BytesParams {
-    n: usize,
+    n: u64,
     #[serde(default)]
     fill: Option<char>,
 }
@@ -64,6 +68,25 @@ fn input_bytes<'a>(ctx: &'a TaskContext, inputs: &'a [Bytes], i: usize) -> &'a B
         .unwrap_or(&inputs[i])
 }
 
+/// An empty buffer with room for `n` output bytes, or an error when `n` is more than this
+/// worker may hold: its memory limit, or what the machine has available. Never aborts the
+/// process: the allocation itself is fallible too.
+fn output_buffer(ctx: &TaskContext, n: u64) -> Result<Vec<u8>, String> {
+    if let Some((budget, what)) = ctx.worker.memory_budget() {
+        if n > budget {
+            return Err(format!(
+                "refusing to make a {n}-byte output: more than this worker's {what} ({budget} bytes)"
+            ));
+        }
+    }
+    let mut out = Vec::new();
+    usize::try_from(n)
+        .ok()
+        .and_then(|n| out.try_reserve_exact(n).ok())
+        .ok_or_else(|| format!("refusing to make a {n}-byte output: cannot allocate it"))?;
+    Ok(out)
+}
+
 fn no_params(params: Option<&str>) -> Result<(), String> {
     match params {
         None | Some("null") | Some("{}") => Ok(()),
@@ -79,22 +102,32 @@ pub fn register(r: &mut Registry) {
         std::thread::sleep(std::time::Duration::from_millis(p.ms));
         Ok(Vec::new())
     });
-    r.register_raw("bytes", |_, p, _| {
+    r.register_raw("bytes", |ctx, p, _| {
         let p: BytesParams = parse_params(p)?;
         let fill = p.fill.unwrap_or('x');
         let mut buf = [0u8; 4];
         let unit = fill.encode_utf8(&mut buf).as_bytes();
+        let total = (unit.len() as u64).saturating_mul(p.n);
+        let mut out = output_buffer(ctx, total)?;
         if unit.len() == 1 {
-            Ok(vec![unit[0]; p.n])
+            out.resize(total as usize, unit[0]);
         } else {
-            Ok(unit.repeat(p.n))
+            for _ in 0..p.n {
+                out.extend_from_slice(unit);
+            }
         }
+        Ok(out)
     });
     r.register_raw("concat", |ctx, p, inputs| {
         no_params(p)?;
-        Ok((0..inputs.len())
-            .flat_map(|i| input_bytes(ctx, inputs, i).iter().copied())
-            .collect())
+        let total: u64 = (0..inputs.len())
+            .map(|i| input_bytes(ctx, inputs, i).len() as u64)
+            .sum();
+        let mut out = output_buffer(ctx, total)?;
+        for i in 0..inputs.len() {
+            out.extend_from_slice(input_bytes(ctx, inputs, i));
+        }
+        Ok(out)
     });
     r.register_raw("len", |ctx, p, inputs| {
         no_params(p)?;
@@ -133,7 +166,7 @@ fn run_command(ctx: &TaskContext, p: Option<&str>, _: &[Bytes]) -> Result<Vec<u8
         Some(deadline) => output_until(&mut cmd, deadline).map_err(|e| match e {
             Killed::AtDeadline => format!(
                 "{}; process killed",
-                crate::runtime::timeout_message(ctx.timeout.unwrap_or_default())
+                crate::context::timeout_message(ctx.timeout.unwrap_or_default())
             ),
             Killed::Error(e) => format!("{program:?}: {e}"),
         })?,

@@ -1,16 +1,16 @@
 //! Once-cells on a worker: one slot per cell key, loaded at most once per process however many
-//! tasks (or eager requests) ask at once. The first asker runs the loader; the others wait for
+//! tasks (or eager requests) ask at once. The first asker runs the load; the others wait for
 //! that single load. A failed load is not cached: those waiting fail with its message and the
 //! next need loads again.
+//!
+//! This module knows nothing of loaders or contexts: whoever asks passes the load itself as a
+//! closure, so it sits at the bottom of the crate's modules.
 
 use std::collections::HashMap;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
 use drover_graph::decode::Object;
-
-use crate::registry::{LoaderFn, TaskContext};
 
 enum SlotState {
     Empty,
@@ -34,9 +34,7 @@ pub(crate) enum Got {
 pub(crate) struct CellSlot {
     pub key: String,
     pub function: String,
-    loader: Option<Arc<LoaderFn>>,
     params: Option<String>,
-    retries: u32,
     state: Mutex<SlotState>,
     changed: Condvar,
 }
@@ -45,18 +43,20 @@ pub(crate) struct CellSlot {
 pub(crate) type LoadError = (String, Option<u64>);
 
 impl CellSlot {
-    /// The object, loading it if nobody has (see the module docs); `ctx` makes the loader's
-    /// context, only when a load runs.
+    /// The object, running `load` if nobody has loaded it (see the module docs).
     #[cfg(test)]
-    pub fn get(&self, ctx: impl FnOnce() -> TaskContext) -> Result<(Object, Got), LoadError> {
-        self.get_reporting(ctx, |_, _| {})
+    pub fn get(
+        &self,
+        load: impl FnOnce() -> Result<Object, String>,
+    ) -> Result<(Object, Got), LoadError> {
+        self.get_reporting(load, |_, _| {})
     }
 
     /// [`CellSlot::get`], calling `report(duration_us, error)` when this call ran a load,
     /// before anyone else sees its outcome: a load is reported before any task that used it.
     pub fn get_reporting(
         &self,
-        ctx: impl FnOnce() -> TaskContext,
+        load: impl FnOnce() -> Result<Object, String>,
         report: impl FnOnce(u64, Option<&str>),
     ) -> Result<(Object, Got), LoadError> {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -77,15 +77,8 @@ impl CellSlot {
         }
         *s = SlotState::Loading;
         drop(s);
-        let ctx = ctx();
         let start = Instant::now();
-        let mut result = Err(String::new());
-        for _ in 0..=self.retries {
-            result = self.load_once(&ctx);
-            if result.is_ok() {
-                break;
-            }
-        }
+        let result = load();
         let took = start.elapsed().as_micros() as u64;
         report(took, result.as_ref().err().map(String::as_str));
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -101,20 +94,9 @@ impl CellSlot {
         }
     }
 
-    fn load_once(&self, ctx: &TaskContext) -> Result<Object, String> {
-        let Some(loader) = &self.loader else {
-            return Err(format!(
-                "worker {:?} has no loader {:?}",
-                ctx.worker_name, self.function
-            ));
-        };
-        match catch_unwind(AssertUnwindSafe(|| loader(ctx, self.params.as_deref()))) {
-            Ok(r) => r,
-            Err(p) => Err(format!(
-                "loader panicked: {}",
-                crate::runtime::panic_message(p)
-            )),
-        }
+    /// The loader's params, as the cell spec gave them.
+    pub fn params(&self) -> Option<&str> {
+        self.params.as_deref()
     }
 
     /// Drops the object (its `Drop` runs once no running task holds it).
@@ -150,31 +132,28 @@ pub(crate) struct CellTable {
 }
 
 impl CellTable {
-    /// The slot for `key`, made from the spec on first sight. A known key keeps its slot (and
-    /// its object): the cell is the same whichever scheduler session names it.
-    pub fn slot(
-        &self,
-        key: &str,
-        function: &str,
-        params: Option<&str>,
-        retries: u32,
-        loader: Option<Arc<LoaderFn>>,
-    ) -> Arc<CellSlot> {
+    /// The slot for `key`, made from the spec on first sight. A known key with the same loader
+    /// and params keeps its slot (and its object): the cell is the same whichever scheduler
+    /// session names it. A key redefined with another loader or params gets a fresh slot; the
+    /// old object goes once no task holds it.
+    pub fn slot(&self, key: &str, function: &str, params: Option<&str>) -> Arc<CellSlot> {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        slots
-            .entry(key.to_owned())
-            .or_insert_with(|| {
-                Arc::new(CellSlot {
-                    key: key.to_owned(),
-                    function: function.to_owned(),
-                    loader,
-                    params: params.map(str::to_owned),
-                    retries,
-                    state: Mutex::new(SlotState::Empty),
-                    changed: Condvar::new(),
-                })
-            })
-            .clone()
+        if let Some(s) = slots.get(key) {
+            if s.function == function && s.params.as_deref() == params {
+                return s.clone();
+            }
+        }
+        let slot = Arc::new(CellSlot {
+            key: key.to_owned(),
+            function: function.to_owned(),
+            params: params.map(str::to_owned),
+            state: Mutex::new(SlotState::Empty),
+            changed: Condvar::new(),
+        });
+        if let Some(old) = slots.insert(key.to_owned(), slot.clone()) {
+            old.clear();
+        }
+        slot
     }
 
     /// Forgets `key` and drops its object.
@@ -208,26 +187,19 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicU32, Ordering};
 
-    fn table_with(loader: Arc<LoaderFn>, retries: u32) -> (CellTable, Arc<CellSlot>) {
-        let t = CellTable::default();
-        let s = t.slot("m", "load", None, retries, Some(loader));
-        (t, s)
-    }
-
     #[test]
     fn concurrent_first_uses_share_one_load() {
-        let calls = Arc::new(AtomicU32::new(0));
-        let c = calls.clone();
-        let loader: Arc<LoaderFn> = Arc::new(move |_, _| {
-            c.fetch_add(1, Ordering::SeqCst);
+        let calls = AtomicU32::new(0);
+        let load = || {
+            calls.fetch_add(1, Ordering::SeqCst);
             std::thread::sleep(std::time::Duration::from_millis(50));
             Ok(Arc::new(42u32) as Object)
-        });
-        let (_t, slot) = table_with(loader, 0);
-        let ctx = TaskContext::standalone("m");
+        };
+        let t = CellTable::default();
+        let slot = t.slot("m", "load", None);
         let results: Vec<Got> = std::thread::scope(|s| {
             let hs: Vec<_> = (0..8)
-                .map(|_| s.spawn(|| slot.get(|| ctx.clone()).unwrap().1))
+                .map(|_| s.spawn(|| slot.get(load).unwrap().1))
                 .collect();
             hs.into_iter().map(|h| h.join().unwrap()).collect()
         });
@@ -239,65 +211,54 @@ mod tests {
                 .count(),
             1
         );
-        assert_eq!(slot.get(|| ctx.clone()).unwrap().1, Got::Present);
+        assert_eq!(slot.get(load).unwrap().1, Got::Present);
     }
 
     #[test]
-    fn a_failed_load_is_retried_by_the_next_need_and_retries_apply() {
-        let calls = Arc::new(AtomicU32::new(0));
-        let c = calls.clone();
-        let loader: Arc<LoaderFn> = Arc::new(move |_, _| {
-            if c.fetch_add(1, Ordering::SeqCst) % 3 < 2 {
+    fn a_failed_load_is_not_kept_and_the_next_need_loads_again() {
+        let calls = AtomicU32::new(0);
+        let load = || {
+            if calls.fetch_add(1, Ordering::SeqCst) < 2 {
                 Err("flaky disk".to_owned())
             } else {
                 Ok(Arc::new(()) as Object)
             }
-        });
-        let ctx = TaskContext::standalone("m");
-        // No retries: the first two needs fail, the third loads.
-        let (_t, slot) = table_with(loader.clone(), 0);
-        assert_eq!(slot.get(|| ctx.clone()).unwrap_err().0, "flaky disk");
-        assert!(slot.get(|| ctx.clone()).is_err());
-        assert!(matches!(
-            slot.get(|| ctx.clone()).unwrap().1,
-            Got::Loaded(_)
-        ));
-        // Two retries: one need is enough.
-        let (_t, slot) = table_with(loader, 2);
-        assert!(matches!(
-            slot.get(|| ctx.clone()).unwrap().1,
-            Got::Loaded(_)
-        ));
-        assert_eq!(calls.load(Ordering::SeqCst), 6);
+        };
+        let slot = CellTable::default().slot("m", "load", None);
+        assert_eq!(slot.get(load).unwrap_err().0, "flaky disk");
+        assert!(slot.get(load).is_err());
+        assert!(matches!(slot.get(load).unwrap().1, Got::Loaded(_)));
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
     }
 
     #[test]
-    fn panics_fail_the_load_and_dropping_runs_drop() {
+    fn dropping_runs_drop_and_a_redefined_key_gets_a_fresh_slot() {
         struct Noisy(Arc<AtomicU32>);
         impl Drop for Noisy {
             fn drop(&mut self) {
                 self.0.fetch_add(1, Ordering::SeqCst);
             }
         }
-        let ctx = TaskContext::standalone("m");
-        let panicky: Arc<LoaderFn> = Arc::new(|_, _| panic!("no model file"));
-        let (_t, slot) = table_with(panicky, 0);
-        assert!(slot
-            .get(|| ctx.clone())
-            .unwrap_err()
-            .0
-            .contains("no model file"));
         let drops = Arc::new(AtomicU32::new(0));
-        let d = drops.clone();
-        let loader: Arc<LoaderFn> = Arc::new(move |_, _| Ok(Arc::new(Noisy(d.clone())) as Object));
         let t = CellTable::default();
-        let slot = t.slot("n", "load", None, 0, Some(loader));
-        let (obj, _) = slot.get(|| ctx.clone()).unwrap();
+        let slot = t.slot("n", "load", None);
+        let (obj, _) = slot
+            .get(|| Ok(Arc::new(Noisy(drops.clone())) as Object))
+            .unwrap();
         assert_eq!(t.loaded_keys(), vec!["n".to_owned()]);
+        assert!(Arc::ptr_eq(&slot, &t.slot("n", "load", None)));
         assert!(t.drop_key("n"));
         assert_eq!(drops.load(Ordering::SeqCst), 0, "a task still holds it");
         drop(obj);
         assert_eq!(drops.load(Ordering::SeqCst), 1);
         assert!(t.loaded_keys().is_empty());
+        // Other params under the same key: a new slot, and the old object goes.
+        let a = t.slot("k", "load", Some("1"));
+        a.get(|| Ok(Arc::new(Noisy(drops.clone())) as Object))
+            .unwrap();
+        let b = t.slot("k", "load", Some("2"));
+        assert!(!Arc::ptr_eq(&a, &b));
+        assert!(!b.is_loaded());
+        assert_eq!(drops.load(Ordering::SeqCst), 2);
     }
 }

@@ -1,6 +1,9 @@
 //! Drover's worker: runs tasks the scheduler assigns, keeps their results, and serves them to
 //! peers and clients.
 //!
+//! * [`core`]: the worker's decisions as a pure state machine (queueing, resources, what to
+//!   fetch and from whom, what to keep and free, timeouts, retirement, what to report).
+//! * [`context`]: what a running task sees ([`TaskContext`]) and how failures read.
 //! * [`registry`]: named task functions, typed (serde params, postcard-encoded inputs and
 //!   outputs) or raw (bytes in, bytes out).
 //! * [`builtins`]: the stock functions (`noop`, `sleep`, `bytes`, `concat`, `len`, `command`).
@@ -8,13 +11,19 @@
 //! * [`local`]: what a worker keeps for itself: identity, worker state, once-cells (the
 //!   single-flight loading lives in `cells`).
 //! * [`peer`]: the fetch protocol, server and client side, used by peers and clients alike.
-//! * [`runtime`]: the worker itself: connect, execute, report. A user's program becomes a worker
-//!   by handing its own [`Registry`] to [`runtime::run_worker`].
+//! * [`runtime`]: the shell around the core: connect, run threads and fetches, report. A user's
+//!   program becomes a worker by handing its own [`Registry`] to [`runtime::run_worker`].
+//!
+//! Modules depend downwards only: `cells` ← `local` ← `context` ← `registry` ← `builtins`;
+//! `core` stands alone (protocol types only); `exec`, `peer` and `runtime` are the shell.
 
 #![warn(missing_docs, missing_debug_implementations)]
 
 pub mod builtins;
 mod cells;
+pub mod context;
+pub mod core;
+mod exec;
 pub mod local;
 pub mod peer;
 pub mod registry;

@@ -17,6 +17,7 @@ pub struct WorkerLocal {
     name: String,
     resources: Resources,
     id: AtomicU32,
+    memory_limit: Option<u64>,
     state: Mutex<HashMap<TypeId, Box<dyn Any + Send>>>,
     pub(crate) cells: CellTable,
 }
@@ -41,8 +42,24 @@ impl WorkerLocal {
             name: name.to_owned(),
             resources,
             id: AtomicU32::new(NO_ID),
+            memory_limit: None,
             state: Mutex::new(HashMap::new()),
             cells: CellTable::default(),
+        }
+    }
+
+    /// The same worker, whose outputs must fit in `limit` bytes (its `--memory-limit`).
+    pub fn with_memory_limit(mut self, limit: Option<u64>) -> WorkerLocal {
+        self.memory_limit = limit;
+        self
+    }
+
+    /// The most bytes one output may take here, and what bounds it: the worker's memory limit,
+    /// else the memory the machine has available now (Linux), else nothing known.
+    pub fn memory_budget(&self) -> Option<(u64, &'static str)> {
+        match self.memory_limit {
+            Some(l) => Some((l, "memory limit")),
+            None => available_memory().map(|a| (a, "available memory")),
         }
     }
 
@@ -89,6 +106,14 @@ impl WorkerLocal {
     pub fn loaded_cells(&self) -> Vec<String> {
         self.cells.loaded_keys()
     }
+}
+
+/// The memory the machine has available now (Linux `MemAvailable`), in bytes.
+pub fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }
 
 /// A worker-start or worker-exit hook.

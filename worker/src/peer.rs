@@ -130,16 +130,28 @@ impl Fetcher {
     }
 
     async fn connection(&self, peer: &PeerInfo) -> Result<quinn::Connection, String> {
-        let mut conns = self.conns.lock().await;
-        if let Some(c) = conns.get(&peer.id) {
-            // Reuse it only while open and talking to the very certificate expected now.
-            if c.close_reason().is_none() && presents(c, &peer.cert) {
-                return Ok(c.clone());
+        {
+            let conns = self.conns.lock().await;
+            if let Some(c) = conns.get(&peer.id) {
+                // Reuse it only while open and talking to the very certificate expected now.
+                if c.close_reason().is_none() && presents(c, &peer.cert) {
+                    return Ok(c.clone());
+                }
             }
         }
+        // Dial without holding the lock: a slow or dead peer must not hold up fetches from
+        // others. Two fetches racing to the same new peer may both dial; the second keeps the
+        // first's connection.
         let c = connect(&self.endpoint, peer.addr, &peer.cert, self.idle_timeout)
             .await
             .map_err(|e| e.to_string())?;
+        let mut conns = self.conns.lock().await;
+        if let Some(existing) = conns.get(&peer.id) {
+            if existing.close_reason().is_none() && presents(existing, &peer.cert) {
+                c.close(quinn::VarInt::from_u32(0), b"duplicate");
+                return Ok(existing.clone());
+            }
+        }
         conns.insert(peer.id, c.clone());
         Ok(c)
     }
@@ -151,13 +163,47 @@ impl Fetcher {
         }
     }
 
-    /// Fetches `ids` from `peer`, in order.
+    /// Fetches `ids` from `peer`, in order; all or an error.
     pub async fn fetch(
         &self,
         peer: &PeerInfo,
         ids: &[TaskIdx],
     ) -> Result<Vec<(TaskIdx, Bytes)>, String> {
+        let got = self.fetch_partial(peer, ids).await;
+        match got.error {
+            None => Ok(got.got),
+            Some(e) => Err(e),
+        }
+    }
+
+    /// Fetches `ids` from `peer` in one request and returns what arrived, what did not, and
+    /// why (the first thing that went wrong).
+    pub async fn fetch_partial(&self, peer: &PeerInfo, ids: &[TaskIdx]) -> Fetched {
+        let mut out = Fetched {
+            got: Vec::with_capacity(ids.len()),
+            missing: Vec::new(),
+            error: None,
+        };
         let who = format!("worker {:?} at {}", peer.name, peer.addr);
+        if let Err(e) = self.fetch_into(peer, ids, &who, &mut out).await {
+            out.error = Some(e);
+        }
+        let got: std::collections::HashSet<TaskIdx> = out.got.iter().map(|(i, _)| *i).collect();
+        for &i in ids {
+            if !got.contains(&i) && !out.missing.contains(&i) {
+                out.missing.push(i);
+            }
+        }
+        out
+    }
+
+    async fn fetch_into(
+        &self,
+        peer: &PeerInfo,
+        ids: &[TaskIdx],
+        who: &str,
+        out: &mut Fetched,
+    ) -> Result<(), String> {
         let conn = self
             .connection(peer)
             .await
@@ -171,7 +217,7 @@ impl Fetcher {
             .await
             .map_err(|e| format!("{who}: {e}"))?;
         let _ = send.finish();
-        let mut out = Vec::with_capacity(ids.len());
+        let mut first_missing: Option<String> = None;
         for _ in ids {
             let header: FetchReply = read_frame(&mut recv, MAX_HEADER)
                 .await
@@ -195,16 +241,31 @@ impl Fetcher {
                             }
                         }
                     }
-                    out.push((id, Bytes::from(buf)));
+                    out.got.push((id, Bytes::from(buf)));
                 }
                 FetchReply::Missing { id } => {
-                    return Err(format!("{who} does not hold result {id}"))
+                    out.missing.push(id);
+                    first_missing.get_or_insert_with(|| format!("{who} does not hold result {id}"));
                 }
                 FetchReply::Refused { reason } => {
                     return Err(format!("{who} refused the fetch: {reason}"))
                 }
             }
         }
-        Ok(out)
+        match first_missing {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
+}
+
+/// What [`Fetcher::fetch_partial`] brought.
+#[derive(Debug)]
+pub struct Fetched {
+    /// Results that arrived, in order.
+    pub got: Vec<(TaskIdx, Bytes)>,
+    /// Results that did not.
+    pub missing: Vec<TaskIdx>,
+    /// Why some did not arrive.
+    pub error: Option<String>,
 }

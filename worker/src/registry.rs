@@ -18,56 +18,7 @@ use serde::Serialize;
 
 use crate::local::{Hook, WorkerLocal};
 
-/// What a running task can see of its worker.
-#[derive(Debug, Clone)]
-pub struct TaskContext {
-    /// The task's key.
-    pub key: String,
-    /// The worker's id in the scheduler.
-    pub worker_id: u32,
-    /// The worker's name.
-    pub worker_name: String,
-    /// When the task's timeout expires, if it has one: long-running functions should stop by
-    /// then (the worker reports the task failed at that moment either way).
-    pub deadline: Option<std::time::Instant>,
-    /// The task's timeout, if any (`deadline` is its start plus this).
-    pub timeout: Option<std::time::Duration>,
-    /// The worker: its identity (id, name, pools, resources), its state, its once-cells.
-    pub worker: Arc<WorkerLocal>,
-    /// Per input, in order: the worker's object for once-cell and shared-object inputs (their
-    /// bytes are empty); empty when the task has none.
-    pub objects: Vec<Option<Object>>,
-}
-
-impl TaskContext {
-    /// A context outside any worker, for calling task functions directly (tests, tools).
-    pub fn standalone(key: &str) -> TaskContext {
-        TaskContext {
-            key: key.to_owned(),
-            worker_id: crate::local::NO_ID,
-            worker_name: "standalone".to_owned(),
-            deadline: None,
-            timeout: None,
-            worker: Arc::new(WorkerLocal::new(
-                "standalone",
-                drover_annotations::Resources::new(),
-            )),
-            objects: Vec::new(),
-        }
-    }
-
-    /// The object of input `i`, for once-cell and shared-object inputs.
-    pub fn object(&self, i: usize) -> Option<&Object> {
-        self.objects.get(i).and_then(Option::as_ref)
-    }
-}
-
-/// A function body: params JSON (or none), input bytes in order → output bytes or an error.
-pub type RawFn =
-    dyn Fn(&TaskContext, Option<&str>, &[Bytes]) -> Result<Vec<u8>, String> + Send + Sync;
-
-/// A once-cell loader body: params JSON (or none) → the object or an error.
-pub type LoaderFn = dyn Fn(&TaskContext, Option<&str>) -> Result<Object, String> + Send + Sync;
+pub use crate::context::{LoaderFn, RawFn, TaskContext};
 
 /// Named task functions and once-cell loaders, and the worker's start and exit hooks.
 #[derive(Clone, Default)]
@@ -234,15 +185,18 @@ impl Registry {
         self.loaders.get(name).cloned()
     }
 
-    /// All function and loader names, sorted.
+    /// All function and loader names, sorted (the shared-object loader every registry has
+    /// included): what a worker announces, so that it is given only tasks it can run.
     pub fn names(&self) -> Vec<String> {
         let mut names: Vec<String> = self
             .functions
             .keys()
             .chain(self.loaders.keys())
             .cloned()
+            .chain(std::iter::once(SHARED_LOADER.to_owned()))
             .collect();
         names.sort();
+        names.dedup();
         names
     }
 }

@@ -26,7 +26,7 @@ impl Core {
         let spec = CellSpec {
             id: t,
             key: task.key.to_string(),
-            function: task.function.to_string(),
+            function: self.functions[task.function as usize].to_string(),
             params: task.params.as_deref().map(str::to_owned),
             retries: task.retries_left,
             load_now,
@@ -70,7 +70,7 @@ impl Core {
         let mut candidates: Vec<(u32, WorkerId, bool)> = self
             .workers
             .iter()
-            .filter(|(_, w)| self.eligible(w, restriction, t))
+            .filter(|(_, w)| self.eligible(w, restriction, task.req))
             .map(|(&id, w)| (w.inflight, id, w.cells.contains(&t)))
             .collect();
         candidates.sort_unstable();
@@ -146,6 +146,7 @@ impl Core {
                 error: error.clone(),
                 attempts: 1,
                 load: true,
+                reused: false,
             };
             self.out
                 .push(Command::Client(run.client, ToClient::Events(vec![event])));

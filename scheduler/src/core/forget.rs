@@ -24,14 +24,21 @@ impl Core {
         let mut touched: Vec<u32> = Vec::new();
         for t in 0..self.tasks.len() {
             let task = &self.tasks[t];
-            if task.key.is_empty() || !matches!(task.state, State::Released | State::Failed(_)) {
+            if task.key.is_empty()
+                || task.waiters > 0
+                || !matches!(task.state, State::Idle | State::Released | State::Failed(_))
+            {
                 continue;
             }
             let t = t as u32;
-            if self.runs_of(t).any(|r| self.run_connected(r)) {
+            if self.has_connected_run(t) {
                 continue;
             }
-            self.keys.remove(&self.tasks[t as usize].key);
+            // A redefined key names another task now: only unmap it if it names this one.
+            let key = self.tasks[t as usize].key.clone();
+            if self.keys.get(&key) == Some(&t) {
+                self.keys.remove(&key);
+            }
             // Its inputs may live on (shared with a client still here): they stop listing it.
             let inputs = std::mem::take(&mut self.tasks[t as usize].inputs);
             touched.extend_from_slice(&inputs);
@@ -42,6 +49,7 @@ impl Core {
             self.tasks[t as usize] = Task::tombstone();
             self.extra_runs.remove(&t);
             self.deaths.remove(&t);
+            self.moved.remove(&t);
             self.free_slots.push(t);
             forgotten += 1;
         }
@@ -63,7 +71,7 @@ impl Core {
         for q in self.ready.values_mut() {
             q.retain(|e| {
                 let t = &tasks[e.task as usize];
-                !t.key.is_empty() && t.state == State::Ready
+                !t.key.is_empty() && t.state == State::Ready && t.ready_seq == e.order.0
             });
         }
         self.ready.retain(|_, q| !q.is_empty());
@@ -105,12 +113,13 @@ impl Task {
     pub(crate) fn tombstone() -> Task {
         Task {
             key: std::sync::Arc::from(""),
-            function: std::sync::Arc::from(""),
+            fingerprint: 0,
+            function: 0,
             params: None,
             inputs: Box::new([]),
             consumers: Vec::new(),
             place: super::StaticPlace::Any,
-            resources: std::sync::Arc::from(Vec::new()),
+            req: 0,
             priority: 0,
             retries_left: 0,
             state: State::Released,
@@ -123,6 +132,8 @@ impl Task {
             attempts: 0,
             started: false,
             assigned_seq: 0,
+            ready_seq: 0,
+            fetch_failures: 0,
             timeout_ms: None,
             cell: None,
         }

@@ -5,6 +5,11 @@
 //!   forward rule over *actual* result sizes and *actual* locations: every input votes for the
 //!   pools of the worker holding it; the pool with strictly the most bytes wins; a tie leaves it
 //!   unrestricted; with no votes it keeps the pass's pool.
+//! * A worker is eligible when it is not retiring, is in the task's pool (if restricted), has
+//!   every function the task needs (its own and its once-cells' loaders) and its consumable
+//!   resources.
+//! * Ready tasks wait in one queue per restriction and requirements, so tasks no worker can take
+//!   now never hold up others behind them.
 //! * Among eligible workers with room, the earliest estimated start wins: queued work over
 //!   threads times the mean task duration, plus bytes to fetch over the bandwidth. Ties go to
 //!   the lowest worker id, so the same state always gives the same choice.
@@ -14,10 +19,9 @@
 
 use std::collections::HashSet;
 
-use drover_protocol::{ToClient, WorkerId};
+use drover_protocol::{TaskIdx, ToClient, WorkerId};
 
-use super::{ClientId, Command, Core, PoolIdx, State, StaticPlace, Worker};
-use drover_protocol::TaskIdx;
+use super::{Class, ClientId, Command, Core, PoolIdx, ReqIdx, State, StaticPlace, Worker};
 
 /// Which workers may run a ready task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -87,7 +91,8 @@ impl Core {
         w.nthreads + (per_thread.saturating_mul(w.nthreads)).clamp(1, MAX_PREFETCH)
     }
 
-    pub(crate) fn eligible(&self, w: &Worker, restriction: Restriction, t: TaskIdx) -> bool {
+    /// Whether `w` may run a task of requirements `req` under `restriction`.
+    pub(crate) fn eligible(&self, w: &Worker, restriction: Restriction, req: ReqIdx) -> bool {
         if w.retiring {
             return false;
         }
@@ -96,11 +101,14 @@ impl Core {
                 return false;
             }
         }
-        self.tasks[t as usize].resources.iter().all(|(name, need)| {
-            w.resources
-                .iter()
-                .any(|(have, amount)| have == name && amount >= need)
-        })
+        let req = &self.reqs[req as usize];
+        req.functions.iter().all(|f| w.functions.contains(f))
+            && req.resources.iter().all(|(name, need)| {
+                let need = f64::from_bits(*need);
+                w.resources
+                    .iter()
+                    .any(|(have, amount)| have == name && *amount >= need)
+            })
     }
 
     /// The best worker with room for `t`, if any; and whether any worker at all is eligible.
@@ -112,7 +120,7 @@ impl Core {
         let mut best: Option<(f64, usize, WorkerId)> = None;
         let mut any_eligible = false;
         for (&id, w) in &self.workers {
-            if !self.eligible(w, restriction, t) {
+            if !self.eligible(w, restriction, task.req) {
                 continue;
             }
             any_eligible = true;
@@ -151,26 +159,37 @@ impl Core {
 
     /// Assigns queued ready tasks to workers with room, best first in each queue.
     pub(crate) fn schedule(&mut self) {
-        let restrictions: Vec<_> = self.ready.keys().copied().collect();
-        for r in restrictions {
-            while let Some(t) = self.ready.get(&r).and_then(|q| q.peek()).map(|e| e.task) {
-                if self.tasks[t as usize].state != State::Ready {
-                    // Stale entry: the task was requeued or its inputs were lost.
-                    self.ready.get_mut(&r).map(|q| q.pop());
+        if self.ready.is_empty() {
+            return;
+        }
+        // Nothing can be placed while every worker is full; warnings can wait for room too.
+        let mut active = self.workers.values().filter(|w| !w.retiring).peekable();
+        if active.peek().is_some() && active.all(|w| w.inflight >= self.capacity(w)) {
+            return;
+        }
+        let classes: Vec<Class> = self.ready.keys().copied().collect();
+        for class in classes {
+            let (r, _) = class;
+            while let Some(e) = self.ready.get(&class).and_then(|q| q.peek()) {
+                let t = e.task;
+                let task = &self.tasks[t as usize];
+                if task.state != State::Ready || task.ready_seq != e.order.0 {
+                    // Stale entry: the task was requeued, lost an input, or was cancelled.
+                    self.ready.get_mut(&class).map(|q| q.pop());
                     continue;
                 }
                 let (chosen, any_eligible) = self.best_worker(t, r);
                 let Some(w) = chosen else {
                     if !any_eligible {
-                        self.warn_no_workers(r);
+                        self.warn_no_workers(class);
                     }
                     break;
                 };
-                self.ready.get_mut(&r).map(|q| q.pop());
+                self.ready.get_mut(&class).map(|q| q.pop());
+                self.seq += 1;
                 let task = &mut self.tasks[t as usize];
                 task.state = State::Assigned(w);
                 task.started = false;
-                self.seq += 1;
                 task.assigned_seq = self.seq;
                 task.placed_pool = match r {
                     Restriction::Pool(p) => Some(p),
@@ -187,13 +206,20 @@ impl Core {
         self.ready.retain(|_, q| !q.is_empty());
     }
 
-    /// Tells each client with tasks waiting under restriction `r` that no connected worker
-    /// can run them, once (until a worker joins).
-    fn warn_no_workers(&mut self, r: Restriction) {
+    /// Tells each client with tasks waiting in queue `class` that no connected worker can run
+    /// them, and why (no worker in the pool, none with the function, none with the
+    /// resources), once (until a worker joins).
+    fn warn_no_workers(&mut self, class: Class) {
+        let (r, req) = class;
         let waiting: Vec<TaskIdx> = self
             .ready
-            .get(&r)
-            .map(|q| q.iter().map(|e| e.task).collect())
+            .get(&class)
+            .map(|q| {
+                q.iter()
+                    .map(|e| e.task)
+                    .filter(|&t| self.tasks[t as usize].state == State::Ready)
+                    .collect()
+            })
             .unwrap_or_default();
         let mut clients: HashSet<ClientId> = HashSet::new();
         for &t in &waiting {
@@ -201,32 +227,58 @@ impl Core {
         }
         let mut clients: Vec<_> = clients.into_iter().collect();
         clients.sort_unstable();
-        let msg = match r {
-            Restriction::Pool(p) => format!(
+        let in_pool: Vec<&Worker> = self
+            .workers
+            .values()
+            .filter(|w| match r {
+                Restriction::Pool(p) => w.pools.contains(&p),
+                Restriction::Anywhere => true,
+            })
+            .collect();
+        let pool_text = match r {
+            Restriction::Pool(p) => format!(" in pool {:?}", &*self.pools[p as usize]),
+            Restriction::Anywhere => String::new(),
+        };
+        let needs = &self.reqs[req as usize];
+        let missing_fn = needs
+            .functions
+            .iter()
+            .find(|f| !in_pool.iter().any(|w| w.functions.contains(f)));
+        let msg = if let (Restriction::Pool(p), true) = (r, in_pool.is_empty()) {
+            format!(
                 "pool {:?} has no workers: {} task(s) wait until a worker with resource pool-{}=1 joins",
                 &*self.pools[p as usize],
                 waiting.len(),
                 &*self.pools[p as usize]
-            ),
-            Restriction::Anywhere => {
-                let example = waiting.first().map(|&t| {
-                    let task = &self.tasks[t as usize];
-                    let needs: Vec<String> = task.resources.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                    if needs.is_empty() {
-                        format!("{:?}", &*task.key)
-                    } else {
-                        format!("{:?} needing {}", &*task.key, needs.join(","))
-                    }
-                });
-                format!(
-                    "no connected worker can run {} task(s) (e.g. {}): they wait until one that can joins",
-                    waiting.len(),
-                    example.unwrap_or_default()
-                )
-            }
+            )
+        } else if let Some(&f) = missing_fn {
+            format!(
+                "no connected worker{pool_text} has function {:?}: {} task(s) wait until a worker that registers it joins",
+                &*self.functions[f as usize],
+                waiting.len()
+            )
+        } else {
+            let example = waiting.first().map(|&t| {
+                let task = &self.tasks[t as usize];
+                let needs: Vec<String> = self
+                    .req_resources(task.req)
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+                if needs.is_empty() {
+                    format!("{:?}", &*task.key)
+                } else {
+                    format!("{:?} needing {}", &*task.key, needs.join(","))
+                }
+            });
+            format!(
+                "no connected worker{pool_text} can run {} task(s) (e.g. {}): they wait until one that can joins",
+                waiting.len(),
+                example.unwrap_or_default()
+            )
         };
         for c in clients {
-            if self.warned.insert((c, r)) {
+            if self.warned.insert((c, class)) {
                 self.out
                     .push(Command::Client(c, ToClient::Warning(msg.clone())));
             }

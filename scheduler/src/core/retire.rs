@@ -1,13 +1,20 @@
 //! Retiring workers (SIGTERM): a retiring worker gets no new tasks and finishes those it has.
 //! Then every result held only by it that a pending task or a client still needs is replicated
 //! to another worker (one of its pool when it was placed in a pool), and only when none is left
-//! is the worker told it may exit. Nothing is lost, so nothing is recomputed.
+//! is the worker told it may exit. Nothing is lost, so nothing is recomputed. A retiring
+//! worker whose successor is on its way (lifespan, memory limit) waits for it when no other
+//! worker can take its results. Each copy under way counts as a need of its result, so the
+//! result is not freed (and its id not reused) before the copy is answered.
 
 use std::collections::BTreeMap;
 
 use drover_protocol::{TaskIdx, ToWorker, WorkerId};
 
 use super::{Command, Core, State};
+
+/// Rounds of failed copies after which a retiring worker gives up what is left (it is then
+/// recomputed where needed).
+const MAX_HANDOFF_ROUNDS: u32 = 3;
 
 impl Core {
     /// Moves every retiring worker one step on.
@@ -50,7 +57,8 @@ impl Core {
             .filter(|(&w, x)| w != id && !x.retiring)
             .map(|(&w, _)| w)
             .collect();
-        let give_up = self.workers[&id].handoff_failed;
+        // A failed copy is tried again (with the targets there are then), a few times.
+        let give_up = self.workers[&id].handoff_failures >= MAX_HANDOFF_ROUNDS;
         if !needed.is_empty() && targets.is_empty() && self.workers[&id].await_successor && !give_up
         {
             return; // its replacement will join; hand over to it then
@@ -86,6 +94,14 @@ impl Core {
             .expect("retiring worker exists")
             .handoffs = plan.keys().copied().collect();
         for (target, ids) in plan {
+            for &t in &ids {
+                self.need(t);
+            }
+            self.workers
+                .get_mut(&target)
+                .expect("targets exist")
+                .replicating
+                .push((id, ids.clone()));
             self.out.push(Command::Worker(
                 target,
                 ToWorker::Replicate { from: id, ids },
@@ -101,11 +117,18 @@ impl Core {
         ids: &[TaskIdx],
         failed: bool,
     ) {
+        let Some(worker) = self.workers.get_mut(&w) else {
+            return;
+        };
+        let Some(pos) = worker.replicating.iter().position(|(f, _)| *f == from) else {
+            return;
+        };
+        let (_, planned) = worker.replicating.remove(pos);
         for &t in ids {
             let Some(task) = self.tasks.get_mut(t as usize) else {
                 continue;
             };
-            if task.state != State::Memory || task.holders.contains(&w) {
+            if task.state != State::Memory || task.holders.contains(&w) || !planned.contains(&t) {
                 continue;
             }
             task.holders.push(w);
@@ -113,12 +136,15 @@ impl Core {
                 worker.has.insert(t);
             }
         }
+        for t in planned {
+            self.unneed(t);
+        }
         if failed {
             tracing::warn!(worker = w, from, "some results of a retiring worker could not be copied; they will be recomputed if needed");
         }
         if let Some(r) = self.workers.get_mut(&from) {
             r.handoffs.retain(|&t| t != w);
-            r.handoff_failed |= failed;
+            r.handoff_failures += u32::from(failed);
         }
     }
 }

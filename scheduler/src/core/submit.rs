@@ -1,14 +1,34 @@
 //! Submitting a graph: parse, validate and propagate it (refusing it with the same messages as
 //! `drover check`, leaving the state untouched), then merge its tasks by key into the core.
-//! A key the scheduler already knows is the same task: held results are reused, running ones are
-//! shared, released ones are recomputed, failed ones run again.
+//!
+//! A key means one computation: each task carries the fingerprint of its definition (function,
+//! params, once-cell spec, and its inputs' keys and fingerprints, so everything upstream).
+//!
+//! * A key the core knows with the same fingerprint is the same task: a held result is reused
+//!   (reported done at once), a pending one is shared, a failed one runs again, a freed one is
+//!   computed again only if something of this run needs it (else it is reported done: it was
+//!   done, and nothing here needs its bytes).
+//! * A key the core knows with another fingerprint is refused while a live run (a connected
+//!   client's run that has not ended) includes the old task or a connected client wants its
+//!   result, naming the key and both definitions; otherwise the old task is detached from its
+//!   key (it stays only as the lineage of results still held) and the new one is computed.
 
 use std::sync::Arc;
 
-use drover_graph::{propagate_pools, Graph, Place, Reason};
+use drover_graph::{fingerprints, propagate_pools, Graph, Place, Reason, TaskId};
 use drover_protocol::{TaskIdx, TaskStatus, ToClient};
 
-use super::{CellInfo, ClientId, Command, Core, ResourceList, Run, State, StaticPlace, Task};
+use super::{CellInfo, ClientId, Command, Core, Req, Run, State, StaticPlace, Task};
+
+/// How a task of a submitted graph maps onto the core.
+enum Merge {
+    /// The same task is known: this slot.
+    Known(TaskIdx),
+    /// The same definition failed before: run it again in this slot.
+    Retry(TaskIdx),
+    /// A new task (or a new definition of a key whose old one is detached).
+    New,
+}
 
 impl Core {
     pub(crate) fn submit(
@@ -42,6 +62,40 @@ impl Core {
         if let Some(k) = wants.iter().find(|k| graph.id_of(k).is_none()) {
             return reject(self, format!("wanted key {k:?} is not a task of the graph"));
         }
+        let prints = fingerprints(&graph, &topo);
+        // Decide every task before changing anything: a conflict refuses the whole graph.
+        let mut merges: Vec<Merge> = Vec::with_capacity(graph.len());
+        let mut conflicts: Vec<String> = Vec::new();
+        for gid in graph.task_ids() {
+            let merge = match self.keys.get(graph.key(gid)) {
+                None => Merge::New,
+                Some(&old) => {
+                    let task = &self.tasks[old as usize];
+                    if task.fingerprint != prints[gid.index()] {
+                        if self.in_live_use(old) {
+                            conflicts.push(self.conflict_text(old, &graph, gid));
+                        }
+                        Merge::New
+                    } else if matches!(task.state, State::Failed(_)) {
+                        Merge::Retry(old)
+                    } else {
+                        Merge::Known(old)
+                    }
+                }
+            };
+            merges.push(merge);
+        }
+        if !conflicts.is_empty() {
+            conflicts.truncate(10);
+            return reject(
+                self,
+                format!(
+                    "the graph redefines {} key(s) that a live run still uses: {}. Use new keys, or wait until those runs end and their results are released",
+                    conflicts.len(),
+                    conflicts.join("; ")
+                ),
+            );
+        }
         let prop = propagate_pools(&graph, &topo);
         let run_idx = self.runs.len() as u32;
         self.runs.push(Run {
@@ -50,142 +104,55 @@ impl Core {
             ended: false,
             scoped_cells: Vec::new(),
         });
+        self.clients.entry(client).or_default();
 
-        let mut resource_sets: Vec<Option<ResourceList>> = Vec::new();
         let mut map: Vec<TaskIdx> = vec![0; graph.len()];
-        let mut fresh: Vec<TaskIdx> = Vec::new();
-        let mut restart: Vec<TaskIdx> = Vec::new();
-        let mut already_done: Vec<TaskIdx> = Vec::new();
-        let mut cells: Vec<(TaskIdx, drover_graph::TaskId)> = Vec::new();
+        let mut known: Vec<TaskIdx> = Vec::new();
+        let mut cells: Vec<(TaskIdx, TaskId)> = Vec::new();
         for &gid in topo.order() {
-            let key = graph.key(gid);
-            if let Some(&existing) = self.keys.get(key) {
-                if self.tasks[existing as usize].cell.is_some() {
-                    // The same once-cell: workers that loaded it keep it.
-                    map[gid.index()] = existing;
-                    self.extra_runs.entry(existing).or_default().push(run_idx);
-                    cells.push((existing, gid));
-                    continue;
+            let t = match merges[gid.index()] {
+                Merge::Known(t) => {
+                    self.extra_runs.entry(t).or_default().push(run_idx);
+                    known.push(t);
+                    t
                 }
-                match self.tasks[existing as usize].state {
-                    State::Failed(_) => {}
-                    State::Memory => {
-                        map[gid.index()] = existing;
-                        self.extra_runs.entry(existing).or_default().push(run_idx);
-                        already_done.push(existing);
-                        continue;
-                    }
-                    State::Released => {
-                        map[gid.index()] = existing;
-                        self.extra_runs.entry(existing).or_default().push(run_idx);
-                        restart.push(existing);
-                        continue;
-                    }
-                    _ => {
-                        map[gid.index()] = existing;
-                        self.extra_runs.entry(existing).or_default().push(run_idx);
-                        continue;
-                    }
+                Merge::Retry(t) => {
+                    let task = self.make_task(&graph, gid, &prop, &map, &prints, run_idx);
+                    // Its inputs list it as a consumer already (same inputs: same fingerprint).
+                    let consumers = std::mem::take(&mut self.tasks[t as usize].consumers);
+                    self.tasks[t as usize] = Task { consumers, ..task };
+                    t
                 }
-            }
-            let rs = graph.resource_set_id(gid) as usize;
-            if resource_sets.len() <= rs {
-                resource_sets.resize(rs + 1, None);
-            }
-            let resources = resource_sets[rs]
-                .get_or_insert_with(|| {
-                    graph
-                        .resources(gid)
-                        .consumable()
-                        .map(|(k, v)| (k.to_owned(), v))
-                        .collect()
-                })
-                .clone();
-            let place = match graph.place(gid) {
-                Place::Pinned(p) => StaticPlace::Pinned(self.intern_pool(graph.pool_name(p))),
-                Place::Any => StaticPlace::Any,
-                // Where a pooled once-cell it uses loads: as hard as a pin.
-                Place::Free if prop.reason(gid) == Reason::OnceCell => StaticPlace::Pinned(
-                    self.intern_pool(
-                        prop.pool_name(&graph, gid)
-                            .expect("once-cell reasons carry a pool"),
-                    ),
-                ),
-                Place::Free => {
-                    StaticPlace::Pass(prop.pool_name(&graph, gid).map(|n| self.intern_pool(n)))
-                }
-            };
-            let cell = graph.once_cell(gid).map(|c| CellInfo {
-                lifetime: c.lifetime,
-                lazy: c.lazy,
-                mean_load_us: None,
-            });
-            let inputs: Box<[TaskIdx]> = graph.inputs(gid).iter().map(|i| map[i.index()]).collect();
-            let task = Task {
-                key: graph.key_shared(gid).clone(),
-                function: self.intern_function(graph.function(gid)),
-                params: graph.params(gid).map(Arc::from),
-                inputs,
-                consumers: Vec::new(),
-                place,
-                resources,
-                priority: graph.priority(gid),
-                retries_left: graph.retries(gid),
-                pending: 0,
-                waiters: 0,
-                holders: Vec::new(),
-                size: 0,
-                run: run_idx,
-                placed_pool: None,
-                attempts: 0,
-                started: false,
-                assigned_seq: 0,
-                timeout_ms: graph.timeout(gid).map(|d| d.as_millis() as u64),
-                state: if cell.is_some() {
-                    State::Memory
-                } else {
-                    State::Waiting
-                },
-                cell,
-            };
-            let idx = match self.keys.get(key) {
-                Some(&failed) => {
-                    let consumers = std::mem::take(&mut self.tasks[failed as usize].consumers);
-                    self.tasks[failed as usize] = Task { consumers, ..task };
-                    failed
-                }
-                None => {
+                Merge::New => {
+                    let task = self.make_task(&graph, gid, &prop, &map, &prints, run_idx);
                     let key = task.key.clone();
-                    let idx = self.new_slot(task);
-                    self.keys.insert(key, idx);
-                    idx
+                    let t = self.new_slot(task);
+                    // A redefined key now names the new task; the old one stays detached.
+                    self.keys.insert(key, t);
+                    for n in 0..self.tasks[t as usize].inputs.len() {
+                        let i = self.tasks[t as usize].inputs[n];
+                        self.tasks[i as usize].consumers.push(t);
+                    }
+                    t
                 }
             };
-            map[gid.index()] = idx;
-            if self.tasks[idx as usize].cell.is_some() {
-                cells.push((idx, gid));
-                continue;
+            map[gid.index()] = t;
+            if self.tasks[t as usize].cell.is_some() {
+                cells.push((t, gid));
             }
-            fresh.push(idx);
         }
-        // Wire consumers and count what each new task waits for.
-        for &t in &fresh {
-            let inputs = self.tasks[t as usize].inputs.clone();
-            let mut pending = 0;
-            for &i in inputs.iter() {
-                let input = &mut self.tasks[i as usize];
-                input.consumers.push(t);
-                input.waiters += 1;
-                if input.state != State::Memory {
-                    pending += 1;
-                }
+        // New, retried and cancelled tasks run; they need their inputs, which computes again
+        // the freed ones they need (and only those).
+        for &gid in topo.order() {
+            let t = map[gid.index()];
+            if self.tasks[t as usize].state == State::Idle {
+                self.activate(t);
             }
-            self.tasks[t as usize].pending = pending;
         }
         for k in wants {
             let t = map[graph.id_of(k).expect("checked above").index()];
             if self.clients.entry(client).or_default().insert(t) {
-                self.tasks[t as usize].waiters += 1;
+                self.need(t);
             }
         }
         self.out.push(Command::Client(
@@ -206,34 +173,128 @@ impl Core {
             let users = topo.consumers(gid).len();
             self.load_eagerly(t, users);
         }
-        for t in already_done {
-            self.emit_to_run(t, run_idx);
-        }
-        for t in restart {
-            if self.tasks[t as usize].state == State::Released {
-                self.tasks[t as usize].state = State::Waiting;
-                self.make_ready_or_recompute_pub(t);
-            }
-        }
-        for &t in &fresh {
-            if self.tasks[t as usize].pending == 0 && self.tasks[t as usize].state == State::Waiting
-            {
-                self.push_ready(t);
+        // Known tasks done before (held, or freed and not needed here) are done for this run.
+        for t in known {
+            let task = &self.tasks[t as usize];
+            if task.cell.is_none() && matches!(task.state, State::Memory | State::Released) {
+                self.emit_reused(t, run_idx);
             }
         }
     }
 
-    fn intern_function(&mut self, name: &str) -> Arc<str> {
-        if let Some((k, _)) = self.functions.get_key_value(name) {
-            return k.clone();
+    /// The core's task for graph task `gid`.
+    fn make_task(
+        &mut self,
+        graph: &Graph,
+        gid: TaskId,
+        prop: &drover_graph::Propagation,
+        map: &[TaskIdx],
+        prints: &[u128],
+        run_idx: u32,
+    ) -> Task {
+        let place = match graph.place(gid) {
+            Place::Pinned(p) => StaticPlace::Pinned(self.intern_pool(graph.pool_name(p))),
+            Place::Any => StaticPlace::Any,
+            // Where a pooled once-cell it uses loads: as hard as a pin.
+            Place::Free if prop.reason(gid) == Reason::OnceCell => StaticPlace::Pinned(
+                self.intern_pool(
+                    prop.pool_name(graph, gid)
+                        .expect("once-cell reasons carry a pool"),
+                ),
+            ),
+            Place::Free => {
+                StaticPlace::Pass(prop.pool_name(graph, gid).map(|n| self.intern_pool(n)))
+            }
+        };
+        let cell = graph.once_cell(gid).map(|c| CellInfo {
+            lifetime: c.lifetime,
+            lazy: c.lazy,
+            mean_load_us: None,
+        });
+        let inputs: Box<[TaskIdx]> = graph.inputs(gid).iter().map(|i| map[i.index()]).collect();
+        let function = self.intern_function(graph.function(gid));
+        let mut functions: Vec<super::FnIdx> = vec![function];
+        for &i in inputs.iter() {
+            let input = &self.tasks[i as usize];
+            if input.cell.is_some() {
+                functions.push(input.function);
+            }
         }
-        let k: Arc<str> = Arc::from(name);
-        self.functions.insert(k.clone(), ());
-        k
+        functions.sort_unstable();
+        functions.dedup();
+        let mut resources: Vec<(String, u64)> = graph
+            .resources(gid)
+            .consumable()
+            .map(|(k, v)| (k.to_owned(), v.to_bits()))
+            .collect();
+        resources.sort();
+        let req = self.intern_req(Req {
+            functions: functions.into_boxed_slice(),
+            resources,
+        });
+        Task {
+            key: graph.key_shared(gid).clone(),
+            fingerprint: prints[gid.index()],
+            function,
+            params: graph.params(gid).map(Arc::from),
+            inputs,
+            consumers: Vec::new(),
+            place,
+            req,
+            priority: graph.priority(gid),
+            retries_left: graph.retries(gid),
+            pending: 0,
+            waiters: 0,
+            holders: Vec::new(),
+            size: 0,
+            run: run_idx,
+            placed_pool: None,
+            attempts: 0,
+            started: false,
+            assigned_seq: 0,
+            ready_seq: 0,
+            fetch_failures: 0,
+            timeout_ms: graph.timeout(gid).map(|d| d.as_millis() as u64),
+            state: if cell.is_some() {
+                State::Memory
+            } else {
+                State::Idle
+            },
+            cell,
+        }
     }
 
-    /// Tells one run that a task it includes is already done.
-    fn emit_to_run(&mut self, t: TaskIdx, run_idx: u32) {
+    /// Whether a live run (connected, not ended) includes `t`, or a connected client wants it.
+    fn in_live_use(&self, t: TaskIdx) -> bool {
+        self.runs_of(t).any(|r| {
+            let run = &self.runs[r as usize];
+            !run.ended && self.run_connected(r)
+        }) || self.clients.values().any(|w| w.contains(&t))
+    }
+
+    /// Says how task `old` and graph task `gid`, both keyed alike, differ.
+    fn conflict_text(&self, old: TaskIdx, graph: &Graph, gid: TaskId) -> String {
+        let task = &self.tasks[old as usize];
+        let before = (
+            &*self.functions[task.function as usize],
+            task.params.as_deref(),
+        );
+        let after = (graph.function(gid), graph.params(gid));
+        let show = |(f, p): (&str, Option<&str>)| match p {
+            Some(p) if p.len() > 80 => format!("function {f:?} with params {}...", &p[..77]),
+            Some(p) => format!("function {f:?} with params {p}"),
+            None => format!("function {f:?}"),
+        };
+        let how = if before == after {
+            "the same function and params, but other inputs or upstream tasks".to_owned()
+        } else {
+            format!("{} there, {} here", show(before), show(after))
+        };
+        format!("key {:?} ({how})", graph.key(gid))
+    }
+
+    /// Tells one run that a task it includes was done before it was submitted.
+    fn emit_reused(&mut self, t: TaskIdx, run_idx: u32) {
         let task = &self.tasks[t as usize];
         let run = &self.runs[run_idx as usize];
         let holder = task.holders.first().and_then(|w| self.workers.get(w));
@@ -250,6 +311,7 @@ impl Core {
             error: None,
             attempts: task.attempts,
             load: false,
+            reused: true,
         };
         self.out
             .push(Command::Client(run.client, ToClient::Events(vec![event])));

@@ -10,9 +10,14 @@ fn hello(name: &str, resources: &str, nthreads: u32) -> WorkerHello {
         nthreads,
         peer_addr: "127.0.0.1:1".parse().unwrap(),
         peer_cert: vec![],
-        functions: vec![],
+        functions: FUNCTIONS.iter().map(|f| f.to_string()).collect(),
     }
 }
+
+/// Every function the tests' graphs use: the test workers have them all.
+const FUNCTIONS: &[&str] = &[
+    "bytes", "len", "concat", "noop", "command", "f", "g", "load",
+];
 
 fn computes(cmds: &[Command]) -> Vec<(WorkerId, String)> {
     cmds.iter()
@@ -38,20 +43,31 @@ struct Sim {
 }
 
 impl Sim {
+    /// Handles an event and checks the core's invariants after it.
+    fn handle(&mut self, e: Event) -> Vec<Command> {
+        let what = format!("{e:?}");
+        let cmds = self.core.handle(e);
+        if let Err(broken) = self.core.check() {
+            panic!("after {what}: {broken}");
+        }
+        cmds
+    }
+
     fn new(workers: &[(&str, &str, u32)]) -> Sim {
-        let mut core = Core::new();
+        let core = Core::new();
+        let mut s = Sim { core };
         for (i, (name, res, n)) in workers.iter().enumerate() {
-            core.handle(Event::WorkerJoined {
+            s.handle(Event::WorkerJoined {
                 id: i as u32,
                 hello: hello(name, res, *n),
             });
         }
-        core.handle(Event::ClientJoined { id: 0 });
-        Sim { core }
+        s.handle(Event::ClientJoined { id: 0 });
+        s
     }
 
     fn submit(&mut self, json: &str, wants: &[&str]) -> Vec<Command> {
-        self.core.handle(Event::Client(
+        self.handle(Event::Client(
             0,
             FromClient::Submit {
                 run: 1,
@@ -73,20 +89,30 @@ impl Sim {
         fetched: Vec<(TaskIdx, WorkerId, u64)>,
     ) -> Vec<Command> {
         let id = self.id(key);
-        self.core.handle(Event::Worker(
+        let mut cmds = Vec::new();
+        if !fetched.is_empty() {
+            cmds = self.handle(Event::Worker(
+                w,
+                FromWorker::Fetched {
+                    task: id,
+                    inputs: fetched,
+                },
+            ));
+        }
+        cmds.extend(self.handle(Event::Worker(
             w,
             FromWorker::Finished {
                 id,
                 size,
                 duration_us: 10,
-                fetched,
             },
-        ))
+        )));
+        cmds
     }
 
     fn fail(&mut self, w: WorkerId, key: &str, error: &str) -> Vec<Command> {
         let id = self.id(key);
-        self.core.handle(Event::Worker(
+        self.handle(Event::Worker(
             w,
             FromWorker::Failed {
                 id,
@@ -176,7 +202,7 @@ fn a_pool_without_workers_warns_then_runs_when_one_joins() {
         warnings[0]
     );
     assert!(computes(&cmds).is_empty());
-    let cmds = s.core.handle(Event::WorkerJoined {
+    let cmds = s.handle(Event::WorkerJoined {
         id: 9,
         hello: hello("wz", "pool-Z=1", 1),
     });
@@ -283,9 +309,9 @@ fn a_task_that_keeps_killing_workers_is_failed_as_suspicious() {
         };
         // Reported started or not: it was the only task there, so it was the one running.
         if round == 1 {
-            s.core.handle(Event::Worker(w, FromWorker::Started(t)));
+            s.handle(Event::Worker(w, FromWorker::Started(t)));
         }
-        let cmds = s.core.handle(Event::WorkerLeft { id: w });
+        let cmds = s.handle(Event::WorkerLeft { id: w });
         if round < 2 {
             assert!(events(&cmds).is_empty());
             assert_eq!(s.core.deaths[&t].len(), round + 1);
@@ -313,12 +339,12 @@ fn only_the_tasks_a_dead_worker_was_running_count_its_death() {
         &[],
     );
     let (low, high) = (s.id("low"), s.id("high"));
-    s.core.handle(Event::WorkerJoined {
+    s.handle(Event::WorkerJoined {
         id: 1,
         hello: hello("w1", "", 1),
     });
     // Both were queued on w0; with one thread it runs "high" first.
-    s.core.handle(Event::WorkerLeft { id: 0 });
+    s.handle(Event::WorkerLeft { id: 0 });
     assert_eq!(s.core.deaths.get(&high).map(Vec::len), Some(1));
     assert!(!s.core.deaths.contains_key(&low));
     // A reported start wins over the run-order guess.
@@ -328,8 +354,8 @@ fn only_the_tasks_a_dead_worker_was_running_count_its_death() {
         &[],
     );
     let (low, high) = (s.id("low"), s.id("high"));
-    s.core.handle(Event::Worker(0, FromWorker::Started(low)));
-    s.core.handle(Event::WorkerLeft { id: 0 });
+    s.handle(Event::Worker(0, FromWorker::Started(low)));
+    s.handle(Event::WorkerLeft { id: 0 });
     assert!(s.core.deaths.contains_key(&low) && !s.core.deaths.contains_key(&high));
 }
 
@@ -353,7 +379,7 @@ fn a_lost_worker_s_tasks_and_results_are_recomputed() {
         State::Assigned(w) => w,
         ref other => panic!("{other:?}"),
     };
-    let cmds = s.core.handle(Event::WorkerLeft { id: holder });
+    let cmds = s.handle(Event::WorkerLeft { id: holder });
     let other = 1 - holder;
     // x was only on the lost worker: recomputed on the survivor (y, if it was there, waits).
     assert!(
@@ -379,7 +405,7 @@ fn tasks_no_worker_can_run_are_warned_about_once() {
         "{}",
         warnings[0]
     );
-    let cmds = s.core.handle(Event::WorkerJoined {
+    let cmds = s.handle(Event::WorkerJoined {
         id: 5,
         hello: hello("gpu", "gpu=1", 1),
     });
@@ -390,10 +416,10 @@ fn tasks_no_worker_can_run_are_warned_about_once() {
 #[test]
 fn a_departed_client_s_waiting_tasks_are_cancelled_unless_shared() {
     let mut s = Sim::new(&[("w", "", 1)]);
-    s.core.handle(Event::ClientJoined { id: 1 });
+    s.handle(Event::ClientJoined { id: 1 });
     // Client 0: a -> b -> c. Client 1 shares "a" and "b" but not "c".
     s.submit(r#"{"tasks": [{"key": "a", "function": "f"}, {"key": "b", "function": "f", "inputs": ["a"]}, {"key": "c", "function": "f", "inputs": ["b"]}]}"#, &["c"]);
-    s.core.handle(Event::Client(
+    s.handle(Event::Client(
         1,
         FromClient::Submit {
             run: 7,
@@ -401,7 +427,7 @@ fn a_departed_client_s_waiting_tasks_are_cancelled_unless_shared() {
             wants: vec!["b".into()],
         },
     ));
-    s.core.handle(Event::ClientLeft { id: 0 });
+    s.handle(Event::ClientLeft { id: 0 });
     let state = |s: &Sim, k: &str| s.core.tasks[s.id(k) as usize].state.clone();
     // Only client 0 waited for c: cancelled, and forgotten with its client.
     assert!(!s.core.keys.contains_key("c"));
@@ -415,7 +441,7 @@ fn a_departed_client_s_waiting_tasks_are_cancelled_unless_shared() {
     assert_eq!(state(&s, "b"), State::Memory, "wanted by client 1");
     // Client 1 leaves too: its wanted result is freed (and then forgotten).
     let b = s.id("b");
-    let cmds = s.core.handle(Event::ClientLeft { id: 1 });
+    let cmds = s.handle(Event::ClientLeft { id: 1 });
     assert!(cmds
         .iter()
         .any(|c| matches!(c, Command::Worker(0, ToWorker::Free(ids)) if ids.contains(&b))));
@@ -425,11 +451,11 @@ fn a_departed_client_s_waiting_tasks_are_cancelled_unless_shared() {
 #[test]
 fn tasks_of_departed_clients_are_forgotten_and_their_slots_reused() {
     let mut s = Sim::new(&[("w", "", 1)]);
-    s.core.handle(Event::ClientJoined { id: 1 });
+    s.handle(Event::ClientJoined { id: 1 });
     let chain = r#"{"tasks": [{"key": "a", "function": "f"}, {"key": "b", "function": "f", "inputs": ["a"]}]}"#;
     s.submit(chain, &["b"]);
     // Client 1 shares "a" only.
-    s.core.handle(Event::Client(
+    s.handle(Event::Client(
         1,
         FromClient::Submit {
             run: 1,
@@ -440,17 +466,17 @@ fn tasks_of_departed_clients_are_forgotten_and_their_slots_reused() {
     s.finish(0, "a", 3, vec![]);
     s.finish(0, "b", 3, vec![]);
     assert_eq!(s.core.stats().tasks, 2);
-    s.core.handle(Event::ClientLeft { id: 0 });
+    s.handle(Event::ClientLeft { id: 0 });
     // "b" belonged to client 0 alone: forgotten. "a" is still wanted by client 1.
     assert!(!s.core.keys.contains_key("b"));
     assert_eq!(s.core.stats().tasks, 1);
     assert_eq!(s.core.tasks[s.id("a") as usize].state, State::Memory);
-    s.core.handle(Event::ClientLeft { id: 1 });
+    s.handle(Event::ClientLeft { id: 1 });
     assert_eq!(s.core.stats().tasks, 0);
     assert!(s.core.tasks.is_empty() && s.core.keys.is_empty());
     // The same keys can be submitted again and run from scratch.
-    s.core.handle(Event::ClientJoined { id: 2 });
-    let cmds = s.core.handle(Event::Client(
+    s.handle(Event::ClientJoined { id: 2 });
+    let cmds = s.handle(Event::Client(
         2,
         FromClient::Submit {
             run: 1,
@@ -473,11 +499,11 @@ fn a_reused_slot_is_never_scheduled_by_a_stale_queue_entry() {
         r#"{"tasks": [{"key": "p", "function": "f", "pool": "P"}]}"#,
         &[],
     );
-    s.core.handle(Event::ClientLeft { id: 0 });
+    s.handle(Event::ClientLeft { id: 0 });
     assert_eq!(s.core.stats().tasks, 0);
     assert!(s.core.ready.is_empty(), "no stale entries left");
-    s.core.handle(Event::ClientJoined { id: 1 });
-    let cmds = s.core.handle(Event::Client(
+    s.handle(Event::ClientJoined { id: 1 });
+    let cmds = s.handle(Event::Client(
         1,
         FromClient::Submit {
             run: 1,
@@ -487,7 +513,7 @@ fn a_reused_slot_is_never_scheduled_by_a_stale_queue_entry() {
     ));
     assert_eq!(computes(&cmds), [(0, "x".to_owned())]);
     // A worker of P joining later gets nothing.
-    let cmds = s.core.handle(Event::WorkerJoined {
+    let cmds = s.handle(Event::WorkerJoined {
         id: 5,
         hello: hello("p", "pool-P=1", 1),
     });
@@ -498,10 +524,10 @@ fn a_reused_slot_is_never_scheduled_by_a_stale_queue_entry() {
 fn a_task_shared_by_several_clients_goes_when_the_last_of_them_leaves() {
     let mut s = Sim::new(&[]);
     for c in 1..=2 {
-        s.core.handle(Event::ClientJoined { id: c });
+        s.handle(Event::ClientJoined { id: c });
     }
     for c in 0..=2 {
-        s.core.handle(Event::Client(
+        s.handle(Event::Client(
             c,
             FromClient::Submit {
                 run: 1,
@@ -510,10 +536,10 @@ fn a_task_shared_by_several_clients_goes_when_the_last_of_them_leaves() {
             },
         ));
     }
-    s.core.handle(Event::ClientLeft { id: 0 });
-    s.core.handle(Event::ClientLeft { id: 1 });
+    s.handle(Event::ClientLeft { id: 0 });
+    s.handle(Event::ClientLeft { id: 1 });
     assert_eq!(s.core.stats().tasks, 1, "client 2 still waits for it");
-    s.core.handle(Event::ClientLeft { id: 2 });
+    s.handle(Event::ClientLeft { id: 2 });
     assert_eq!(s.core.stats().tasks, 0);
 }
 
@@ -560,7 +586,7 @@ fn an_eager_pooled_cell_loads_at_submission_only_in_its_pool_and_users_follow_it
     assert!(cell_specs(&cmds).is_empty());
     // A load is reported as an event of its own.
     let m = s.id("m");
-    let cmds = s.core.handle(Event::Worker(
+    let cmds = s.handle(Event::Worker(
         0,
         FromWorker::Loaded {
             id: m,
@@ -605,10 +631,10 @@ fn a_lazy_cell_is_announced_before_its_first_user_and_holders_are_preferred() {
     let m = s.id("m");
     let cmd = s.core.compute_message(t1, 0);
     let ToWorker::Compute(c) = cmd else { panic!() };
-    assert_eq!(
-        c.inputs,
-        vec![(m, 0)],
-        "a cell is always held where the task runs"
+    assert_eq!(c.inputs, vec![m]);
+    assert!(
+        c.sources.is_empty(),
+        "a cell is never fetched: loaded where the task runs"
     );
 }
 
@@ -623,9 +649,7 @@ fn a_run_scoped_cell_is_dropped_when_its_run_ends_and_cells_are_released_by_name
         ]}"#,
         &[],
     );
-    let cmds = s
-        .core
-        .handle(Event::Client(0, FromClient::EndRun { run: 1 }));
+    let cmds = s.handle(Event::Client(0, FromClient::EndRun { run: 1 }));
     let m = s.id("m");
     let dropped: Vec<_> = cmds
         .iter()
@@ -636,7 +660,7 @@ fn a_run_scoped_cell_is_dropped_when_its_run_ends_and_cells_are_released_by_name
         .collect();
     assert_eq!(dropped, vec![(0, vec![m])], "only the run-scoped one");
     let k = s.id("k");
-    let cmds = s.core.handle(Event::Client(
+    let cmds = s.handle(Event::Client(
         0,
         FromClient::ReleaseCells {
             keys: vec!["k".into()],
@@ -646,7 +670,7 @@ fn a_run_scoped_cell_is_dropped_when_its_run_ends_and_cells_are_released_by_name
         .iter()
         .any(|c| matches!(c, Command::Worker(0, ToWorker::DropCells(ids)) if *ids == vec![k])));
     // A failed load is an event, and the worker no longer counts as holding it.
-    let cmds = s.core.handle(Event::Worker(
+    let cmds = s.handle(Event::Worker(
         0,
         FromWorker::Loaded {
             id: k,

@@ -179,20 +179,38 @@ pub fn run(args: Args) -> Result<(), Failure> {
             std::fs::create_dir_all(dir)
                 .map_err(|e| Failure::Usage(format!("cannot create {}: {e}", dir.display())))?;
         }
-        for key in &sinks {
-            match run.get_bytes(key).await {
+        // Outputs stream in batches (one request per worker per batch), printed and written
+        // in the graph's order as they arrive.
+        let mut write_error: Option<Failure> = None;
+        {
+            use std::io::Write;
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            run.fetch_outputs(&sinks, |key, result| match result {
                 Ok(bytes) => {
-                    println!("{key}: {}", show(&bytes));
-                    if let Some(dir) = &args.outputs {
+                    let _ = writeln!(out, "{key}: {}", show(&bytes));
+                    if let (Some(dir), None) = (&args.outputs, &write_error) {
                         let path = dir.join(file_name(key));
-                        std::fs::write(&path, &bytes).map_err(|e| {
-                            Failure::Usage(format!("cannot write {}: {e}", path.display()))
-                        })?;
+                        if let Err(e) = std::fs::write(&path, &bytes) {
+                            write_error = Some(Failure::Usage(format!(
+                                "cannot write {}: {e}",
+                                path.display()
+                            )));
+                        }
                     }
                 }
                 Err(drover::ClientError::TaskFailed { .. }) => {}
-                Err(e) => eprintln!("error: {e}"),
-            }
+                Err(e) => {
+                    let _ = out.flush();
+                    eprintln!("error: {e}");
+                }
+            })
+            .await
+            .map_err(|e| Failure::Lost(format!("the run did not complete: {e}")))?;
+            let _ = out.flush();
+        }
+        if let Some(e) = write_error {
+            return Err(e);
         }
         if let Some(path) = &args.report {
             let text = serde_json::to_string_pretty(&report).expect("report serialises") + "\n";

@@ -1,0 +1,108 @@
+//! Definition fingerprints: one 128-bit hash per task of what it computes, so that a scheduler
+//! can tell a key resubmitted with the same definition (whose result it may reuse) from a key
+//! reused for something else (whose old result must never answer for the new one).
+//!
+//! A task's fingerprint covers its function, its params, its once-cell spec (lifetime and
+//! laziness), and for each input in order that input's key and fingerprint. So it changes when
+//! anything upstream changes: `c = concat(a)` is a different computation once `a` is redefined,
+//! although `c`'s own fields are the same. Computed in one pass in topological order (linear).
+//! Annotations that do not change the result (pool, resources, priority, retries, timeout, size
+//! hint) are not part of it.
+
+use xxhash_rust::xxh3::Xxh3;
+
+use crate::{Graph, Lifetime, Topology};
+
+/// A task definition's fingerprint.
+pub type Fingerprint = u128;
+
+/// The fingerprint of every task, indexed by [`crate::TaskId::index`].
+pub fn fingerprints(graph: &Graph, topo: &Topology) -> Vec<Fingerprint> {
+    let mut out: Vec<Fingerprint> = vec![0; graph.len()];
+    let mut h = Xxh3::new();
+    for &id in topo.order() {
+        h.reset();
+        let function = graph.function(id);
+        h.update(&(function.len() as u64).to_le_bytes());
+        h.update(function.as_bytes());
+        match graph.params(id) {
+            Some(p) => {
+                h.update(&[1]);
+                h.update(&(p.len() as u64).to_le_bytes());
+                h.update(p.as_bytes());
+            }
+            None => h.update(&[0]),
+        }
+        match graph.once_cell(id) {
+            Some(c) => h.update(&[1, u8::from(c.lifetime == Lifetime::Run), u8::from(c.lazy)]),
+            None => h.update(&[0]),
+        }
+        for &i in graph.inputs(id) {
+            let key = graph.key(i);
+            h.update(&(key.len() as u64).to_le_bytes());
+            h.update(key.as_bytes());
+            h.update(&out[i.index()].to_le_bytes());
+        }
+        out[id.index()] = h.digest128();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prints(json: &str) -> Vec<(String, Fingerprint)> {
+        let g = Graph::from_json_str(json).unwrap();
+        let topo = g.validate().unwrap();
+        let f = fingerprints(&g, &topo);
+        g.task_ids()
+            .map(|t| (g.key(t).to_owned(), f[t.index()]))
+            .collect()
+    }
+
+    fn of(p: &[(String, Fingerprint)], key: &str) -> Fingerprint {
+        p.iter().find(|(k, _)| k == key).unwrap().1
+    }
+
+    #[test]
+    fn fingerprints_follow_definitions_and_everything_upstream() {
+        let base = r#"{"tasks": [
+          {"key": "a", "function": "bytes", "params": {"n": 5, "fill": "p"}},
+          {"key": "c", "function": "concat", "inputs": ["a"]}]}"#;
+        let a = prints(base);
+        // Same definitions, other annotations and formatting: the same.
+        let same = prints(
+            r#"{"tasks": [
+          {"key": "a", "function": "bytes", "params": {"fill": "p", "n": 5}, "pool": "A", "retries": 2},
+          {"key": "c", "function": "concat", "inputs": ["a"], "priority": 3}]}"#,
+        );
+        assert_eq!(of(&a, "a"), of(&same, "a"));
+        assert_eq!(of(&a, "c"), of(&same, "c"));
+        // Other params of a: a differs, and so does c downstream of it.
+        let other = prints(
+            r#"{"tasks": [
+          {"key": "a", "function": "bytes", "params": {"n": 3, "fill": "s"}},
+          {"key": "c", "function": "concat", "inputs": ["a"]}]}"#,
+        );
+        assert_ne!(of(&a, "a"), of(&other, "a"));
+        assert_ne!(of(&a, "c"), of(&other, "c"));
+        // Another function, or an input under another key: different.
+        let f = prints(
+            r#"{"tasks": [{"key": "a", "function": "len", "params": {"n": 5, "fill": "p"}}]}"#,
+        );
+        assert_ne!(of(&a, "a"), of(&f, "a"));
+        let renamed = prints(
+            r#"{"tasks": [
+          {"key": "b", "function": "bytes", "params": {"n": 5, "fill": "p"}},
+          {"key": "c", "function": "concat", "inputs": ["b"]}]}"#,
+        );
+        assert_eq!(of(&a, "a"), of(&renamed, "b"));
+        assert_ne!(of(&a, "c"), of(&renamed, "c"));
+        // A once-cell differs from a task with the same function and params.
+        let cell = prints(
+            r#"{"tasks": [{"key": "a", "function": "bytes", "params": {"n": 5, "fill": "p"}, "once_cell": {}}]}"#,
+        );
+        assert_ne!(of(&a, "a"), of(&cell, "a"));
+    }
+}

@@ -1,0 +1,962 @@
+//! The worker's decisions, as a pure state machine: `handle(event, now) -> commands`, like the
+//! scheduler's core. No sockets, threads, clocks or bytes here: the shell ([`crate::runtime`])
+//! turns frames, executor threads, fetches and timers into [`Event`]s and carries out the
+//! [`Command`]s; the deterministic simulation drives the same core with a simulated network.
+//!
+//! What it decides:
+//! * **Queueing.** Assigned tasks whose inputs are all here wait in a queue, highest priority
+//!   first, then first come; a task is handed to the executor threads when a thread and its
+//!   consumable resources are free. Tasks without resources are handed over up to
+//!   [`THREAD_QUEUE`] per thread ahead, so a thread that finishes one finds the next at once.
+//! * **Fetching.** An input not here is fetched from its sources (the holders the scheduler
+//!   named, best first), all inputs wanted from one peer in one request. An input being fetched
+//!   for one task is not fetched again for another. A source that fails (the peer does not hold
+//!   it, cannot be reached, or left) is skipped for the next; a task some input of which has no
+//!   source left is given back to the scheduler ([`FromWorker::InputsLost`]) with every failed
+//!   (input, holder) pair, so the scheduler corrects what it believes. A peer the scheduler says
+//!   is gone is never dialled again, and fetches in flight from it fail at once.
+//! * **Keeping and freeing.** The store holds this worker's results and the replicas it
+//!   fetched; each is reported to the scheduler when it arrives ([`FromWorker::Finished`],
+//!   [`FromWorker::Fetched`], [`FromWorker::Replicated`]), and dropped when the scheduler says
+//!   [`ToWorker::Free`], except that a task queued here keeps the inputs it needs until it
+//!   starts. A fetched result nobody here needs any more is not kept.
+//! * **Timeouts.** A task running past its timeout is reported failed at its deadline; its
+//!   thread and resources stay taken until the function returns, and its late result is
+//!   dropped.
+//! * **Start reports.** A start is reported only if the task still runs [`START_REPORT_DELAY`]
+//!   later, so a short task costs one message.
+//! * **Retirement.** SIGTERM, the task lifespan or the memory limit retire the worker: it says
+//!   so, takes no new work from the scheduler's side, and exits when the scheduler says
+//!   [`ToWorker::Retired`].
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use drover_protocol::{CellSpec, ComputeTask, FromWorker, PeerInfo, TaskIdx, ToWorker, WorkerId};
+
+use crate::context::timeout_message;
+
+/// A job's number on this worker: each hand-over of a task to the threads is a new job.
+pub type JobId = u64;
+/// A fetch's number on this worker.
+pub type FetchId = u64;
+
+/// Resource-free tasks handed to the executor threads ahead, per thread.
+pub const THREAD_QUEUE: u32 = 16;
+/// A start is reported if the task still runs this long after it began.
+pub const START_REPORT_DELAY: Duration = Duration::from_millis(50);
+
+/// The worker's fixed settings.
+#[derive(Debug, Clone, Default)]
+pub struct CoreConfig {
+    /// Tasks run at once.
+    pub nthreads: u32,
+    /// Consumable resources and their amounts (pools are not consumed and not listed).
+    pub resources: Vec<(String, f64)>,
+    /// Retire after this many tasks, to be replaced by a fresh process.
+    pub lifespan_tasks: Option<u64>,
+    /// Retire when the process's resident memory passes this many bytes.
+    pub memory_limit: Option<u64>,
+}
+
+/// Something that happened, fed to [`WorkerCore::handle`].
+#[derive(Debug)]
+pub enum Event {
+    /// A frame of messages from the scheduler.
+    Scheduler(Vec<ToWorker>),
+    /// An executor thread began a job.
+    JobStarted {
+        /// The job.
+        job: JobId,
+    },
+    /// A job ended: its output's size (the shell holds the bytes until told to
+    /// [`Command::Keep`] them), or its error.
+    JobDone {
+        /// The job.
+        job: JobId,
+        /// Output size, or the error.
+        result: Result<u64, String>,
+        /// How long the function ran, in microseconds.
+        duration_us: u64,
+    },
+    /// A once-cell load ended on a thread (eager, or for a job).
+    Loaded {
+        /// The cell.
+        cell: TaskIdx,
+        /// Load time in microseconds.
+        duration_us: u64,
+        /// Bytes that came over the wire for it.
+        bytes: u64,
+        /// Why it failed, if it did.
+        error: Option<String>,
+    },
+    /// A fetch ended. `got` arrived (the shell holds their bytes until told to keep them);
+    /// `failed` could not be had from that peer, for `error`.
+    Fetched {
+        /// The fetch.
+        fetch: FetchId,
+        /// (result, size) that arrived.
+        got: Vec<(TaskIdx, u64)>,
+        /// Results the peer did not send.
+        failed: Vec<TaskIdx>,
+        /// Why they were not sent.
+        error: String,
+    },
+    /// Time passed: check deadlines and due reports (see [`WorkerCore::next_wakeup`]).
+    Tick,
+    /// Retire on request (SIGTERM): finish, hand over, exit.
+    Retire,
+    /// The process's resident memory now, in bytes.
+    Memory(u64),
+}
+
+/// A task handed to an executor thread: its inputs are in the store (once-cells aside).
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// The job's number.
+    pub job: JobId,
+    /// The task.
+    pub task: ComputeTask,
+    /// Inputs that are once-cells: (position, cell id).
+    pub cells: Vec<(usize, TaskIdx)>,
+}
+
+/// Why the session ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Retired on request and handed over.
+    Retired,
+    /// Retired at its lifespan or memory limit: a fresh process should replace it.
+    Recycled,
+}
+
+/// Something for the shell to do, returned by [`WorkerCore::handle`] in order.
+#[derive(Debug)]
+pub enum Command {
+    /// Send these to the scheduler, as one frame.
+    Send(Vec<FromWorker>),
+    /// Store the bytes of these results just reported by [`Event::JobDone`] or
+    /// [`Event::Fetched`] (bytes not kept are dropped).
+    Keep(Vec<TaskIdx>),
+    /// Hand this job to the executor threads (taking its inputs from the store now).
+    Run(Job),
+    /// Fetch these results from a peer; answer with [`Event::Fetched`].
+    Fetch {
+        /// The fetch's number.
+        fetch: FetchId,
+        /// Whom from.
+        peer: PeerInfo,
+        /// Which results.
+        ids: Vec<TaskIdx>,
+    },
+    /// Remove these results from the store.
+    Drop(Vec<TaskIdx>),
+    /// This peer is gone: close any connection to it (fetches from it already failed here).
+    ForgetPeer(WorkerId),
+    /// Know this once-cell (and load it now on its own thread if it says so).
+    Cell(CellSpec),
+    /// Drop these once-cells' objects.
+    DropCells(Vec<TaskIdx>),
+    /// Tell the supervisor to start this worker's successor now.
+    Recycling,
+    /// End the session.
+    Exit(Exit),
+}
+
+/// A result in the store.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    size: u64,
+    /// The scheduler no longer counts it as held here: drop it when no queued task needs it.
+    freed: bool,
+    /// Queued or fetching tasks here that need it.
+    pins: u32,
+}
+
+/// A task assigned here and not yet handed to a thread.
+#[derive(Debug)]
+struct Pending {
+    task: ComputeTask,
+    order: u64,
+    /// Inputs still to arrive.
+    missing: u32,
+    /// (input, holder) pairs that failed so far.
+    lost: Vec<(TaskIdx, WorkerId)>,
+    error: String,
+}
+
+/// An input being fetched for tasks here.
+#[derive(Debug, Default)]
+struct Wanted {
+    /// The fetch getting it, if one is in flight.
+    fetch: Option<FetchId>,
+    /// Pending tasks waiting for it.
+    waiters: Vec<TaskIdx>,
+}
+
+#[derive(Debug)]
+enum Purpose {
+    /// Inputs of tasks here; bytes moved are counted for `first`.
+    Inputs { first: TaskIdx },
+    /// Copies of a retiring worker's results; `here` were here already.
+    Replicate { here: Vec<TaskIdx> },
+}
+
+#[derive(Debug)]
+struct FetchState {
+    peer: WorkerId,
+    ids: Vec<TaskIdx>,
+    purpose: Purpose,
+}
+
+/// A job on the threads.
+#[derive(Debug)]
+struct Running {
+    task: TaskIdx,
+    resources: Vec<(String, f64)>,
+    timeout_ms: Option<u64>,
+    deadline: Option<Instant>,
+    /// Reported as timed out already: its result is dropped when it comes.
+    abandoned: bool,
+    /// Its start is to be reported (it began and was not reported yet).
+    unreported: bool,
+}
+
+/// Queue entry: higher priority first, then arrival.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Queued {
+    priority: i32,
+    order: Reverse<u64>,
+    task: TaskIdx,
+}
+
+/// The worker's state. See the module docs.
+#[derive(Debug)]
+pub struct WorkerCore {
+    id: WorkerId,
+    config: CoreConfig,
+    peers: BTreeMap<WorkerId, PeerInfo>,
+    cells: HashSet<TaskIdx>,
+    store: HashMap<TaskIdx, Entry>,
+    pending: HashMap<TaskIdx, Pending>,
+    queue: BinaryHeap<Queued>,
+    wanted: HashMap<TaskIdx, Wanted>,
+    fetches: HashMap<FetchId, FetchState>,
+    jobs: HashMap<JobId, Running>,
+    used: HashMap<String, f64>,
+    next_order: u64,
+    next_job: JobId,
+    next_fetch: FetchId,
+    report_due: Option<Instant>,
+    tasks_done: u64,
+    retiring: bool,
+    recycle: bool,
+    /// Filled during one `handle`.
+    out: Vec<FromWorker>,
+    cmds: Vec<Command>,
+    /// Fetches started during one `handle`, by peer (one request per peer).
+    batch: BTreeMap<WorkerId, FetchId>,
+    drops: Vec<TaskIdx>,
+}
+
+impl WorkerCore {
+    /// A worker that the scheduler knows as `id`.
+    pub fn new(id: WorkerId, config: CoreConfig) -> WorkerCore {
+        WorkerCore {
+            id,
+            config: CoreConfig {
+                nthreads: config.nthreads.max(1),
+                ..config
+            },
+            peers: BTreeMap::new(),
+            cells: HashSet::new(),
+            store: HashMap::new(),
+            pending: HashMap::new(),
+            queue: BinaryHeap::new(),
+            wanted: HashMap::new(),
+            fetches: HashMap::new(),
+            jobs: HashMap::new(),
+            used: HashMap::new(),
+            next_order: 0,
+            next_job: 0,
+            next_fetch: 0,
+            report_due: None,
+            tasks_done: 0,
+            retiring: false,
+            recycle: false,
+            out: Vec::new(),
+            cmds: Vec::new(),
+            batch: BTreeMap::new(),
+            drops: Vec::new(),
+        }
+    }
+
+    /// Handles one event and returns what to do, in order.
+    pub fn handle(&mut self, event: Event, now: Instant) -> Vec<Command> {
+        match event {
+            Event::Scheduler(msgs) => {
+                for m in msgs {
+                    self.message(m);
+                }
+            }
+            Event::JobStarted { job } => {
+                if let Some(r) = self.jobs.get_mut(&job) {
+                    r.deadline = r.timeout_ms.map(|ms| now + Duration::from_millis(ms));
+                    r.unreported = true;
+                    self.report_due.get_or_insert(now + START_REPORT_DELAY);
+                }
+            }
+            Event::JobDone {
+                job,
+                result,
+                duration_us,
+            } => self.job_done(job, result, duration_us),
+            Event::Loaded {
+                cell,
+                duration_us,
+                bytes,
+                error,
+            } => self.out.push(FromWorker::Loaded {
+                id: cell,
+                duration_us,
+                bytes,
+                error,
+            }),
+            Event::Fetched {
+                fetch,
+                got,
+                failed,
+                error,
+            } => self.fetched(fetch, got, &failed, &error),
+            Event::Tick => self.tick(now),
+            Event::Retire => {
+                if !self.retiring || self.recycle {
+                    // Also while recycling: no successor will come; leave once handed over.
+                    self.retiring = true;
+                    self.recycle = false;
+                    self.out.push(FromWorker::Retiring { successor: false });
+                }
+            }
+            Event::Memory(rss) => {
+                if self.config.memory_limit.is_some_and(|l| rss > l) && !self.retiring {
+                    tracing::warn!(worker = self.id, rss, limit = ?self.config.memory_limit, "memory limit exceeded: retiring to be replaced by a fresh process");
+                    self.recycle();
+                }
+            }
+        }
+        self.try_start();
+        self.flush()
+    }
+
+    /// When the core next needs a [`Event::Tick`]: the nearest deadline or due start report.
+    pub fn next_wakeup(&self) -> Option<Instant> {
+        self.jobs
+            .values()
+            .filter(|r| !r.abandoned)
+            .filter_map(|r| r.deadline)
+            .chain(self.report_due)
+            .min()
+    }
+
+    /// Results in the store that the scheduler counts as held here, sorted.
+    pub fn held(&self) -> Vec<TaskIdx> {
+        let mut v: Vec<TaskIdx> = self
+            .store
+            .iter()
+            .filter(|(_, e)| !e.freed)
+            .map(|(&id, _)| id)
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Every result in the store (freed ones kept for a queued task included), sorted.
+    pub fn stored(&self) -> Vec<TaskIdx> {
+        let mut v: Vec<TaskIdx> = self.store.keys().copied().collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Total bytes of the results in the store.
+    pub fn stored_bytes(&self) -> u64 {
+        self.store.values().map(|e| e.size).sum()
+    }
+
+    /// Jobs on the threads (abandoned ones included) and resources they hold.
+    pub fn busy(&self) -> (usize, f64) {
+        (self.jobs.len(), self.used.values().sum())
+    }
+
+    /// Whether the worker is retiring.
+    pub fn is_retiring(&self) -> bool {
+        self.retiring
+    }
+
+    fn message(&mut self, m: ToWorker) {
+        match m {
+            ToWorker::Compute(task) => self.assigned(task),
+            ToWorker::Free(ids) => {
+                for id in ids {
+                    if let Some(e) = self.store.get_mut(&id) {
+                        e.freed = true;
+                        if e.pins == 0 {
+                            self.store.remove(&id);
+                            self.drops.push(id);
+                        }
+                    }
+                }
+            }
+            ToWorker::Peers(list) => {
+                for p in list {
+                    self.peers.insert(p.id, p);
+                }
+            }
+            ToWorker::PeerGone(w) => self.peer_gone(w),
+            ToWorker::Replicate { from, ids } => self.replicate(from, ids),
+            ToWorker::Retired => {
+                let exit = if self.recycle {
+                    Exit::Recycled
+                } else {
+                    Exit::Retired
+                };
+                self.cmds.push(Command::Exit(exit));
+            }
+            ToWorker::Cell(spec) => {
+                self.cells.insert(spec.id);
+                self.cmds.push(Command::Cell(spec));
+            }
+            ToWorker::DropCells(ids) => {
+                for i in &ids {
+                    self.cells.remove(i);
+                }
+                self.cmds.push(Command::DropCells(ids));
+            }
+        }
+    }
+
+    /// A task arrives: queue it, or fetch what it lacks first.
+    fn assigned(&mut self, task: ComputeTask) {
+        let id = task.id;
+        if self.pending.contains_key(&id) {
+            tracing::warn!(
+                task = id,
+                "assigned again while queued here; ignoring the repeat"
+            );
+            return;
+        }
+        self.next_order += 1;
+        let mut missing: Vec<TaskIdx> = Vec::new();
+        for &i in &task.inputs {
+            if self.cells.contains(&i) {
+                continue;
+            }
+            match self.store.get_mut(&i) {
+                Some(e) => e.pins += 1,
+                None => missing.push(i),
+            }
+        }
+        let p = Pending {
+            missing: missing.len() as u32,
+            task,
+            order: self.next_order,
+            lost: Vec::new(),
+            error: String::new(),
+        };
+        self.pending.insert(id, p);
+        if missing.is_empty() {
+            self.enqueue(id);
+            return;
+        }
+        for i in missing {
+            self.want(id, i);
+        }
+    }
+
+    fn enqueue(&mut self, id: TaskIdx) {
+        let p = &self.pending[&id];
+        self.queue.push(Queued {
+            priority: p.task.priority,
+            order: Reverse(p.order),
+            task: id,
+        });
+    }
+
+    /// Task `t` needs input `i`, which is not here: join a fetch of it, or start one from the
+    /// task's next source, or give the task up.
+    fn want(&mut self, t: TaskIdx, i: TaskIdx) {
+        let in_flight = self.wanted.get(&i).and_then(|w| w.fetch);
+        if in_flight.is_some_and(|f| self.fetches.contains_key(&f)) {
+            self.wanted.entry(i).or_default().waiters.push(t);
+            return;
+        }
+        let Some(holder) = self.next_source(t, i) else {
+            self.give_up(t, i);
+            return;
+        };
+        let fetch = match self.batch.get(&holder) {
+            Some(&f) => f,
+            None => {
+                self.next_fetch += 1;
+                let f = self.next_fetch;
+                self.batch.insert(holder, f);
+                self.fetches.insert(
+                    f,
+                    FetchState {
+                        peer: holder,
+                        ids: Vec::new(),
+                        purpose: Purpose::Inputs { first: t },
+                    },
+                );
+                f
+            }
+        };
+        self.fetches
+            .get_mut(&fetch)
+            .expect("batched fetch exists")
+            .ids
+            .push(i);
+        let w = self.wanted.entry(i).or_default();
+        w.fetch = Some(fetch);
+        w.waiters.push(t);
+    }
+
+    /// The first source of `i` for `t` that has not failed and is a known, live peer; sources
+    /// that are unknown here count as failed.
+    fn next_source(&mut self, t: TaskIdx, i: TaskIdx) -> Option<WorkerId> {
+        let me = self.id;
+        let p = self.pending.get_mut(&t)?;
+        for &(input, holder) in &p.task.sources {
+            if input != i || p.lost.contains(&(i, holder)) {
+                continue;
+            }
+            if holder != me && self.peers.contains_key(&holder) {
+                return Some(holder);
+            }
+            p.lost.push((i, holder));
+            p.error = if holder == me {
+                format!("result {i} is not held by this worker")
+            } else {
+                format!("worker {holder} holding result {i} is gone")
+            };
+        }
+        if !p.task.sources.iter().any(|&(input, _)| input == i) {
+            // Named as held here, yet not here: the scheduler must correct its belief.
+            p.lost.push((i, me));
+            p.error = format!("result {i} is not held by this worker");
+        }
+        None
+    }
+
+    /// `t` cannot get input `i` from anywhere: hand it back to the scheduler.
+    fn give_up(&mut self, t: TaskIdx, i: TaskIdx) {
+        let Some(p) = self.pending.remove(&t) else {
+            return;
+        };
+        tracing::warn!(key = %p.task.key, input = i, error = %p.error, "cannot fetch an input; giving the task back");
+        // Each input occurrence is either awaited (listed among its waiters) or here and
+        // pinned by this task: undo whichever it is.
+        for &input in &p.task.inputs {
+            if self.cells.contains(&input) {
+                continue;
+            }
+            let awaited = self.wanted.get_mut(&input).and_then(|w| {
+                let pos = w.waiters.iter().position(|&x| x == t)?;
+                w.waiters.swap_remove(pos);
+                Some(())
+            });
+            if awaited.is_none() {
+                self.unpin(input);
+            }
+        }
+        self.out.push(FromWorker::InputsLost {
+            id: t,
+            lost: p.lost,
+            error: p.error,
+        });
+    }
+
+    /// One pin less on `i` (a task that needed it started or left); drops a freed result
+    /// nobody here needs any more.
+    fn unpin(&mut self, i: TaskIdx) {
+        if let Some(e) = self.store.get_mut(&i) {
+            e.pins = e.pins.saturating_sub(1);
+            if e.freed && e.pins == 0 {
+                self.store.remove(&i);
+                self.drops.push(i);
+            }
+        }
+    }
+
+    fn fetched(
+        &mut self,
+        fetch: FetchId,
+        got: Vec<(TaskIdx, u64)>,
+        failed: &[TaskIdx],
+        error: &str,
+    ) {
+        let Some(f) = self.fetches.remove(&fetch) else {
+            return; // failed already (its peer left): what it brings is not kept
+        };
+        match f.purpose {
+            Purpose::Replicate { here } => {
+                let mut ids = here;
+                let mut keep = Vec::new();
+                for (i, size) in got {
+                    if self.arrived(i, size) {
+                        keep.push(i);
+                    }
+                    if let Some(e) = self.store.get_mut(&i) {
+                        e.freed = false; // counted as held here again by this reply
+                    }
+                    ids.push(i);
+                }
+                if !keep.is_empty() {
+                    self.cmds.push(Command::Keep(keep));
+                }
+                if !failed.is_empty() {
+                    tracing::warn!(from = f.peer, %error, "could not copy some of a retiring worker's results");
+                }
+                self.out.push(FromWorker::Replicated {
+                    from: f.peer,
+                    ids,
+                    failed: !failed.is_empty(),
+                });
+            }
+            Purpose::Inputs { first } => {
+                let mut keep = Vec::new();
+                let mut report: BTreeMap<TaskIdx, Vec<(TaskIdx, WorkerId, u64)>> = BTreeMap::new();
+                for (i, size) in got {
+                    let to = match self.wanted.get(&i) {
+                        Some(w) if w.waiters.contains(&first) => first,
+                        Some(w) if !w.waiters.is_empty() => w.waiters[0],
+                        _ => continue, // nobody here needs it now: not kept, not reported
+                    };
+                    if self.arrived(i, size) {
+                        keep.push(i);
+                        report.entry(to).or_default().push((i, f.peer, size));
+                    }
+                }
+                if !keep.is_empty() {
+                    self.cmds.push(Command::Keep(keep));
+                }
+                for (task, inputs) in report {
+                    self.out.push(FromWorker::Fetched { task, inputs });
+                }
+                self.fetch_failed(f.peer, failed, error);
+            }
+        }
+    }
+
+    /// Result `i` of `size` bytes is here now (made, fetched or copied): stores it unless it
+    /// was here already (then `false`), and hands it to every task waiting for it.
+    fn arrived(&mut self, i: TaskIdx, size: u64) -> bool {
+        let waiters = self
+            .wanted
+            .remove(&i)
+            .map(|w| w.waiters)
+            .unwrap_or_default();
+        let new = !self.store.contains_key(&i);
+        let e = self.store.entry(i).or_insert(Entry {
+            size,
+            freed: false,
+            pins: 0,
+        });
+        e.pins += waiters.len() as u32;
+        for t in waiters {
+            if let Some(p) = self.pending.get_mut(&t) {
+                p.missing -= 1;
+                if p.missing == 0 {
+                    self.enqueue(t);
+                }
+            }
+        }
+        new
+    }
+
+    /// Fetching `ids` from `peer` failed: each waiting task tries its next source.
+    fn fetch_failed(&mut self, peer: WorkerId, ids: &[TaskIdx], error: &str) {
+        for &i in ids {
+            let Some(w) = self.wanted.get_mut(&i) else {
+                continue;
+            };
+            if w.fetch.is_some_and(|f| self.fetches.contains_key(&f)) {
+                continue; // another fetch of it is under way
+            }
+            w.fetch = None;
+            let waiters = std::mem::take(&mut w.waiters);
+            self.wanted.remove(&i);
+            for t in waiters {
+                let Some(p) = self.pending.get_mut(&t) else {
+                    continue;
+                };
+                p.lost.push((i, peer));
+                p.error = format!("fetching result {i} from worker {peer}: {error}");
+                self.want(t, i);
+            }
+        }
+    }
+
+    fn peer_gone(&mut self, w: WorkerId) {
+        self.peers.remove(&w);
+        self.cmds.push(Command::ForgetPeer(w));
+        let mut gone: Vec<(FetchId, FetchState)> = Vec::new();
+        let ids: Vec<FetchId> = self
+            .fetches
+            .iter()
+            .filter(|(_, f)| f.peer == w)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in ids {
+            if let Some(f) = self.fetches.remove(&id) {
+                gone.push((id, f));
+            }
+        }
+        gone.sort_by_key(|(id, _)| *id);
+        for (_, f) in gone {
+            match f.purpose {
+                Purpose::Replicate { here } => self.out.push(FromWorker::Replicated {
+                    from: w,
+                    ids: here,
+                    failed: true,
+                }),
+                Purpose::Inputs { .. } => self.fetch_failed(w, &f.ids, "the worker left"),
+            }
+        }
+    }
+
+    fn replicate(&mut self, from: WorkerId, ids: Vec<TaskIdx>) {
+        let (here, fetch): (Vec<TaskIdx>, Vec<TaskIdx>) = ids
+            .into_iter()
+            .partition(|i| self.store.get(i).is_some_and(|e| !e.freed));
+        let Some(peer) = self.peers.get(&from).cloned().filter(|_| !fetch.is_empty()) else {
+            self.out.push(FromWorker::Replicated {
+                from,
+                failed: !fetch.is_empty(),
+                ids: here,
+            });
+            return;
+        };
+        // What is here already counts as copied; the rest comes in one request.
+        self.next_fetch += 1;
+        let f = self.next_fetch;
+        self.fetches.insert(
+            f,
+            FetchState {
+                peer: from,
+                ids: fetch.clone(),
+                purpose: Purpose::Replicate { here },
+            },
+        );
+        self.cmds.push(Command::Fetch {
+            fetch: f,
+            peer,
+            ids: fetch,
+        });
+    }
+
+    fn job_done(&mut self, job: JobId, result: Result<u64, String>, duration_us: u64) {
+        let Some(r) = self.jobs.remove(&job) else {
+            return;
+        };
+        self.release(&r.resources);
+        if r.abandoned {
+            tracing::debug!(
+                task = r.task,
+                "a timed-out task returned; its result is dropped"
+            );
+            return;
+        }
+        match result {
+            Ok(size) => {
+                self.arrived(r.task, size);
+                if let Some(e) = self.store.get_mut(&r.task) {
+                    e.freed = false; // counted as held here again by this report
+                }
+                self.cmds.push(Command::Keep(vec![r.task]));
+                self.out.push(FromWorker::Finished {
+                    id: r.task,
+                    size,
+                    duration_us,
+                });
+            }
+            Err(error) => self.out.push(FromWorker::Failed {
+                id: r.task,
+                error,
+                duration_us,
+            }),
+        }
+        self.count_done();
+    }
+
+    fn count_done(&mut self) {
+        self.tasks_done += 1;
+        if self
+            .config
+            .lifespan_tasks
+            .is_some_and(|n| self.tasks_done >= n)
+            && !self.retiring
+        {
+            tracing::info!(
+                worker = self.id,
+                tasks_done = self.tasks_done,
+                "lifespan reached: retiring to be replaced by a fresh process"
+            );
+            self.recycle();
+        }
+    }
+
+    fn recycle(&mut self) {
+        self.retiring = true;
+        self.recycle = true;
+        self.cmds.push(Command::Recycling);
+        self.out.push(FromWorker::Retiring { successor: true });
+    }
+
+    fn tick(&mut self, now: Instant) {
+        let mut expired: Vec<(JobId, TaskIdx, u64)> = self
+            .jobs
+            .iter()
+            .filter(|(_, r)| !r.abandoned && r.deadline.is_some_and(|d| d <= now))
+            .map(|(&j, r)| (j, r.task, r.timeout_ms.unwrap_or(0)))
+            .collect();
+        expired.sort_unstable();
+        for (job, task, timeout_ms) in expired {
+            if let Some(r) = self.jobs.get_mut(&job) {
+                r.abandoned = true;
+                r.unreported = false;
+            }
+            self.out.push(FromWorker::Failed {
+                id: task,
+                error: timeout_message(Duration::from_millis(timeout_ms)),
+                duration_us: timeout_ms * 1000,
+            });
+            self.count_done();
+        }
+        if self.report_due.is_some_and(|d| d <= now) {
+            self.report_due = None;
+            let mut started: Vec<(JobId, TaskIdx)> = self
+                .jobs
+                .iter_mut()
+                .filter(|(_, r)| r.unreported)
+                .map(|(&j, r)| {
+                    r.unreported = false;
+                    (j, r.task)
+                })
+                .collect();
+            started.sort_unstable();
+            self.out
+                .extend(started.into_iter().map(|(_, t)| FromWorker::Started(t)));
+        }
+    }
+
+    /// Hands queued tasks to the threads while a thread and their resources are free.
+    fn try_start(&mut self) {
+        while let Some(top) = self.queue.peek() {
+            let Some(p) = self.pending.get(&top.task) else {
+                self.queue.pop(); // given up since
+                continue;
+            };
+            let running = self.jobs.len() as u32;
+            let limit = if p.task.resources.is_empty() {
+                self.config.nthreads * THREAD_QUEUE
+            } else {
+                self.config.nthreads
+            };
+            if running >= limit {
+                return;
+            }
+            let fits = p.task.resources.iter().all(|(name, need)| {
+                let cap = self
+                    .config
+                    .resources
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map_or(0.0, |(_, a)| *a);
+                self.used.get(name).copied().unwrap_or(0.0) + need <= cap + 1e-9
+            });
+            if !fits && running > 0 {
+                return; // wait for running tasks to give resources back
+            }
+            let id = self.queue.pop().expect("peeked").task;
+            let p = self.pending.remove(&id).expect("queued tasks are pending");
+            for (name, need) in &p.task.resources {
+                *self.used.entry(name.clone()).or_default() += need;
+            }
+            self.next_job += 1;
+            let job = self.next_job;
+            let cells: Vec<(usize, TaskIdx)> = p
+                .task
+                .inputs
+                .iter()
+                .enumerate()
+                .filter(|(_, i)| self.cells.contains(i))
+                .map(|(pos, &i)| (pos, i))
+                .collect();
+            self.jobs.insert(
+                job,
+                Running {
+                    task: id,
+                    resources: p.task.resources.clone(),
+                    timeout_ms: p.task.timeout_ms,
+                    deadline: None,
+                    abandoned: false,
+                    unreported: false,
+                },
+            );
+            let inputs = p.task.inputs.clone();
+            // The drops that unpinning may cause go out after this job took its inputs.
+            self.flush_drops();
+            self.cmds.push(Command::Run(Job {
+                job,
+                task: p.task,
+                cells,
+            }));
+            for i in inputs {
+                if !self.cells.contains(&i) {
+                    self.unpin(i);
+                }
+            }
+        }
+    }
+
+    fn release(&mut self, resources: &[(String, f64)]) {
+        for (name, need) in resources {
+            if let Some(u) = self.used.get_mut(name) {
+                *u = (*u - need).max(0.0);
+            }
+        }
+    }
+
+    fn flush_drops(&mut self) {
+        if !self.drops.is_empty() {
+            self.cmds
+                .push(Command::Drop(std::mem::take(&mut self.drops)));
+        }
+    }
+
+    /// The commands of this `handle`: fetches batched per peer, drops, then one frame to the
+    /// scheduler last, so that what it reports is in the store before anyone is told of it.
+    fn flush(&mut self) -> Vec<Command> {
+        for (peer, fetch) in std::mem::take(&mut self.batch) {
+            let Some(info) = self.peers.get(&peer).cloned() else {
+                continue;
+            };
+            if let Some(f) = self.fetches.get(&fetch) {
+                self.cmds.push(Command::Fetch {
+                    fetch,
+                    peer: info,
+                    ids: f.ids.clone(),
+                });
+            }
+        }
+        self.flush_drops();
+        if !self.out.is_empty() {
+            self.cmds.push(Command::Send(std::mem::take(&mut self.out)));
+        }
+        std::mem::take(&mut self.cmds)
+    }
+}
+
+#[cfg(test)]
+mod tests;
