@@ -322,13 +322,7 @@ async fn serve_connection(
             let read = read_loop::<FromWorker>(&conn, recv, &tx, |batch| {
                 batch.into_iter().map(|m| Event::Worker(id, m)).collect()
             });
-            tokio::select! {
-                _ = read => {}
-                _ = lifeline_closed => {
-                    conn.close(quinn::VarInt::from_u32(3), LIFELINE_CLOSED.as_bytes());
-                    info!(%remote, worker = id, "worker's lifeline closed: its process is gone");
-                }
-            }
+            until_lifeline_closes(read, lifeline_closed, &conn).await;
             info!(%remote, worker = id, "worker left");
             let _ = tx.send(Input::Events(vec![Event::WorkerLeft { id }]));
         }
@@ -340,13 +334,7 @@ async fn serve_connection(
             let read = read_loop::<FromClient>(&conn, recv, &tx, |batch| {
                 batch.into_iter().map(|m| Event::Client(id, m)).collect()
             });
-            tokio::select! {
-                _ = read => {}
-                _ = lifeline_closed => {
-                    conn.close(quinn::VarInt::from_u32(3), LIFELINE_CLOSED.as_bytes());
-                    info!(%remote, client = id, "client's lifeline closed: its process is gone");
-                }
-            }
+            until_lifeline_closes(read, lifeline_closed, &conn).await;
             info!(%remote, client = id, "client left");
             let _ = tx.send(Input::Events(vec![Event::ClientLeft { id }]));
         }
@@ -355,6 +343,27 @@ async fn serve_connection(
 
 /// The reason a connection is closed with when its lifeline closed.
 const LIFELINE_CLOSED: &str = "lifeline closed";
+
+/// After a lifeline closes, how long what the dead process sent before it died may still be
+/// read: its last results are not lost, nor a finished task taken for a running one.
+const LIFELINE_GRACE: Duration = Duration::from_millis(100);
+
+/// Runs `read` (the connection's reader) until it ends, or until the lifeline closes: then the
+/// reader drains what had arrived for a moment, and the connection is closed.
+async fn until_lifeline_closes(
+    read: impl std::future::Future<Output = ()>,
+    lifeline_closed: impl std::future::Future<Output = ()>,
+    conn: &quinn::Connection,
+) {
+    tokio::pin!(read);
+    tokio::select! {
+        _ = &mut read => return,
+        _ = lifeline_closed => {}
+    }
+    let _ = tokio::time::timeout(LIFELINE_GRACE, &mut read).await;
+    conn.close(quinn::VarInt::from_u32(3), LIFELINE_CLOSED.as_bytes());
+    info!(remote = %conn.remote_address(), "lifeline closed: the process on the other side is gone");
+}
 
 /// Reads batches until the stream ends. A malformed or oversized frame closes the connection
 /// with error code 2 and a reason; nothing of it reaches the core.

@@ -156,7 +156,7 @@ pub enum Command {
     ForgetPeer(WorkerId),
     /// Know this once-cell (and load it now on its own thread if it says so).
     Cell(CellSpec),
-    /// Drop these once-cells' objects.
+    /// Drop these once-cells' objects (a later use loads them again).
     DropCells(Vec<TaskIdx>),
     /// Tell the supervisor to start this worker's successor now.
     Recycling,
@@ -393,6 +393,84 @@ impl WorkerCore {
         self.retiring
     }
 
+    /// Recomputes the core's cross-references and says where they disagree: each stored
+    /// result's pins equal the queued or fetching tasks here that took it, each awaited input
+    /// has a fetch under way and only pending tasks wait for it, each pending task's missing
+    /// count matches, and resources held match the jobs on the threads. For tests and the
+    /// simulation.
+    pub fn check(&self) -> Result<(), String> {
+        let mut pins: HashMap<TaskIdx, u32> = HashMap::new();
+        let mut awaited: HashMap<TaskIdx, u32> = HashMap::new();
+        for (i, w) in &self.wanted {
+            if !w.fetch.is_some_and(|f| self.fetches.contains_key(&f)) && !w.waiters.is_empty() {
+                return Err(format!("input {i} is awaited with no fetch under way"));
+            }
+            for t in &w.waiters {
+                if !self.pending.contains_key(t) {
+                    return Err(format!("task {t} waits for {i} but is not pending here"));
+                }
+                *awaited.entry(*t).or_default() += 1;
+            }
+        }
+        for (t, p) in &self.pending {
+            let mut here = 0;
+            for i in &p.task.inputs {
+                if self.cells.contains(i) {
+                    continue;
+                }
+                let waits = self.wanted.get(i).is_some_and(|w| w.waiters.contains(t));
+                if !waits {
+                    if !self.store.contains_key(i) {
+                        return Err(format!("task {t}'s input {i} is neither here nor awaited"));
+                    }
+                    *pins.entry(*i).or_default() += 1;
+                    here += 1;
+                }
+            }
+            let missing = awaited.get(t).copied().unwrap_or(0);
+            if p.missing != missing
+                || p.task
+                    .inputs
+                    .iter()
+                    .filter(|i| !self.cells.contains(i))
+                    .count() as u32
+                    != here + missing
+            {
+                return Err(format!(
+                    "task {t} counts {} missing inputs; {missing} are awaited",
+                    p.missing
+                ));
+            }
+        }
+        for (i, e) in &self.store {
+            let want = pins.get(i).copied().unwrap_or(0);
+            if e.pins != want {
+                return Err(format!(
+                    "result {i} has {} pins; {want} queued tasks took it",
+                    e.pins
+                ));
+            }
+            if e.freed && e.pins == 0 {
+                return Err(format!("result {i} is freed and unused but still stored"));
+            }
+        }
+        let mut used: HashMap<&str, f64> = HashMap::new();
+        for r in self.jobs.values() {
+            for (name, need) in &r.resources {
+                *used.entry(name).or_default() += need;
+            }
+        }
+        for (name, u) in &self.used {
+            if (used.get(name.as_str()).copied().unwrap_or(0.0) - u).abs() > 1e-6 {
+                return Err(format!(
+                    "resource {name} counts {u} in use; the jobs hold {:?}",
+                    used.get(name.as_str())
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn message(&mut self, m: ToWorker) {
         match m {
             ToWorker::Compute(task) => self.assigned(task),
@@ -426,12 +504,9 @@ impl WorkerCore {
                 self.cells.insert(spec.id);
                 self.cmds.push(Command::Cell(spec));
             }
-            ToWorker::DropCells(ids) => {
-                for i in &ids {
-                    self.cells.remove(i);
-                }
-                self.cmds.push(Command::DropCells(ids));
-            }
+            // The objects go; the ids stay known as once-cells (they are never reused), so a
+            // task here that still uses one loads it again.
+            ToWorker::DropCells(ids) => self.cmds.push(Command::DropCells(ids)),
         }
     }
 

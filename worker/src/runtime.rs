@@ -493,8 +493,10 @@ impl Shell {
                 }
                 Command::Cell(spec) => self.cell(spec),
                 Command::DropCells(ids) => {
+                    // The objects go (their Drop runs once no task holds them); the specs
+                    // stay, so a task here that still uses one loads it again.
                     for i in ids {
-                        if let Some((spec, _)) = self.cells.remove(&i) {
+                        if let Some((spec, _)) = self.cells.get(&i) {
                             if self.me.cells.drop_key(&spec.key) {
                                 info!(worker = self.id, cell = %spec.key, "dropped once-cell");
                             }

@@ -187,13 +187,20 @@ impl Core {
             {
                 continue;
             }
-            let in_use = self
-                .runs_of(t)
-                .any(|r| !self.runs[r as usize].ended && self.run_connected(r));
-            if !in_use {
+            if !self.scoped_cell_in_use(t) {
                 self.drop_cell(t);
             }
         }
+    }
+
+    /// Whether run-scoped cell `t` is still wanted: a live run includes it, or a pending task
+    /// uses it (a result lost after its run ended may be made again for the client that keeps
+    /// it). When the last such user is done, [`Core::unneed`] drops it.
+    pub(crate) fn scoped_cell_in_use(&self, t: TaskIdx) -> bool {
+        self.tasks[t as usize].waiters > 0
+            || self
+                .runs_of(t)
+                .any(|r| !self.runs[r as usize].ended && self.run_connected(r))
     }
 
     /// Drops these once-cells on every worker (a client released them by name).
@@ -207,7 +214,7 @@ impl Core {
         }
     }
 
-    fn drop_cell(&mut self, t: TaskIdx) {
+    pub(crate) fn drop_cell(&mut self, t: TaskIdx) {
         self.tasks[t as usize].holders.clear();
         let mut told = 0;
         for (&w, worker) in self.workers.iter_mut() {

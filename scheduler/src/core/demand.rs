@@ -71,11 +71,19 @@ impl Core {
         if task.waiters > 0 {
             return;
         }
-        if task.state == State::Memory && task.cell.is_none() {
+        let held = task.state == State::Memory && task.cell.is_none();
+        let unstarted = matches!(task.state, State::Waiting | State::Ready);
+        let scoped_cell = task
+            .cell
+            .as_ref()
+            .is_some_and(|c| c.lifetime == drover_graph::Lifetime::Run);
+        if held {
             self.release(t);
-        } else if matches!(task.state, State::Waiting | State::Ready) && !self.has_connected_run(t)
-        {
+        } else if unstarted && !self.has_connected_run(t) {
             self.cancel(t);
+        } else if scoped_cell && !self.scoped_cell_in_use(t) {
+            // The last user of a run-scoped cell whose runs are over is done.
+            self.drop_cell(t);
         }
     }
 
@@ -89,6 +97,7 @@ impl Core {
             }
             self.out.push(Command::Worker(w, ToWorker::Free(vec![t])));
         }
+        self.note_done_for_good(t);
     }
 
     /// `t` will not run after all (nobody needs it and its runs are gone): it goes back to
@@ -96,6 +105,7 @@ impl Core {
     pub(crate) fn cancel(&mut self, t: TaskIdx) {
         self.tasks[t as usize].state = State::Idle;
         self.leave_pending(t);
+        self.note_done_for_good(t);
     }
 
     /// `t` stopped being pending (finished, failed or cancelled): its inputs lose a need each.
@@ -155,6 +165,7 @@ impl Core {
             self.activate(t);
         } else {
             self.tasks[t as usize].state = State::Released;
+            self.note_done_for_good(t);
         }
     }
 
@@ -210,6 +221,7 @@ impl Core {
             if was_pending {
                 self.leave_pending(t);
             }
+            self.note_done_for_good(t);
             let key = self.tasks[t as usize].key.clone();
             for n in 0..self.tasks[t as usize].consumers.len() {
                 let c = self.tasks[t as usize].consumers[n];
@@ -222,6 +234,14 @@ impl Core {
                 }
             }
         }
+    }
+
+    /// Whether a queue entry is the live one of a ready task (entries of tasks requeued,
+    /// no longer ready or forgotten are stale and skipped).
+    pub(crate) fn is_live_entry(&self, e: &super::ReadyEntry) -> bool {
+        self.tasks
+            .get(e.task as usize)
+            .is_some_and(|t| t.state == State::Ready && t.ready_seq == e.order.0)
     }
 
     /// Queues `t` (all its inputs are in memory) under its restriction and requirements.

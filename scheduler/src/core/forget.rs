@@ -5,33 +5,72 @@
 //! gone (released, cancelled or failed), are dropped from the core: keys unmapped, slots freed for
 //! reuse, trailing free slots truncated. So the scheduler's memory returns to where it was.
 //!
-//! Safe because graphs are closed under inputs: every consumer of a task belongs to one of that
-//! task's runs, so when all of a task's runs are gone, so are all of its consumers' runs, and no
-//! live task can still name it as an input. (The other way round is possible: a forgotten task's
-//! input may be shared with a client still here; it stops listing the forgotten consumer.) Ids
-//! are reused only after the task's result was freed on every worker (the `Free` goes out first
-//! on the same ordered stream).
+//! A task is forgotten only once every consumer of it is (`live_consumers` is zero), so no task
+//! the core still knows names a forgotten input: a consumer still held for a task that runs on
+//! for a departed client keeps its lineage. Forgetting a task makes its inputs candidates in
+//! turn. (A forgotten task's input may be shared with a client still here; it stops listing the
+//! forgotten consumer.) Ids are reused only after the task's result was freed on every worker
+//! (the `Free` goes out first on the same ordered stream), and a queue entry only ever matches
+//! the task it was made for (its queueing number), so a reused slot is never scheduled by an
+//! old entry.
 
 use super::{Core, State, Task};
 
 impl Core {
     /// Drops every task that no connected client's run refers to and that holds no result.
     pub(crate) fn forget_departed(&mut self) {
+        self.forget_candidates.clear();
+        let all: Vec<u32> = (0..self.tasks.len() as u32).collect();
+        self.forget(all);
+        // Queues may hold entries of tasks gone: give their memory back.
+        let mut ready = std::mem::take(&mut self.ready);
+        for q in ready.values_mut() {
+            q.retain(|e| self.is_live_entry(e));
+        }
+        ready.retain(|_, q| !q.is_empty());
+        self.ready = ready;
+        self.tasks.shrink_to(self.tasks.len().max(1024));
+        self.keys.shrink_to(self.keys.len().max(1024));
+        self.extra_runs.shrink_to_fit();
+    }
+
+    /// Drops the tasks noted since the last pass as done for good after their runs were gone
+    /// (they finished, failed or were cancelled once nobody was left to want them).
+    pub(crate) fn forget_noted(&mut self) {
+        let mut noted = std::mem::take(&mut self.forget_candidates);
+        noted.sort_unstable();
+        noted.dedup();
+        self.forget(noted);
+    }
+
+    /// Notes `t` for forgetting at the end of this event if no connected run includes it.
+    pub(crate) fn note_done_for_good(&mut self, t: u32) {
+        if !self.has_connected_run(t) {
+            self.forget_candidates.push(t);
+        }
+    }
+
+    /// Whether `t` may be forgotten: settled (idle, released or failed), needed by nothing,
+    /// included in no connected client's run, and no task still known consumes it.
+    fn forgettable(&self, t: u32) -> bool {
+        let task = &self.tasks[t as usize];
+        !task.key.is_empty()
+            && task.cell.is_none()
+            && task.waiters == 0
+            && task.live_consumers == 0
+            && matches!(task.state, State::Idle | State::Released | State::Failed(_))
+            && !self.has_connected_run(t)
+    }
+
+    /// Forgets those of `candidates` that may be (see [`Core::forgettable`]), and then their
+    /// inputs that may be once they lost their last consumer.
+    fn forget(&mut self, mut candidates: Vec<u32>) {
         let mut forgotten = 0usize;
-        // Forgotten slots, and the inputs that must stop listing them: pruned once each at the
-        // end (an input with many consumers is not scanned once per consumer).
-        let mut gone: Vec<bool> = Vec::new();
+        // Inputs of forgotten tasks: their consumer lists are pruned once each at the end (an
+        // input with many consumers is not scanned once per consumer).
         let mut touched: Vec<u32> = Vec::new();
-        for t in 0..self.tasks.len() {
-            let task = &self.tasks[t];
-            if task.key.is_empty()
-                || task.waiters > 0
-                || !matches!(task.state, State::Idle | State::Released | State::Failed(_))
-            {
-                continue;
-            }
-            let t = t as u32;
-            if self.has_connected_run(t) {
+        while let Some(t) = candidates.pop() {
+            if !self.forgettable(t) {
                 continue;
             }
             // A redefined key names another task now: only unmap it if it names this one.
@@ -39,13 +78,16 @@ impl Core {
             if self.keys.get(&key) == Some(&t) {
                 self.keys.remove(&key);
             }
-            // Its inputs may live on (shared with a client still here): they stop listing it.
             let inputs = std::mem::take(&mut self.tasks[t as usize].inputs);
-            touched.extend_from_slice(&inputs);
-            if gone.is_empty() {
-                gone = vec![false; self.tasks.len()];
+            for &i in inputs.iter() {
+                let input = &mut self.tasks[i as usize];
+                input.live_consumers -= 1;
+                if input.live_consumers == 0 {
+                    candidates.push(i);
+                }
             }
-            gone[t as usize] = true;
+            touched.extend_from_slice(&inputs);
+            // The empty key marks the slot as forgotten until it is reused.
             self.tasks[t as usize] = Task::tombstone();
             self.extra_runs.remove(&t);
             self.deaths.remove(&t);
@@ -59,32 +101,28 @@ impl Core {
         touched.sort_unstable();
         touched.dedup();
         for i in touched {
-            if !gone[i as usize] {
-                self.tasks[i as usize]
-                    .consumers
-                    .retain(|&c| !gone[c as usize]);
+            let (before, after) = self.tasks.split_at_mut(i as usize);
+            let (input, after) = after.split_first_mut().expect("in range");
+            if input.key.is_empty() {
+                continue;
             }
-        }
-        // Ready queues drop entries of tasks no longer ready (cancelled and now forgotten ones
-        // among them) before any slot is reused: an old entry must never schedule a new task.
-        let tasks = &self.tasks;
-        for q in self.ready.values_mut() {
-            q.retain(|e| {
-                let t = &tasks[e.task as usize];
-                !t.key.is_empty() && t.state == State::Ready && t.ready_seq == e.order.0
+            input.consumers.retain(|&c| {
+                let c = c as usize;
+                let consumer = if c < before.len() {
+                    &before[c]
+                } else {
+                    &after[c - before.len() - 1]
+                };
+                !consumer.key.is_empty()
             });
         }
-        self.ready.retain(|_, q| !q.is_empty());
-        // Give back trailing free slots, and memory the maps no longer need.
+        // Give back trailing free slots.
         while self.tasks.last().is_some_and(|t| t.key.is_empty()) {
             self.tasks.pop();
         }
         let len = self.tasks.len() as u32;
         self.free_slots.retain(|&t| t < len);
         self.free_slots.sort_unstable_by(|a, b| b.cmp(a)); // pop() takes the lowest first
-        self.tasks.shrink_to(self.tasks.len().max(1024));
-        self.keys.shrink_to(self.keys.len().max(1024));
-        self.extra_runs.shrink_to_fit();
         tracing::debug!(
             forgotten,
             tasks = self.tasks.len(),
@@ -118,6 +156,7 @@ impl Task {
             params: None,
             inputs: Box::new([]),
             consumers: Vec::new(),
+            live_consumers: 0,
             place: super::StaticPlace::Any,
             req: 0,
             priority: 0,

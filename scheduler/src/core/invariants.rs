@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use drover_protocol::TaskIdx;
 
-use super::{Core, State};
+use super::{Core, Restriction, State};
 
 impl Core {
     /// Recomputes every count and cross-reference of the state and says where it disagrees:
@@ -56,12 +56,12 @@ impl Core {
         let mut queued: HashMap<TaskIdx, u32> = HashMap::new();
         for ((r, req), q) in &self.ready {
             for e in q.iter() {
-                let task = &self.tasks[e.task as usize];
-                if task.state == State::Ready && task.ready_seq == e.order.0 {
-                    if (self.restriction(e.task), task.req) != (*r, *req) {
-                        // Placement is re-decided on queueing; an input lost and made again
-                        // elsewhere may change it, but then the task was queued anew.
-                        return Err(format!("{:?} is queued under a stale class", task.key));
+                if self.is_live_entry(e) {
+                    let task = &self.tasks[e.task as usize];
+                    if task.req != *req
+                        || matches!(task.place, super::StaticPlace::Pinned(p) if *r != Restriction::Pool(p))
+                    {
+                        return Err(format!("{:?} is queued under another class", task.key));
                     }
                     *queued.entry(e.task).or_default() += 1;
                 }
@@ -77,6 +77,13 @@ impl Core {
                 return Err(format!(
                     "{key:?} ({:?}) counts {} waiters; there are {}",
                     task.state, task.waiters, waiters[t]
+                ));
+            }
+            if task.live_consumers as usize != task.consumers.len() {
+                return Err(format!(
+                    "{key:?} counts {} live consumers; it lists {}",
+                    task.live_consumers,
+                    task.consumers.len()
                 ));
             }
             let inputs = || task.inputs.iter().map(|&i| &self.tasks[i as usize]);

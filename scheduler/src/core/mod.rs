@@ -131,6 +131,8 @@ pub(crate) struct Task {
     pub inputs: Box<[TaskIdx]>,
     /// One entry per input occurrence of each consumer.
     pub consumers: Vec<TaskIdx>,
+    /// Entries of `consumers` whose task the core still knows (not forgotten).
+    pub live_consumers: u32,
     pub place: StaticPlace,
     pub req: ReqIdx,
     pub priority: i32,
@@ -262,6 +264,11 @@ pub struct Core {
     pub(crate) pending_locates: Vec<(ClientId, u32, Vec<String>)>,
     /// Task slots freed by forgetting, reused by new tasks (kept sorted, lowest last).
     pub(crate) free_slots: Vec<TaskIdx>,
+    /// Tasks done for good after their runs were gone, to forget at the end of the event.
+    pub(crate) forget_candidates: Vec<TaskIdx>,
+    /// Whether some connected worker of a pool can run tasks of a requirement: cleared when
+    /// workers join, leave or retire.
+    pub(crate) pool_can: std::cell::RefCell<HashMap<(PoolIdx, ReqIdx), bool>>,
 }
 
 /// Limits of the scheduler's rules.
@@ -319,6 +326,14 @@ impl Core {
 
     /// Handles one event and returns what to send.
     pub fn handle(&mut self, event: Event) -> Vec<Command> {
+        if matches!(
+            event,
+            Event::WorkerJoined { .. }
+                | Event::WorkerLeft { .. }
+                | Event::Worker(_, FromWorker::Retiring { .. })
+        ) {
+            self.pool_can.borrow_mut().clear();
+        }
         match event {
             Event::WorkerJoined { id, hello } => self.worker_joined(id, hello),
             Event::WorkerLeft { id } => self.worker_left(id),
@@ -346,7 +361,57 @@ impl Core {
         if !self.pending_locates.is_empty() {
             self.answer_locates();
         }
+        if !self.forget_candidates.is_empty() {
+            self.forget_noted();
+        }
         std::mem::take(&mut self.out)
+    }
+
+    /// A line on the task `key` names (its state, counts, holders, inputs' states), for
+    /// diagnostics; `None` for an unknown key.
+    pub fn describe_key(&self, key: &str) -> Option<String> {
+        let &t = self.keys.get(key)?;
+        let task = &self.tasks[t as usize];
+        let inputs: Vec<String> = task
+            .inputs
+            .iter()
+            .map(|&i| {
+                let x = &self.tasks[i as usize];
+                format!("{}={:?}@{:?}", x.key, x.state, x.holders)
+            })
+            .collect();
+        Some(format!(
+            "slot {t} {:?} pending {} waiters {} holders {:?} attempts {} runs {:?} inputs [{}]",
+            task.state,
+            task.pending,
+            task.waiters,
+            task.holders,
+            task.attempts,
+            self.runs_of(t).collect::<Vec<_>>(),
+            inputs.join(", ")
+        ))
+    }
+
+    /// Why the task `key` names failed, if it is failed.
+    pub fn failure_of(&self, key: &str) -> Option<String> {
+        let &t = self.keys.get(key)?;
+        match &self.tasks[t as usize].state {
+            State::Failed(why) => Some(why.to_string()),
+            _ => None,
+        }
+    }
+
+    /// Keys of the tasks the core still knows, once-cells aside (which it keeps for good),
+    /// sorted: empty once every client left and everything settled.
+    pub fn leftover_tasks(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .tasks
+            .iter()
+            .filter(|t| !t.key.is_empty() && t.cell.is_none())
+            .map(|t| t.key.to_string())
+            .collect();
+        v.sort();
+        v
     }
 
     /// Counts of tasks and workers.

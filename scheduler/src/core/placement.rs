@@ -48,7 +48,7 @@ impl Core {
         let fallback = match task.place {
             StaticPlace::Pinned(p) => return Restriction::Pool(p),
             StaticPlace::Any => return Restriction::Anywhere,
-            StaticPlace::Pass(p) => p,
+            StaticPlace::Pass(p) => p.filter(|&p| self.pool_can_run(p, task.req)),
         };
         let mut votes: Vec<(PoolIdx, u64)> = Vec::new();
         // Each input counts once (a single input needs no bookkeeping).
@@ -81,9 +81,24 @@ impl Core {
         let mut winners = votes.iter().filter(|(_, b)| *b == best);
         let first = winners.next().map(|(p, _)| *p);
         match (first, winners.next()) {
-            (Some(p), None) => Restriction::Pool(p),
+            // A placement of choice, not of need: never one no connected worker can honour.
+            (Some(p), None) if self.pool_can_run(p, task.req) => Restriction::Pool(p),
             _ => Restriction::Anywhere,
         }
+    }
+
+    /// Whether some connected worker of pool `p` can run tasks of requirements `req`
+    /// (remembered until a worker joins, leaves or retires).
+    fn pool_can_run(&self, p: PoolIdx, req: ReqIdx) -> bool {
+        if let Some(&known) = self.pool_can.borrow().get(&(p, req)) {
+            return known;
+        }
+        let can = self
+            .workers
+            .values()
+            .any(|w| self.eligible(w, Restriction::Pool(p), req));
+        self.pool_can.borrow_mut().insert((p, req), can);
+        can
     }
 
     fn capacity(&self, w: &Worker) -> u32 {
@@ -172,14 +187,19 @@ impl Core {
             let (r, _) = class;
             while let Some(e) = self.ready.get(&class).and_then(|q| q.peek()) {
                 let t = e.task;
-                let task = &self.tasks[t as usize];
-                if task.state != State::Ready || task.ready_seq != e.order.0 {
-                    // Stale entry: the task was requeued, lost an input, or was cancelled.
+                if !self.is_live_entry(e) {
+                    // Stale: the task was requeued, lost an input, was cancelled or forgotten.
                     self.ready.get_mut(&class).map(|q| q.pop());
                     continue;
                 }
                 let (chosen, any_eligible) = self.best_worker(t, r);
                 let Some(w) = chosen else {
+                    if !any_eligible
+                        && matches!(r, Restriction::Pool(_))
+                        && self.unpin_stranded(class)
+                    {
+                        continue; // what was left in the queue must be there
+                    }
                     if !any_eligible {
                         self.warn_no_workers(class);
                     }
@@ -206,6 +226,36 @@ impl Core {
         self.ready.retain(|_, q| !q.is_empty());
     }
 
+    /// No connected worker can run the tasks of pool queue `class`: those placed there by
+    /// choice (the pass or their inputs' locations, not pinned) are queued again where they
+    /// can run. `true` if any moved.
+    fn unpin_stranded(&mut self, class: Class) -> bool {
+        let Some(q) = self.ready.remove(&class) else {
+            return false;
+        };
+        self.pool_can.borrow_mut().clear();
+        let mut kept = std::collections::BinaryHeap::new();
+        let mut moved = Vec::new();
+        for e in q.into_vec() {
+            if !self.is_live_entry(&e) {
+                continue;
+            }
+            if matches!(self.tasks[e.task as usize].place, StaticPlace::Pinned(_)) {
+                kept.push(e);
+            } else {
+                moved.push(e.task);
+            }
+        }
+        if !kept.is_empty() {
+            self.ready.insert(class, kept);
+        }
+        moved.sort_unstable();
+        for &t in &moved {
+            self.push_ready(t);
+        }
+        !moved.is_empty()
+    }
+
     /// Tells each client with tasks waiting in queue `class` that no connected worker can run
     /// them, and why (no worker in the pool, none with the function, none with the
     /// resources), once (until a worker joins).
@@ -216,8 +266,8 @@ impl Core {
             .get(&class)
             .map(|q| {
                 q.iter()
+                    .filter(|e| self.is_live_entry(e))
                     .map(|e| e.task)
-                    .filter(|&t| self.tasks[t as usize].state == State::Ready)
                     .collect()
             })
             .unwrap_or_default();

@@ -118,9 +118,30 @@ impl Core {
                 }
                 Merge::Retry(t) => {
                     let task = self.make_task(&graph, gid, &prop, &map, &prints, run_idx);
-                    // Its inputs list it as a consumer already (same inputs: same fingerprint).
-                    let consumers = std::mem::take(&mut self.tasks[t as usize].consumers);
-                    self.tasks[t as usize] = Task { consumers, ..task };
+                    // Its consumers stay, and so does what needs it (a client's want). Its
+                    // inputs are the same definitions but may be other slots (a key redefined
+                    // and defined back): its edges move to them.
+                    let old = &mut self.tasks[t as usize];
+                    let consumers = std::mem::take(&mut old.consumers);
+                    let (waiters, live_consumers) = (old.waiters, old.live_consumers);
+                    let old_inputs = std::mem::take(&mut old.inputs);
+                    for &i in old_inputs.iter() {
+                        let input = &mut self.tasks[i as usize];
+                        if let Some(pos) = input.consumers.iter().position(|&c| c == t) {
+                            input.consumers.swap_remove(pos);
+                            input.live_consumers -= 1;
+                        }
+                    }
+                    for &i in task.inputs.iter() {
+                        self.tasks[i as usize].consumers.push(t);
+                        self.tasks[i as usize].live_consumers += 1;
+                    }
+                    self.tasks[t as usize] = Task {
+                        consumers,
+                        live_consumers,
+                        waiters,
+                        ..task
+                    };
                     t
                 }
                 Merge::New => {
@@ -132,6 +153,7 @@ impl Core {
                     for n in 0..self.tasks[t as usize].inputs.len() {
                         let i = self.tasks[t as usize].inputs[n];
                         self.tasks[i as usize].consumers.push(t);
+                        self.tasks[i as usize].live_consumers += 1;
                     }
                     t
                 }
@@ -239,6 +261,7 @@ impl Core {
             params: graph.params(gid).map(Arc::from),
             inputs,
             consumers: Vec::new(),
+            live_consumers: 0,
             place,
             req,
             priority: graph.priority(gid),

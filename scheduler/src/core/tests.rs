@@ -649,16 +649,24 @@ fn a_run_scoped_cell_is_dropped_when_its_run_ends_and_cells_are_released_by_name
         ]}"#,
         &[],
     );
+    let dropped = |cmds: &[Command]| -> Vec<(WorkerId, Vec<TaskIdx>)> {
+        cmds.iter()
+            .filter_map(|c| match c {
+                Command::Worker(w, ToWorker::DropCells(ids)) => Some((*w, ids.clone())),
+                _ => None,
+            })
+            .collect()
+    };
+    // The run ends while "t", which uses it, is still assigned: it stays until "t" is done.
     let cmds = s.handle(Event::Client(0, FromClient::EndRun { run: 1 }));
+    assert!(dropped(&cmds).is_empty(), "a task still uses it");
     let m = s.id("m");
-    let dropped: Vec<_> = cmds
-        .iter()
-        .filter_map(|c| match c {
-            Command::Worker(w, ToWorker::DropCells(ids)) => Some((*w, ids.clone())),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(dropped, vec![(0, vec![m])], "only the run-scoped one");
+    let cmds = s.finish(0, "t", 1, vec![]);
+    assert_eq!(
+        dropped(&cmds),
+        vec![(0, vec![m])],
+        "only the run-scoped one"
+    );
     let k = s.id("k");
     let cmds = s.handle(Event::Client(
         0,

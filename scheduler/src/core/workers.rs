@@ -145,7 +145,8 @@ impl Core {
         }
         // Its tasks. Those it was running: those it reported started; if none was (a task can
         // kill its worker before the report gets out), the first `nthreads` in the worker's
-        // own run order (priority, then arrival), which are the ones it runs first.
+        // own run order (priority, then arrival) among those that could have started: whose
+        // inputs it held (a task still fetching was not running).
         let mut assigned: Vec<TaskIdx> = w.assigned.iter().copied().collect();
         assigned.sort_unstable();
         assigned.retain(|&t| self.tasks[t as usize].state == State::Assigned(id));
@@ -155,7 +156,16 @@ impl Core {
             .filter(|&t| self.tasks[t as usize].started)
             .collect();
         if running.is_empty() {
-            running = assigned.clone();
+            running = assigned
+                .iter()
+                .copied()
+                .filter(|&t| {
+                    self.tasks[t as usize]
+                        .inputs
+                        .iter()
+                        .all(|&i| self.tasks[i as usize].cell.is_some() || w.has.contains(&i))
+                })
+                .collect();
             running.sort_by_key(|&t| {
                 let task = &self.tasks[t as usize];
                 (std::cmp::Reverse(task.priority), task.assigned_seq)
