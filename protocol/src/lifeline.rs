@@ -141,6 +141,7 @@ impl LifelineWatch {
         let Ok(mut stream) = rx.await else {
             return std::future::pending().await;
         };
+        tracing::debug!(peer = ?stream.peer_addr().ok(), "lifeline open");
         let mut buf = [0u8; 64];
         loop {
             match stream.read(&mut buf).await {

@@ -115,6 +115,7 @@ struct Inner {
     fetcher: Arc<Fetcher>,
     next_run: AtomicU32,
     addr: std::net::SocketAddr,
+    idle_timeout: Duration,
 }
 
 impl Drop for Inner {
@@ -183,6 +184,7 @@ impl Client {
                 fetcher: Arc::new(Fetcher::new(endpoint, access.token.clone(), idle)),
                 next_run: AtomicU32::new(1),
                 addr,
+                idle_timeout: idle,
             }),
         })
     }
@@ -490,7 +492,7 @@ impl Run {
                 .filter(|(_, v)| v.is_ok())
                 .map(|(i, _)| keys[*i].clone())
                 .collect();
-            let mut got = self.fetch_batch(wanted).await?;
+            let mut got = self.fetch_batch_patiently(wanted).await?;
             for (i, verdict) in ready {
                 let key = &keys[i];
                 let result = verdict.and_then(|_| {
@@ -506,6 +508,32 @@ impl Run {
             start = end;
         }
         Ok(())
+    }
+
+    /// [`Run::fetch_batch`], and again for the outputs that could not be had (their holder
+    /// died or could not be reached between the lookup and the fetch: the scheduler makes a
+    /// lost output again, and a lookup waits for it), with backoff, for up to three idle
+    /// timeouts.
+    async fn fetch_batch_patiently(
+        &self,
+        keys: Vec<String>,
+    ) -> Result<HashMap<String, Result<Bytes, ClientError>>, ClientError> {
+        let deadline = std::time::Instant::now() + 3 * self.client.inner.idle_timeout;
+        let mut backoff = std::time::Duration::from_millis(100);
+        let mut out = self.fetch_batch(keys).await?;
+        loop {
+            let again: Vec<String> = out
+                .iter()
+                .filter(|(_, r)| matches!(r, Err(ClientError::Fetch { .. })))
+                .map(|(k, _)| k.clone())
+                .collect();
+            if again.is_empty() || std::time::Instant::now() + backoff > deadline {
+                return Ok(out);
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(std::time::Duration::from_secs(2));
+            out.extend(self.fetch_batch(again).await?);
+        }
     }
 
     /// Locates `keys` in one request and fetches them, one request per holder, all at once.
