@@ -257,7 +257,7 @@ impl Client {
             log_ms: Vec::new(),
             submitted,
             warnings: Vec::new(),
-            wants: wants.to_vec(),
+            wants: wants.iter().cloned().collect(),
         })
     }
 
@@ -307,8 +307,9 @@ impl Client {
     pub fn release(&self, keys: Vec<String>) -> Result<(), ClientError> {
         let mut s = self.lock();
         // A resubmission after an outage must not keep them again.
+        let released: std::collections::HashSet<&String> = keys.iter().collect();
         for r in s.runs.values_mut() {
-            r.wants.retain(|k| !keys.contains(k));
+            r.wants.retain(|k| !released.contains(k));
         }
         s.send(FromClient::Release { keys })
             .map_err(ClientError::Lost)
@@ -333,7 +334,8 @@ pub struct Run {
     log_ms: Vec<f64>,
     submitted: std::time::Instant,
     warnings: Vec<String>,
-    wants: Vec<String>,
+    /// Keys whose outputs the run keeps.
+    wants: std::collections::HashSet<String>,
 }
 
 impl std::fmt::Debug for Run {
@@ -461,7 +463,7 @@ impl Run {
             let mut ready: Vec<(usize, Result<(), ClientError>)> = Vec::new();
             while end < keys.len() && end - start < OUTPUT_BATCH {
                 let key = &keys[end];
-                let verdict = if !self.wants.iter().any(|k| k == key) {
+                let verdict = if !self.wants.contains(key) {
                     Err(ClientError::UnknownKey(format!(
                         "{key} (not kept: only sinks or `wants` are)"
                     )))

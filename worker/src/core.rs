@@ -511,8 +511,11 @@ impl WorkerCore {
     }
 
     /// A task arrives: queue it, or fetch what it lacks first.
-    fn assigned(&mut self, task: ComputeTask) {
+    fn assigned(&mut self, mut task: ComputeTask) {
         let id = task.id;
+        // By input, each input's holders still best first (the sort is stable): a task with
+        // many inputs finds an input's sources by a binary search.
+        task.sources.sort_by_key(|&(i, _)| i);
         if self.pending.contains_key(&id) {
             tracing::warn!(
                 task = id,
@@ -601,8 +604,10 @@ impl WorkerCore {
     fn next_source(&mut self, t: TaskIdx, i: TaskIdx) -> Option<WorkerId> {
         let me = self.id;
         let p = self.pending.get_mut(&t)?;
-        for &(input, holder) in &p.task.sources {
-            if input != i || p.lost.contains(&(i, holder)) {
+        let from = p.task.sources.partition_point(|&(input, _)| input < i);
+        let to = from + p.task.sources[from..].partition_point(|&(input, _)| input == i);
+        for &(_, holder) in &p.task.sources[from..to] {
+            if p.lost.contains(&(i, holder)) {
                 continue;
             }
             if holder != me && self.peers.contains_key(&holder) {
@@ -615,7 +620,7 @@ impl WorkerCore {
                 format!("worker {holder} holding result {i} is gone")
             };
         }
-        if !p.task.sources.iter().any(|&(input, _)| input == i) {
+        if from == to {
             // Named as held here, yet not here: the scheduler must correct its belief.
             p.lost.push((i, me));
             p.error = format!("result {i} is not held by this worker");

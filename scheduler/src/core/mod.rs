@@ -232,6 +232,36 @@ pub(crate) struct ReadyEntry {
 /// A ready queue: tasks with the same restriction and requirements.
 pub(crate) type Class = (Restriction, ReqIdx);
 
+/// Tells the first occurrence of each id in a list from repeats: a linear scan for short
+/// lists (most tasks have a few inputs), a hash set for long ones (a gather of 100,000).
+pub(crate) enum Distinct {
+    Few(Vec<TaskIdx>),
+    Many(HashSet<TaskIdx>),
+}
+
+impl Distinct {
+    /// For a list of `len` ids.
+    pub fn new(len: usize) -> Distinct {
+        if len > 16 {
+            Distinct::Many(HashSet::with_capacity(len))
+        } else {
+            Distinct::Few(Vec::new())
+        }
+    }
+
+    /// Whether `i` is seen for the first time.
+    pub fn first(&mut self, i: TaskIdx) -> bool {
+        match self {
+            Distinct::Few(v) if v.contains(&i) => false,
+            Distinct::Few(v) => {
+                v.push(i);
+                true
+            }
+            Distinct::Many(s) => s.insert(i),
+        }
+    }
+}
+
 /// The scheduler's state. See the module docs.
 #[derive(Debug, Default)]
 pub struct Core {
@@ -565,9 +595,10 @@ impl Core {
         let task = &self.tasks[t as usize];
         let worker = &self.workers[&w];
         let mut sources: Vec<(TaskIdx, WorkerId)> = Vec::new();
+        let mut listed = Distinct::new(task.inputs.len());
         for &i in task.inputs.iter() {
             let input = &self.tasks[i as usize];
-            if input.cell.is_some() || worker.has.contains(&i) || sources.iter().any(|s| s.0 == i) {
+            if input.cell.is_some() || worker.has.contains(&i) || !listed.first(i) {
                 continue;
             }
             let near = |h: &WorkerId| {

@@ -51,14 +51,11 @@ impl Core {
             StaticPlace::Pass(p) => p.filter(|&p| self.pool_can_run(p, task.req)),
         };
         let mut votes: Vec<(PoolIdx, u64)> = Vec::new();
-        // Each input counts once (a single input needs no bookkeeping).
-        let mut seen: Vec<TaskIdx> = Vec::new();
+        // Each input counts once.
+        let mut seen = super::Distinct::new(task.inputs.len());
         for &i in task.inputs.iter() {
-            if task.inputs.len() > 1 {
-                if seen.contains(&i) {
-                    continue;
-                }
-                seen.push(i);
+            if task.inputs.len() > 1 && !seen.first(i) {
+                continue;
             }
             let input = &self.tasks[i as usize];
             if input.cell.is_some() {
