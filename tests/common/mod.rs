@@ -116,30 +116,44 @@ impl Proc {
     }
 
     /// Waits for the process to exit; returns its code and all its output lines.
-    pub fn finish(mut self) -> (Option<i32>, Vec<String>) {
-        let end = Instant::now() + DEADLINE;
+    pub fn finish(self) -> (Option<i32>, Vec<String>) {
+        let name = self.name.clone();
+        match self.finish_within(DEADLINE) {
+            Ok(done) => done,
+            Err(seen) => panic!(
+                "{name} did not exit within {DEADLINE:?}; saw:\n{}",
+                seen.join("\n")
+            ),
+        }
+    }
+
+    /// Waits up to `limit` for the process to exit: its code and output lines, or (killed at
+    /// the limit) the lines it printed.
+    pub fn finish_within(
+        mut self,
+        limit: Duration,
+    ) -> Result<(Option<i32>, Vec<String>), Vec<String>> {
+        let end = Instant::now() + limit;
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
                 // Drain what the reader threads still have.
                 while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
                     self.seen.push(line);
                 }
-                return (status.code(), std::mem::take(&mut self.seen));
+                return Ok((status.code(), std::mem::take(&mut self.seen)));
             }
             match self.lines.recv_timeout(Duration::from_millis(100)) {
                 Ok(line) => self.seen.push(line),
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     let status = self.child.wait().expect("wait");
-                    return (status.code(), std::mem::take(&mut self.seen));
+                    return Ok((status.code(), std::mem::take(&mut self.seen)));
                 }
             }
-            assert!(
-                Instant::now() < end,
-                "{} did not exit within {DEADLINE:?}; saw:\n{}",
-                self.name,
-                self.seen.join("\n")
-            );
+            if Instant::now() >= end {
+                let _ = self.child.kill();
+                return Err(std::mem::take(&mut self.seen));
+            }
         }
     }
 }
