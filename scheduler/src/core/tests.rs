@@ -693,3 +693,452 @@ fn a_run_scoped_cell_is_dropped_when_its_run_ends_and_cells_are_released_by_name
     );
     assert!(!s.core.workers[&0].cells.contains(&k));
 }
+
+/// Plays every worker's part at once: each Compute among `cmds` is answered as run (its
+/// fetches reported, then finished with `size` bytes), repeatedly, until nothing is assigned.
+/// Returns every command seen.
+fn run_everything(s: &mut Sim, mut cmds: Vec<Command>, size: u64) -> Vec<Command> {
+    let mut seen = Vec::new();
+    loop {
+        let work: Vec<(WorkerId, drover_protocol::ComputeTask)> = cmds
+            .iter()
+            .filter_map(|c| match c {
+                Command::Worker(w, ToWorker::Compute(t)) => Some((*w, t.clone())),
+                _ => None,
+            })
+            .collect();
+        seen.append(&mut cmds);
+        if work.is_empty() {
+            return seen;
+        }
+        for (w, t) in work {
+            if !s.core.workers.contains_key(&w) {
+                continue;
+            }
+            let mut fetched: Vec<(TaskIdx, WorkerId, u64)> = Vec::new();
+            for &(i, h) in &t.sources {
+                if !fetched.iter().any(|f| f.0 == i) {
+                    fetched.push((i, h, size));
+                }
+            }
+            if !fetched.is_empty() {
+                cmds.extend(s.handle(Event::Worker(
+                    w,
+                    FromWorker::Fetched {
+                        task: t.id,
+                        inputs: fetched,
+                    },
+                )));
+            }
+            cmds.extend(s.handle(Event::Worker(
+                w,
+                FromWorker::Finished {
+                    id: t.id,
+                    size,
+                    duration_us: 1,
+                },
+            )));
+        }
+    }
+}
+
+fn submit_as(s: &mut Sim, client: ClientId, run: u32, json: &str, wants: &[&str]) -> Vec<Command> {
+    s.handle(Event::Client(
+        client,
+        FromClient::Submit {
+            run,
+            graph_json: json.to_owned(),
+            wants: wants.iter().map(|k| k.to_string()).collect(),
+        },
+    ))
+}
+
+const ABC: &str = r#"{"tasks": [
+  {"key": "a", "function": "bytes"},
+  {"key": "b", "function": "len", "inputs": ["a"]},
+  {"key": "c", "function": "concat", "inputs": ["b", "a"]}
+]}"#;
+
+#[test]
+fn a_second_run_of_a_done_graph_reuses_everything_and_runs_nothing() {
+    let mut s = Sim::new(&[("w0", "", 1), ("w1", "", 1)]);
+    let cmds = s.submit(ABC, &["c"]);
+    run_everything(&mut s, cmds, 5);
+    // a and b were freed (c no longer needs them); c is kept for the client.
+    assert_eq!(s.core.tasks[s.id("a") as usize].state, State::Released);
+    let cmds = submit_as(&mut s, 0, 2, ABC, &["c"]);
+    assert!(computes(&cmds).is_empty(), "{cmds:?}");
+    let ev = events(&cmds);
+    let mut keys: Vec<&str> = ev.iter().map(|e| e.key.as_str()).collect();
+    keys.sort();
+    assert_eq!(keys, vec!["a", "b", "c"]);
+    assert!(ev.iter().all(|e| e.reused && e.run == 2 && e.attempts == 1));
+}
+
+#[test]
+fn a_freed_result_is_made_again_only_when_a_new_run_needs_it() {
+    let mut s = Sim::new(&[("w0", "", 1)]);
+    let cmds = s.submit(ABC, &["c"]);
+    run_everything(&mut s, cmds, 5);
+    // A new task on the kept result: only it runs.
+    let more = r#"{"tasks": [
+      {"key": "a", "function": "bytes"},
+      {"key": "b", "function": "len", "inputs": ["a"]},
+      {"key": "c", "function": "concat", "inputs": ["b", "a"]},
+      {"key": "d", "function": "len", "inputs": ["c"]}
+    ]}"#;
+    let cmds = submit_as(&mut s, 0, 2, more, &["d"]);
+    assert_eq!(computes(&cmds), [(0, "d".to_owned())]);
+    run_everything(&mut s, cmds, 5);
+    // A new task on the freed "a": a runs again, as a new computation (attempts from zero).
+    let on_a = r#"{"tasks": [
+      {"key": "a", "function": "bytes"},
+      {"key": "e", "function": "len", "inputs": ["a"]}
+    ]}"#;
+    let cmds = submit_as(&mut s, 0, 3, on_a, &["e"]);
+    assert_eq!(computes(&cmds), [(0, "a".to_owned())]);
+    let seen = run_everything(&mut s, cmds, 5);
+    let a = events(&seen).into_iter().find(|e| e.key == "a").unwrap();
+    assert_eq!((a.attempts, a.reused), (1, false));
+}
+
+#[test]
+fn a_redefined_key_is_refused_while_a_live_run_uses_it_and_computed_anew_after() {
+    let mut s = Sim::new(&[("w0", "", 1)]);
+    s.handle(Event::ClientJoined { id: 1 });
+    let old = r#"{"tasks": [
+      {"key": "a", "function": "bytes", "params": {"n": 5, "fill": "p"}},
+      {"key": "c", "function": "concat", "inputs": ["a"]}
+    ]}"#;
+    let new = r#"{"tasks": [
+      {"key": "a", "function": "bytes", "params": {"n": 3, "fill": "s"}},
+      {"key": "c", "function": "concat", "inputs": ["a"]}
+    ]}"#;
+    let running = s.submit(old, &["c"]);
+    let cmds = submit_as(&mut s, 1, 1, new, &["c"]);
+    let Some(Command::Client(1, ToClient::Rejected { error, .. })) = cmds.first() else {
+        panic!("{cmds:?}")
+    };
+    assert!(
+        error.contains("key \"a\"")
+            && error.contains(r#"function "bytes" with params {"fill":"p","n":5} there"#)
+            && error.contains(r#"function "bytes" with params {"fill":"s","n":3} here"#),
+        "{error}"
+    );
+    // c's own fields are the same, but its input changed: it differs too.
+    assert!(
+        error.contains("key \"c\" (the same function and params, but other inputs"),
+        "{error}"
+    );
+    assert_eq!(s.core.stats().tasks, 2, "nothing changed");
+    // The old run completes and its client leaves: the new definition is computed anew.
+    run_everything(&mut s, running, 5);
+    s.handle(Event::ClientLeft { id: 0 });
+    let cmds = submit_as(&mut s, 1, 2, new, &["c"]);
+    assert_eq!(computes(&cmds), [(0, "a".to_owned())]);
+    let ToWorker::Compute(t) = s.core.compute_message(s.id("a"), 0) else {
+        panic!()
+    };
+    assert_eq!(t.params.as_deref(), Some(r#"{"fill":"s","n":3}"#));
+}
+
+#[test]
+fn a_redefined_key_nobody_uses_is_detached_and_its_old_lineage_kept() {
+    let mut s = Sim::new(&[("w0", "", 1)]);
+    let old = r#"{"tasks": [
+      {"key": "a", "function": "bytes", "params": {"n": 5}},
+      {"key": "c", "function": "concat", "inputs": ["a"]}
+    ]}"#;
+    let cmds = s.submit(old, &["c"]);
+    run_everything(&mut s, cmds, 5);
+    let old_a = s.id("a");
+    // The same client still wants c (made of the old a), ends the run, and redefines a alone:
+    // the old a is not used by a live run nor wanted, so it is detached, not refused.
+    s.handle(Event::Client(0, FromClient::EndRun { run: 1 }));
+    let cmds = submit_as(
+        &mut s,
+        0,
+        2,
+        r#"{"tasks": [{"key": "a", "function": "bytes", "params": {"n": 3}}]}"#,
+        &["a"],
+    );
+    assert_eq!(computes(&cmds), [(0, "a".to_owned())]);
+    assert_ne!(s.id("a"), old_a, "a new slot");
+    // c keeps its lineage: the old a.
+    assert_eq!(s.core.tasks[s.id("c") as usize].inputs[..], [old_a]);
+}
+
+#[test]
+fn tasks_go_only_to_workers_with_their_function_and_wait_with_a_warning_naming_it() {
+    let mut s = Sim::new(&[("stock", "pool-A=1", 4)]);
+    let cmds = s.submit(
+        r#"{"tasks": [
+          {"key": "r", "function": "random_array", "pool": "A"},
+          {"key": "x", "function": "bytes", "pool": "A"}
+        ]}"#,
+        &[],
+    );
+    assert_eq!(
+        computes(&cmds),
+        [(0, "x".to_owned())],
+        "the custom task is not sent"
+    );
+    let warnings: Vec<&String> = cmds
+        .iter()
+        .filter_map(|c| match c {
+            Command::Client(0, ToClient::Warning(w)) => Some(w),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].starts_with(
+            "no connected worker in pool \"A\" has function \"random_array\": 1 task(s) wait"
+        ),
+        "{}",
+        warnings[0]
+    );
+    let mut custom = hello("custom", "pool-A=1", 1);
+    custom.functions.push("random_array".into());
+    let cmds = s.handle(Event::WorkerJoined {
+        id: 7,
+        hello: custom,
+    });
+    assert_eq!(computes(&cmds), [(7, "r".to_owned())]);
+}
+
+#[test]
+fn lost_inputs_correct_the_belief_at_once_and_what_nobody_holds_is_made_again() {
+    let mut s = Sim::new(&[("w0", "", 1), ("w1", "", 1)]);
+    s.submit(
+        r#"{"tasks": [
+          {"key": "x", "function": "bytes"},
+          {"key": "y", "function": "len", "inputs": ["x"]}
+        ]}"#,
+        &["y"],
+    );
+    let (x, y) = (s.id("x"), s.id("y"));
+    let holder = s
+        .core
+        .workers
+        .iter()
+        .find(|(_, w)| w.assigned.contains(&x))
+        .map(|(id, _)| *id)
+        .unwrap();
+    s.finish(holder, "x", 1 << 20, vec![]);
+    let State::Assigned(runner) = s.core.tasks[y as usize].state else {
+        panic!("y is assigned")
+    };
+    // Wherever y runs, its worker says x could not be had from its holder (or, if it is the
+    // holder, that x is not there): the copy stops counting, the holder is told to drop it,
+    // and x is made again.
+    let cmds = s.handle(Event::Worker(
+        runner,
+        FromWorker::InputsLost {
+            id: y,
+            lost: vec![(x, holder)],
+            error: "does not hold result".into(),
+        },
+    ));
+    if runner != holder {
+        assert!(cmds.iter().any(|c| matches!(c, Command::Worker(w, ToWorker::Free(ids)) if *w == holder && ids == &vec![x])));
+    }
+    assert!(computes(&cmds).iter().any(|(_, k)| k == "x"), "{cmds:?}");
+    assert_eq!(s.core.tasks[y as usize].state, State::Waiting);
+}
+
+#[test]
+fn repeated_fetch_failures_from_connected_holders_fail_the_task_naming_why() {
+    let mut s = Sim::new(&[("w0", "pool-P=1", 1), ("w1", "pool-Q=1", 1)]);
+    s.submit(
+        r#"{"tasks": [
+          {"key": "x", "function": "bytes", "pool": "P"},
+          {"key": "y", "function": "len", "inputs": ["x"], "pool": "Q"}
+        ]}"#,
+        &["y"],
+    );
+    let (x, y) = (s.id("x"), s.id("y"));
+    s.finish(0, "x", 10, vec![]);
+    for round in 1..=5 {
+        // y on w1 cannot reach w0 (both still connected); x is made again on w0 each time.
+        assert_eq!(
+            s.core.tasks[y as usize].state,
+            State::Assigned(1),
+            "round {round}"
+        );
+        let cmds = s.handle(Event::Worker(
+            1,
+            FromWorker::InputsLost {
+                id: y,
+                lost: vec![(x, 0)],
+                error: "cannot reach worker 0: timed out".into(),
+            },
+        ));
+        if round < 5 {
+            assert!(events(&cmds).is_empty());
+            s.finish(0, "x", 10, vec![]);
+        } else {
+            let e = events(&cmds);
+            let err = e[0].error.as_deref().unwrap();
+            assert!(
+                err.starts_with("could not fetch its inputs 5 times in a row from workers that are still connected; last: cannot reach worker 0"),
+                "{err}"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_shared_input_graph_survives_losing_a_worker_at_any_moment() {
+    // The graph that hung: each source feeds a slow task and a task reading both.
+    let mut tasks = Vec::new();
+    for i in 0..12 {
+        tasks.push(format!(r#"{{"key": "b{i}", "function": "bytes"}}"#));
+        tasks.push(format!(
+            r#"{{"key": "s{i}", "function": "noop", "inputs": ["b{i}"]}}"#
+        ));
+        tasks.push(format!(
+            r#"{{"key": "l{i}", "function": "len", "inputs": ["b{i}", "s{i}"]}}"#
+        ));
+    }
+    let lens: Vec<String> = (0..12).map(|i| format!("\"l{i}\"")).collect();
+    tasks.push(format!(
+        r#"{{"key": "all", "function": "concat", "inputs": [{}]}}"#,
+        lens.join(", ")
+    ));
+    let json = format!(r#"{{"tasks": [{}]}}"#, tasks.join(", "));
+    // Kill worker 1 after k results came back, for every k.
+    for k in 0..37 {
+        let mut s = Sim::new(&[("w0", "", 2), ("w1", "", 2), ("w2", "", 2)]);
+        let mut cmds = s.submit(&json, &["all"]);
+        let mut done = 0;
+        let mut killed = false;
+        loop {
+            let work: Vec<(WorkerId, drover_protocol::ComputeTask)> = cmds
+                .iter()
+                .filter_map(|c| match c {
+                    Command::Worker(w, ToWorker::Compute(t)) => Some((*w, t.clone())),
+                    _ => None,
+                })
+                .collect();
+            if work.is_empty() {
+                break;
+            }
+            cmds = Vec::new();
+            for (w, t) in work {
+                if !s.core.workers.contains_key(&w) {
+                    continue;
+                }
+                if !killed && done == k {
+                    killed = true;
+                    cmds.extend(s.handle(Event::WorkerLeft { id: 1 }));
+                    if w == 1 {
+                        continue;
+                    }
+                }
+                let gone = t
+                    .sources
+                    .iter()
+                    .find(|(_, h)| !s.core.workers.contains_key(h));
+                if let Some(&(i, h)) = gone {
+                    cmds.extend(s.handle(Event::Worker(
+                        w,
+                        FromWorker::InputsLost {
+                            id: t.id,
+                            lost: vec![(i, h)],
+                            error: "the worker left".into(),
+                        },
+                    )));
+                    continue;
+                }
+                let fetched: Vec<(TaskIdx, WorkerId, u64)> =
+                    t.sources.iter().map(|&(i, h)| (i, h, 4)).collect();
+                if !fetched.is_empty() {
+                    cmds.extend(s.handle(Event::Worker(
+                        w,
+                        FromWorker::Fetched {
+                            task: t.id,
+                            inputs: fetched,
+                        },
+                    )));
+                }
+                cmds.extend(s.handle(Event::Worker(
+                    w,
+                    FromWorker::Finished {
+                        id: t.id,
+                        size: 4,
+                        duration_us: 1,
+                    },
+                )));
+                done += 1;
+            }
+        }
+        assert_eq!(
+            s.core.tasks[s.id("all") as usize].state,
+            State::Memory,
+            "killed after {k}: {}",
+            s.core.describe_key("all").unwrap()
+        );
+    }
+}
+
+#[test]
+fn memory_returns_once_every_client_left() {
+    let mut s = Sim::new(&[("w0", "", 2), ("w1", "", 2)]);
+    s.handle(Event::ClientJoined { id: 1 });
+    let cmds = s.submit(ABC, &["c"]);
+    let mut seen = run_everything(&mut s, cmds, 7);
+    let cmds = submit_as(&mut s, 1, 1, POOLS, &["run_in_b"]);
+    seen.extend(run_everything(&mut s, cmds, 7));
+    assert!(s.core.stats().held > 0);
+    seen.extend(s.handle(Event::ClientLeft { id: 0 }));
+    seen.extend(s.handle(Event::ClientLeft { id: 1 }));
+    assert_eq!(s.core.stats().held, 0);
+    assert!(s.core.leftover_tasks().is_empty());
+    assert!(s.core.believed_holdings().values().all(Vec::is_empty));
+}
+
+#[test]
+fn a_copy_under_way_keeps_its_result_needed_until_it_is_answered() {
+    let mut s = Sim::new(&[("old", "", 1), ("new", "", 1)]);
+    s.submit(r#"{"tasks": [{"key": "x", "function": "bytes"}]}"#, &["x"]);
+    let x = s.id("x");
+    let w = s
+        .core
+        .workers
+        .iter()
+        .find(|(_, w)| w.assigned.contains(&x))
+        .map(|(id, _)| *id)
+        .unwrap();
+    s.finish(w, "x", 3, vec![]);
+    let other = 1 - w;
+    let cmds = s.handle(Event::Worker(w, FromWorker::Retiring { successor: false }));
+    assert!(cmds.iter().any(|c| matches!(c, Command::Worker(t, ToWorker::Replicate { from, ids }) if *t == other && *from == w && ids == &vec![x])));
+    // The client lets go of x while the copy is under way: x is not freed (nor its id reused).
+    let cmds = s.handle(Event::Client(
+        0,
+        FromClient::Release {
+            keys: vec!["x".into()],
+        },
+    ));
+    assert!(!cmds
+        .iter()
+        .any(|c| matches!(c, Command::Worker(_, ToWorker::Free(_)))));
+    // The copy is answered: x is freed on both, and the retiring worker may go.
+    let cmds = s.handle(Event::Worker(
+        other,
+        FromWorker::Replicated {
+            from: w,
+            ids: vec![x],
+            failed: false,
+        },
+    ));
+    let frees = cmds
+        .iter()
+        .filter(|c| matches!(c, Command::Worker(_, ToWorker::Free(ids)) if ids == &vec![x]))
+        .count();
+    assert_eq!(frees, 2, "{cmds:?}");
+    assert!(cmds
+        .iter()
+        .any(|c| matches!(c, Command::Worker(t, ToWorker::Retired) if *t == w)));
+}
