@@ -19,31 +19,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{binary, start_drover_run, total_reruns, Cluster, Proc};
-
-fn shared_input_graph(n: usize, ms: u64) -> serde_json::Value {
-    let mut tasks = Vec::new();
-    for i in 0..n {
-        tasks.push(
-            serde_json::json!({"key": format!("b{i}"), "function": "bytes", "params": {"n": 1000}}),
-        );
-        tasks.push(serde_json::json!({"key": format!("s{i}"), "function": "sleep", "params": {"ms": ms}, "inputs": [format!("b{i}")]}));
-        tasks.push(serde_json::json!({"key": format!("l{i}"), "function": "len", "inputs": [format!("b{i}"), format!("s{i}")]}));
-    }
-    let lens: Vec<String> = (0..n).map(|i| format!("l{i}")).collect();
-    tasks.push(serde_json::json!({"key": "all", "function": "concat", "inputs": lens}));
-    serde_json::json!({ "tasks": tasks })
-}
-
-fn chain_graph(links: usize, ms: u64) -> serde_json::Value {
-    let mut tasks =
-        vec![serde_json::json!({"key": "c0", "function": "bytes", "params": {"n": 10}})];
-    for i in 1..=links {
-        tasks.push(serde_json::json!({"key": format!("s{i}"), "function": "sleep", "params": {"ms": ms}, "inputs": [format!("c{}", i - 1)]}));
-        tasks.push(serde_json::json!({"key": format!("c{i}"), "function": "concat", "inputs": [format!("c{}", i - 1), format!("s{i}")]}));
-    }
-    serde_json::json!({ "tasks": tasks })
-}
+use common::{
+    binary, chain_graph, shared_input_graph, start_drover_run, stdout_of, total_reruns, Cluster,
+    Proc,
+};
 
 fn worker(c: &Cluster, name: &str, nthreads: &str) -> Proc {
     let access = c.access();
@@ -117,11 +96,7 @@ fn trial(
         Err(_) => tally.hung += 1,
         Ok((code, lines)) => {
             tally.after_kill.push(killed.elapsed().as_secs_f64());
-            let out: Vec<&str> = lines
-                .iter()
-                .filter_map(|l| l.strip_prefix("stdout: "))
-                .collect();
-            if code == Some(0) && out == [expected] {
+            if code == Some(0) && stdout_of(&lines) == [expected] {
                 tally.ok += 1;
                 tally
                     .reruns

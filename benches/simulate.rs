@@ -33,17 +33,11 @@ fn main() {
     let seeds = value("--seeds").unwrap_or(10_000);
     let first = value("--first").unwrap_or(0);
     let started = std::time::Instant::now();
-    let mut failed = Vec::new();
-    let mut totals = sim::Outcome::default();
-    for seed in first..first + seeds {
-        match sim::simulate(seed, false) {
-            Ok(o) => totals.add(&o),
-            Err(f) => {
-                println!("{f}");
-                failed.push(seed);
-            }
-        }
+    let (totals, failures) = sim::simulate_many(first, seeds);
+    for f in &failures {
+        println!("{f}");
     }
+    let failed: Vec<u64> = failures.iter().map(|f| f.seed).collect();
     println!(
         "{seeds} seeds in {:.1} s: {} failed {:?}; {} steps, {} runs checked, {} abandoned, {} refused, {} jobs; faults {:?}; paths {:?}",
         started.elapsed().as_secs_f64(),

@@ -7,20 +7,9 @@ mod common;
 
 use std::time::Instant;
 
-use common::{binary, drover_run, read_report, start_drover_run, Cluster, DEADLINE};
-
-fn graph_file(dir: &std::path::Path, name: &str, graph: &serde_json::Value) -> String {
-    let path = dir.join(name);
-    std::fs::write(&path, graph.to_string()).unwrap();
-    path.to_str().unwrap().to_owned()
-}
-
-fn stdout_of(lines: &[String]) -> Vec<&str> {
-    lines
-        .iter()
-        .filter_map(|l| l.strip_prefix("stdout: "))
-        .collect()
-}
+use common::{
+    binary, drover_run, graph_file, read_report, start_drover_run, stdout_of, Cluster, DEADLINE,
+};
 
 /// `random_array` exists only in the pools example's registry; `len` in both.
 fn custom_graph() -> serde_json::Value {

@@ -8,30 +8,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{binary, read_report, start_drover_run, total_reruns, Cluster, Proc};
-
-/// Writes a graph file in `dir` and returns its path.
-fn graph_file(dir: &std::path::Path, name: &str, graph: &serde_json::Value) -> String {
-    let path = dir.join(name);
-    std::fs::write(&path, graph.to_string()).unwrap();
-    path.to_str().unwrap().to_owned()
-}
-
-/// `n` x (bytes -> sleep `ms` -> len of both) -> one concat of the lens: each `len` reads a
-/// source directly and through the slow task.
-fn shared_input_graph(n: usize, ms: u64) -> serde_json::Value {
-    let mut tasks = Vec::new();
-    for i in 0..n {
-        tasks.push(
-            serde_json::json!({"key": format!("b{i}"), "function": "bytes", "params": {"n": 1000}}),
-        );
-        tasks.push(serde_json::json!({"key": format!("s{i}"), "function": "sleep", "params": {"ms": ms}, "inputs": [format!("b{i}")]}));
-        tasks.push(serde_json::json!({"key": format!("l{i}"), "function": "len", "inputs": [format!("b{i}"), format!("s{i}")]}));
-    }
-    let lens: Vec<String> = (0..n).map(|i| format!("l{i}")).collect();
-    tasks.push(serde_json::json!({"key": "all", "function": "concat", "inputs": lens}));
-    serde_json::json!({ "tasks": tasks })
-}
+use common::{
+    binary, chain_graph, graph_file, read_report, shared_input_graph, start_drover_run, stdout_of,
+    total_reruns, Cluster, Proc,
+};
 
 /// A worker whose finished tasks are logged (`task done`), so a test can act at a moment.
 fn logged_worker(c: &Cluster, name: &str, extra: &[&str]) -> Proc {
@@ -41,13 +21,6 @@ fn logged_worker(c: &Cluster, name: &str, extra: &[&str]) -> Proc {
     let mut w = Proc::start_logging(name, &binary("worker"), &args, "info,drover_worker=debug");
     w.wait_for("worker connected");
     w
-}
-
-fn stdout_of(lines: &[String]) -> Vec<&str> {
-    lines
-        .iter()
-        .filter_map(|l| l.strip_prefix("stdout: "))
-        .collect()
 }
 
 #[test]
@@ -94,19 +67,8 @@ fn shared_inputs_survive_a_kill_at_several_moments() {
 
 #[test]
 fn a_chain_survives_a_kill() {
-    // c0 = 10 bytes; c_i = concat(c_{i-1}, sleep(c_{i-1})): 30 links, each waiting 60 ms.
-    let mut tasks =
-        vec![serde_json::json!({"key": "c0", "function": "bytes", "params": {"n": 10}})];
-    for i in 1..=30 {
-        tasks.push(serde_json::json!({"key": format!("s{i}"), "function": "sleep", "params": {"ms": 60}, "inputs": [format!("c{}", i - 1)]}));
-        tasks.push(serde_json::json!({"key": format!("c{i}"), "function": "concat", "inputs": [format!("c{}", i - 1), format!("s{i}")]}));
-    }
     let dir = tempfile::tempdir().unwrap();
-    let g = graph_file(
-        dir.path(),
-        "chain.json",
-        &serde_json::json!({ "tasks": tasks }),
-    );
+    let g = graph_file(dir.path(), "chain.json", &chain_graph(30, 60));
     let mut c = Cluster::start_with(&["--idle-timeout-secs", "10"]);
     // The chain starts on `a` (the only worker), `b` joins; `a` dies 8 tasks in, so `b` makes
     // again what was only on `a`, from the start of the chain.

@@ -295,3 +295,47 @@ impl Cluster {
         self.workers.push(w);
     }
 }
+
+/// Writes `graph` as a graph file named `name` in `dir`; returns its path.
+pub fn graph_file(dir: &Path, name: &str, graph: &serde_json::Value) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, graph.to_string()).expect("write graph file");
+    path.to_str().expect("utf-8 path").to_owned()
+}
+
+/// The lines a process printed on stdout, in order.
+pub fn stdout_of(lines: &[String]) -> Vec<&str> {
+    lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("stdout: "))
+        .collect()
+}
+
+/// `n` x (bytes -> sleep `ms` -> len of both) -> one concat of the lens: each `len` reads a
+/// source directly and through the slow task (the graph whose recovery used to hang). Its
+/// output is `all: ` and `1000` n times.
+pub fn shared_input_graph(n: usize, ms: u64) -> serde_json::Value {
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        tasks.push(
+            serde_json::json!({"key": format!("b{i}"), "function": "bytes", "params": {"n": 1000}}),
+        );
+        tasks.push(serde_json::json!({"key": format!("s{i}"), "function": "sleep", "params": {"ms": ms}, "inputs": [format!("b{i}")]}));
+        tasks.push(serde_json::json!({"key": format!("l{i}"), "function": "len", "inputs": [format!("b{i}"), format!("s{i}")]}));
+    }
+    let lens: Vec<String> = (0..n).map(|i| format!("l{i}")).collect();
+    tasks.push(serde_json::json!({"key": "all", "function": "concat", "inputs": lens}));
+    serde_json::json!({ "tasks": tasks })
+}
+
+/// A chain: `c0` = 10 bytes; `c_i` = concat(`c_{i-1}`, sleep `ms` after `c_{i-1}`). Its output is
+/// `c{links}: xxxxxxxxxx`.
+pub fn chain_graph(links: usize, ms: u64) -> serde_json::Value {
+    let mut tasks =
+        vec![serde_json::json!({"key": "c0", "function": "bytes", "params": {"n": 10}})];
+    for i in 1..=links {
+        tasks.push(serde_json::json!({"key": format!("s{i}"), "function": "sleep", "params": {"ms": ms}, "inputs": [format!("c{}", i - 1)]}));
+        tasks.push(serde_json::json!({"key": format!("c{i}"), "function": "concat", "inputs": [format!("c{}", i - 1), format!("s{i}")]}));
+    }
+    serde_json::json!({ "tasks": tasks })
+}

@@ -127,6 +127,20 @@ pub fn simulate(seed: u64, trace: bool) -> Result<Outcome, Failure> {
     }
 }
 
+/// Runs seeds `first..first + count`; returns the summed outcome of those that passed and the
+/// failures.
+pub fn simulate_many(first: u64, count: u64) -> (Outcome, Vec<Failure>) {
+    let mut totals = Outcome::default();
+    let mut failed = Vec::new();
+    for seed in first..first + count {
+        match simulate(seed, false) {
+            Ok(o) => totals.add(&o),
+            Err(f) => failed.push(f),
+        }
+    }
+    (totals, failed)
+}
+
 /// The whole trace of `seed`'s simulation (or of its failure).
 pub fn trace(seed: u64) -> Vec<String> {
     let mut w = World::new(seed, true);
@@ -770,6 +784,20 @@ impl World {
             return Err(format!(
                 "every client left, yet the scheduler still has task {k}"
             ));
+        }
+        // What the scheduler believes each connected worker holds is what it holds.
+        let believed = self.core.believed_holdings();
+        for (id, held) in &believed {
+            let actual = self
+                .sessions
+                .get(id)
+                .map(|s| s.core.held())
+                .unwrap_or_default();
+            if &actual != held {
+                return Err(format!(
+                    "the scheduler believes worker {id} holds {held:?}; it holds {actual:?}"
+                ));
+            }
         }
         for (id, s) in &self.sessions {
             if s.gone {

@@ -164,10 +164,9 @@ pub enum Command {
     Exit(Exit),
 }
 
-/// A result in the store.
+/// A result in the store (its bytes are the shell's).
 #[derive(Debug, Clone, Copy)]
 struct Entry {
-    size: u64,
     /// The scheduler no longer counts it as held here: drop it when no queued task needs it.
     freed: bool,
     /// Queued or fetching tasks here that need it.
@@ -378,19 +377,9 @@ impl WorkerCore {
         v
     }
 
-    /// Total bytes of the results in the store.
-    pub fn stored_bytes(&self) -> u64 {
-        self.store.values().map(|e| e.size).sum()
-    }
-
     /// Jobs on the threads (abandoned ones included) and resources they hold.
     pub fn busy(&self) -> (usize, f64) {
         (self.jobs.len(), self.used.values().sum())
-    }
-
-    /// Whether the worker is retiring.
-    pub fn is_retiring(&self) -> bool {
-        self.retiring
     }
 
     /// Recomputes the core's cross-references and says where they disagree: each stored
@@ -682,8 +671,8 @@ impl WorkerCore {
             Purpose::Replicate { here } => {
                 let mut ids = here;
                 let mut keep = Vec::new();
-                for (i, size) in got {
-                    if self.arrived(i, size) {
+                for (i, _) in got {
+                    if self.arrived(i) {
                         keep.push(i);
                     }
                     if let Some(e) = self.store.get_mut(&i) {
@@ -712,7 +701,7 @@ impl WorkerCore {
                         Some(w) if !w.waiters.is_empty() => w.waiters[0],
                         _ => continue, // nobody here needs it now: not kept, not reported
                     };
-                    if self.arrived(i, size) {
+                    if self.arrived(i) {
                         keep.push(i);
                         report.entry(to).or_default().push((i, f.peer, size));
                     }
@@ -728,9 +717,9 @@ impl WorkerCore {
         }
     }
 
-    /// Result `i` of `size` bytes is here now (made, fetched or copied): stores it unless it
-    /// was here already (then `false`), and hands it to every task waiting for it.
-    fn arrived(&mut self, i: TaskIdx, size: u64) -> bool {
+    /// Result `i` is here now (made, fetched or copied): stores it unless it was here already
+    /// (then `false`), and hands it to every task waiting for it.
+    fn arrived(&mut self, i: TaskIdx) -> bool {
         let waiters = self
             .wanted
             .remove(&i)
@@ -738,7 +727,6 @@ impl WorkerCore {
             .unwrap_or_default();
         let new = !self.store.contains_key(&i);
         let e = self.store.entry(i).or_insert(Entry {
-            size,
             freed: false,
             pins: 0,
         });
@@ -849,7 +837,7 @@ impl WorkerCore {
         }
         match result {
             Ok(size) => {
-                self.arrived(r.task, size);
+                self.arrived(r.task);
                 if let Some(e) = self.store.get_mut(&r.task) {
                     e.freed = false; // counted as held here again by this report
                 }

@@ -697,8 +697,21 @@ fn a_run_scoped_cell_is_dropped_when_its_run_ends_and_cells_are_released_by_name
 /// Plays every worker's part at once: each Compute among `cmds` is answered as run (its
 /// fetches reported, then finished with `size` bytes), repeatedly, until nothing is assigned.
 /// Returns every command seen.
-fn run_everything(s: &mut Sim, mut cmds: Vec<Command>, size: u64) -> Vec<Command> {
+fn run_everything(s: &mut Sim, cmds: Vec<Command>, size: u64) -> Vec<Command> {
+    play(s, cmds, size, None)
+}
+
+/// [`run_everything`], and with `kill` = (k, w), worker `w` is lost after `k` results came
+/// back; a task whose input's holder is gone says it could not fetch it.
+fn play(
+    s: &mut Sim,
+    mut cmds: Vec<Command>,
+    size: u64,
+    kill: Option<(usize, WorkerId)>,
+) -> Vec<Command> {
     let mut seen = Vec::new();
+    let mut done = 0;
+    let mut killed = false;
     loop {
         let work: Vec<(WorkerId, drover_protocol::ComputeTask)> = cmds
             .iter()
@@ -712,7 +725,28 @@ fn run_everything(s: &mut Sim, mut cmds: Vec<Command>, size: u64) -> Vec<Command
             return seen;
         }
         for (w, t) in work {
+            if let Some((k, victim)) = kill {
+                if !killed && done == k {
+                    killed = true;
+                    cmds.extend(s.handle(Event::WorkerLeft { id: victim }));
+                }
+            }
             if !s.core.workers.contains_key(&w) {
+                continue;
+            }
+            if let Some(&(i, h)) = t
+                .sources
+                .iter()
+                .find(|(_, h)| !s.core.workers.contains_key(h))
+            {
+                cmds.extend(s.handle(Event::Worker(
+                    w,
+                    FromWorker::InputsLost {
+                        id: t.id,
+                        lost: vec![(i, h)],
+                        error: "the worker left".into(),
+                    },
+                )));
                 continue;
             }
             let mut fetched: Vec<(TaskIdx, WorkerId, u64)> = Vec::new();
@@ -738,6 +772,7 @@ fn run_everything(s: &mut Sim, mut cmds: Vec<Command>, size: u64) -> Vec<Command
                     duration_us: 1,
                 },
             )));
+            done += 1;
         }
     }
 }
@@ -1007,72 +1042,11 @@ fn the_shared_input_graph_survives_losing_a_worker_at_any_moment() {
         lens.join(", ")
     ));
     let json = format!(r#"{{"tasks": [{}]}}"#, tasks.join(", "));
-    // Kill worker 1 after k results came back, for every k.
+    // Lose worker 1 after k results came back, for every k.
     for k in 0..37 {
         let mut s = Sim::new(&[("w0", "", 2), ("w1", "", 2), ("w2", "", 2)]);
-        let mut cmds = s.submit(&json, &["all"]);
-        let mut done = 0;
-        let mut killed = false;
-        loop {
-            let work: Vec<(WorkerId, drover_protocol::ComputeTask)> = cmds
-                .iter()
-                .filter_map(|c| match c {
-                    Command::Worker(w, ToWorker::Compute(t)) => Some((*w, t.clone())),
-                    _ => None,
-                })
-                .collect();
-            if work.is_empty() {
-                break;
-            }
-            cmds = Vec::new();
-            for (w, t) in work {
-                if !s.core.workers.contains_key(&w) {
-                    continue;
-                }
-                if !killed && done == k {
-                    killed = true;
-                    cmds.extend(s.handle(Event::WorkerLeft { id: 1 }));
-                    if w == 1 {
-                        continue;
-                    }
-                }
-                let gone = t
-                    .sources
-                    .iter()
-                    .find(|(_, h)| !s.core.workers.contains_key(h));
-                if let Some(&(i, h)) = gone {
-                    cmds.extend(s.handle(Event::Worker(
-                        w,
-                        FromWorker::InputsLost {
-                            id: t.id,
-                            lost: vec![(i, h)],
-                            error: "the worker left".into(),
-                        },
-                    )));
-                    continue;
-                }
-                let fetched: Vec<(TaskIdx, WorkerId, u64)> =
-                    t.sources.iter().map(|&(i, h)| (i, h, 4)).collect();
-                if !fetched.is_empty() {
-                    cmds.extend(s.handle(Event::Worker(
-                        w,
-                        FromWorker::Fetched {
-                            task: t.id,
-                            inputs: fetched,
-                        },
-                    )));
-                }
-                cmds.extend(s.handle(Event::Worker(
-                    w,
-                    FromWorker::Finished {
-                        id: t.id,
-                        size: 4,
-                        duration_us: 1,
-                    },
-                )));
-                done += 1;
-            }
-        }
+        let cmds = s.submit(&json, &["all"]);
+        play(&mut s, cmds, 4, Some((k, 1)));
         assert_eq!(
             s.core.tasks[s.id("all") as usize].state,
             State::Memory,
