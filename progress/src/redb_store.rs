@@ -1,0 +1,288 @@
+//! Records in one redb file (`STATE/progress.redb`, or `.drover/progress.redb` for the embedded
+//! store). A transaction is durable when its commit returns (redb's immediate durability: the
+//! file is synced). Several processes may share the file ([`Sharing::Processes`]): redb then
+//! serialises their write transactions, each reading what the others committed.
+//!
+//! Tables: `records` ((namespace, key) → postcard [`Record`]), `namespaces` (namespace → number
+//! of records), `meta` (`format`, `next_fence`). A file without the `meta` table's format mark
+//! is refused as not a Drover progress store, and a record that does not decode is reported
+//! corrupt, naming the file, never silently dropped.
+
+use std::path::{Path, PathBuf};
+
+use redb::{
+    Builder, ConcurrencyMode, Database, ReadableDatabase, ReadableTable, Table, TableDefinition,
+};
+
+use crate::record::Record;
+use crate::store::{Store, StoreError, Txn};
+
+const RECORDS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("drover.records");
+const NAMESPACES: TableDefinition<&str, u64> = TableDefinition::new("drover.namespaces");
+const META: TableDefinition<&str, u64> = TableDefinition::new("drover.meta");
+/// The `meta` entry marking a Drover progress store, and its layout's version.
+const FORMAT_KEY: &str = "format";
+const FORMAT: u64 = 1;
+const FENCE_KEY: &str = "next_fence";
+
+/// Who may have the file open at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sharing {
+    /// This process alone (the scheduler's store); another one opening it is refused.
+    Exclusive,
+    /// Any number of processes of this machine, each writing in turn (the embedded store).
+    Processes,
+}
+
+/// A progress store in a redb file.
+pub struct RedbStore {
+    db: Database,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for RedbStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedbStore")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+impl RedbStore {
+    /// Opens the store at `path`, making it (and its directory) if missing.
+    pub fn open(path: &Path, sharing: Sharing) -> Result<RedbStore, StoreError> {
+        let shown = path.display().to_string();
+        let open_err = |e: &dyn std::fmt::Display| StoreError::Open {
+            path: shown.clone(),
+            error: e.to_string(),
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| open_err(&e))?;
+        }
+        let fresh = std::fs::metadata(path).map_or(true, |m| m.len() == 0);
+        let mut builder = Builder::new();
+        builder.set_concurrency_mode(match sharing {
+            Sharing::Exclusive => ConcurrencyMode::ExclusiveWriter,
+            Sharing::Processes => ConcurrencyMode::MultiWriter,
+        });
+        let db = builder.create(path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => {
+                open_err(&"it is open in another process (another scheduler on this state dir?)")
+            }
+            other => open_err(&format!("not a usable store file: {other}")),
+        })?;
+        let store = RedbStore {
+            db,
+            path: path.to_owned(),
+        };
+        store.check_format(fresh)?;
+        Ok(store)
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn io(&self, e: impl std::fmt::Display) -> StoreError {
+        StoreError::Io {
+            path: self.path.display().to_string(),
+            error: e.to_string(),
+        }
+    }
+
+    /// Marks a fresh file as a Drover store; refuses a file that is not one.
+    fn check_format(&self, fresh: bool) -> Result<(), StoreError> {
+        let foreign = |why: String| StoreError::Open {
+            path: self.path.display().to_string(),
+            error: why,
+        };
+        let txn = self.db.begin_write().map_err(|e| self.io(e))?;
+        {
+            let mut meta = txn.open_table(META).map_err(|e| foreign(e.to_string()))?;
+            let format = meta
+                .get(FORMAT_KEY)
+                .map_err(|e| self.io(e))?
+                .map(|v| v.value());
+            match format {
+                Some(FORMAT) => {}
+                Some(other) => {
+                    return Err(foreign(format!(
+                        "its format {other} is not the {FORMAT} this version of Drover reads"
+                    )))
+                }
+                None if fresh => {
+                    meta.insert(FORMAT_KEY, FORMAT).map_err(|e| self.io(e))?;
+                    meta.insert(FENCE_KEY, 0).map_err(|e| self.io(e))?;
+                }
+                None => {
+                    return Err(foreign(
+                        "it is a redb file but not a Drover progress store".to_owned(),
+                    ))
+                }
+            }
+            txn.open_table(RECORDS)
+                .map_err(|e| foreign(e.to_string()))?;
+            txn.open_table(NAMESPACES)
+                .map_err(|e| foreign(e.to_string()))?;
+        }
+        txn.commit().map_err(|e| self.io(e))
+    }
+
+    fn decode(&self, ns: &str, key: &str, bytes: &[u8]) -> Result<Record, StoreError> {
+        postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt {
+            path: self.path.display().to_string(),
+            namespace: ns.to_owned(),
+            key: key.to_owned(),
+            error: e.to_string(),
+        })
+    }
+}
+
+struct RedbTxn<'s, 't> {
+    store: &'s RedbStore,
+    records: Table<'t, (&'static str, &'static str), &'static [u8]>,
+    namespaces: Table<'t, &'static str, u64>,
+    meta: Table<'t, &'static str, u64>,
+}
+
+impl Txn for RedbTxn<'_, '_> {
+    fn get(&mut self, ns: &str, key: &str) -> Result<Option<Record>, StoreError> {
+        let got = self.records.get((ns, key)).map_err(|e| self.store.io(e))?;
+        got.map(|v| self.store.decode(ns, key, v.value()))
+            .transpose()
+    }
+
+    fn put(&mut self, ns: &str, key: &str, record: &Record) -> Result<(), StoreError> {
+        let bytes = postcard::to_stdvec(record).map_err(|e| self.store.io(e))?;
+        let old = self
+            .records
+            .insert((ns, key), bytes.as_slice())
+            .map_err(|e| self.store.io(e))?;
+        if old.is_none() {
+            drop(old);
+            let n = self
+                .namespaces
+                .get(ns)
+                .map_err(|e| self.store.io(e))?
+                .map_or(0, |v| v.value());
+            self.namespaces
+                .insert(ns, n + 1)
+                .map_err(|e| self.store.io(e))?;
+        }
+        Ok(())
+    }
+
+    fn delete(&mut self, ns: &str, key: &str) -> Result<bool, StoreError> {
+        let old = self
+            .records
+            .remove((ns, key))
+            .map_err(|e| self.store.io(e))?;
+        let existed = old.is_some();
+        drop(old);
+        if existed {
+            let n = self
+                .namespaces
+                .get(ns)
+                .map_err(|e| self.store.io(e))?
+                .map_or(0, |v| v.value());
+            if n <= 1 {
+                self.namespaces.remove(ns).map_err(|e| self.store.io(e))?;
+            } else {
+                self.namespaces
+                    .insert(ns, n - 1)
+                    .map_err(|e| self.store.io(e))?;
+            }
+        }
+        Ok(existed)
+    }
+
+    fn keys(&mut self, ns: &str) -> Result<Vec<String>, StoreError> {
+        let mut out = Vec::new();
+        for entry in self
+            .records
+            .range((ns, "")..)
+            .map_err(|e| self.store.io(e))?
+        {
+            let (k, _) = entry.map_err(|e| self.store.io(e))?;
+            let (n, key) = k.value();
+            if n != ns {
+                break;
+            }
+            out.push(key.to_owned());
+        }
+        Ok(out)
+    }
+
+    fn take_fence(&mut self) -> Result<u64, StoreError> {
+        let n = self
+            .meta
+            .get(FENCE_KEY)
+            .map_err(|e| self.store.io(e))?
+            .map_or(0, |v| v.value())
+            + 1;
+        self.meta
+            .insert(FENCE_KEY, n)
+            .map_err(|e| self.store.io(e))?;
+        Ok(n)
+    }
+}
+
+impl Store for RedbStore {
+    fn transact(
+        &self,
+        f: &mut dyn FnMut(&mut dyn Txn) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(|e| self.io(e))?;
+        {
+            let mut t = RedbTxn {
+                store: self,
+                records: txn.open_table(RECORDS).map_err(|e| self.io(e))?,
+                namespaces: txn.open_table(NAMESPACES).map_err(|e| self.io(e))?,
+                meta: txn.open_table(META).map_err(|e| self.io(e))?,
+            };
+            // An error drops the transaction: nothing is kept.
+            f(&mut t)?;
+        }
+        txn.commit().map_err(|e| self.io(e))
+    }
+
+    fn scan(
+        &self,
+        ns: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Record)>, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.io(e))?;
+        let table = txn.open_table(RECORDS).map_err(|e| self.io(e))?;
+        let start = match after {
+            Some(a) if a >= prefix => a,
+            _ => prefix,
+        };
+        let mut out = Vec::new();
+        for entry in table.range((ns, start)..).map_err(|e| self.io(e))? {
+            let (k, v) = entry.map_err(|e| self.io(e))?;
+            let (n, key) = k.value();
+            if n != ns || !key.starts_with(prefix) || out.len() >= limit {
+                break;
+            }
+            if after.is_some_and(|a| key <= a) {
+                continue;
+            }
+            out.push((key.to_owned(), self.decode(ns, key, v.value())?));
+        }
+        Ok(out)
+    }
+
+    fn namespaces(&self) -> Result<Vec<String>, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.io(e))?;
+        let table = txn.open_table(NAMESPACES).map_err(|e| self.io(e))?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(|e| self.io(e))? {
+            let (k, _) = entry.map_err(|e| self.io(e))?;
+            out.push(k.value().to_owned());
+        }
+        Ok(out)
+    }
+}
