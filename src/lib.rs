@@ -13,6 +13,8 @@
 //!   [`Report`]), [`LocalCluster`] (scheduler and workers in this process, over loopback QUIC),
 //!   [`Registry`] and [`run_worker`] to make a program a worker, or
 //!   [`run_as_worker_if_asked`] for a program that is its own worker;
+//! * durable progress for keyed work ([`progress`]): claims with leases, exactly-once commits,
+//!   `run_once`, on the scheduler or an embedded store;
 //! * per-worker state: once-cells ([`Graph::once`], [`Loader`], [`PerWorker`]), shared objects
 //!   ([`Graph::share`], [`Shared`]), worker state, identity and hooks ([`WorkerLocal`],
 //!   [`Registry::on_worker_start`]).
@@ -24,6 +26,7 @@
 pub mod client;
 pub mod local;
 pub mod program;
+pub mod progress;
 pub mod worker_mode;
 
 pub use client::{

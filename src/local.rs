@@ -208,6 +208,8 @@ impl LocalCluster {
             advertise: None,
             idle_timeout: idle,
             core: Default::default(),
+            max_output: drover_progress::DEFAULT_MAX_OUTPUT,
+            progress_store: None,
         })
         .await?;
         let access = AccessFile::load(scheduler.access_path()).map_err(|e| LocalError::Worker {

@@ -6,6 +6,7 @@
 //! * [`redb_store`]: [`RedbStore`], records in one redb file, shareable by processes.
 //! * [`engine`]: batches of changes in one transaction (group commit), look-ups, counts,
 //!   lists, resets, and leases refreshed after a restart.
+//! * [`service`]: requests and answers as they travel, and [`service::answer`].
 //!
 //! The scheduler owns one store (`STATE/progress.redb`) and serves it to clients; the embedded
 //! store (`.drover/progress.redb`) serves one machine without a scheduler.
@@ -15,6 +16,7 @@
 pub mod engine;
 pub mod record;
 pub mod redb_store;
+pub mod service;
 pub mod store;
 
 pub use engine::{
@@ -23,6 +25,7 @@ pub use engine::{
 };
 pub use record::{Kind, Millis, Op, Outcome, Record, State};
 pub use redb_store::{RedbStore, Sharing};
+pub use service::{answer, ProgressReply, ProgressRequest};
 pub use store::{MemStore, Store, StoreError, Txn};
 
 /// Milliseconds since the Unix epoch now: the stores' clock.

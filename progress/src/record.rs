@@ -291,6 +291,13 @@ pub fn apply(
                 };
                 (Some(r), Outcome::Applied)
             }
+            // The same failure again (its reply was lost).
+            Some(
+                r @ Record {
+                    state: State::Failed { .. },
+                    ..
+                },
+            ) if r.fence == *fence => (None, Outcome::Applied),
             other => (None, stale(other, *fence)),
         },
     }
@@ -309,7 +316,7 @@ fn stale(record: Option<&Record>, fence: u64) -> Outcome {
         },
         Some(r) => match &r.state {
             State::Done { .. } => "the key is already done".to_owned(),
-            State::Failed { .. } => "the claim was already failed".to_owned(),
+            State::Failed { .. } => "the key was failed".to_owned(),
             State::Claimed { .. } => "the claim is current".to_owned(),
         },
     };

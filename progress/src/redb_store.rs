@@ -59,7 +59,6 @@ impl RedbStore {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| open_err(&e))?;
         }
-        let fresh = std::fs::metadata(path).map_or(true, |m| m.len() == 0);
         let mut builder = Builder::new();
         builder.set_concurrency_mode(match sharing {
             Sharing::Exclusive => ConcurrencyMode::ExclusiveWriter,
@@ -75,7 +74,7 @@ impl RedbStore {
             db,
             path: path.to_owned(),
         };
-        store.check_format(fresh)?;
+        store.check_format()?;
         Ok(store)
     }
 
@@ -91,13 +90,16 @@ impl RedbStore {
         }
     }
 
-    /// Marks a fresh file as a Drover store; refuses a file that is not one.
-    fn check_format(&self, fresh: bool) -> Result<(), StoreError> {
+    /// Marks a fresh file (one with no table yet) as a Drover store; refuses a file that is
+    /// not one. Decided inside a write transaction, so processes opening a new file at once
+    /// agree: the first marks it, the others find it marked.
+    fn check_format(&self) -> Result<(), StoreError> {
         let foreign = |why: String| StoreError::Open {
             path: self.path.display().to_string(),
             error: why,
         };
         let txn = self.db.begin_write().map_err(|e| self.io(e))?;
+        let fresh = txn.list_tables().map_err(|e| self.io(e))?.next().is_none();
         {
             let mut meta = txn.open_table(META).map_err(|e| foreign(e.to_string()))?;
             let format = meta

@@ -273,7 +273,17 @@ pub enum FromClient {
         /// Keys of once-cells.
         keys: Vec<String>,
     },
+    /// A request to the progress store, answered by [`ToClient::Progress`] with the same
+    /// `req` (changes once they are durable).
+    Progress {
+        /// The client's request number.
+        req: u32,
+        /// What is asked.
+        request: ProgressRequest,
+    },
 }
+
+pub use drover_progress::service::{ProgressReply, ProgressRequest};
 
 /// The final state of a task, as clients see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -338,6 +348,13 @@ pub enum ToClient {
     Events(Vec<TaskEvent>),
     /// Something the user should know (e.g. a pool has no workers).
     Warning(String),
+    /// The progress store's answer to [`FromClient::Progress`].
+    Progress {
+        /// The request answered.
+        req: u32,
+        /// The answer.
+        reply: ProgressReply,
+    },
     /// Where results are: key, and its id with the holder (none if not held).
     Located {
         /// The request answered.

@@ -1,7 +1,9 @@
 //! Drover's scheduler: [`core`], a pure state machine holding every scheduling rule, and
-//! [`server`], the QUIC shell that turns connections into events and commands into messages.
+//! [`server`], the QUIC shell that turns connections into events and commands into messages,
+//! and serves the progress store (`progress`) to clients.
 
 #![warn(missing_docs, missing_debug_implementations)]
 
 pub mod core;
+mod progress;
 pub mod server;

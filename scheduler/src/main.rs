@@ -32,14 +32,26 @@ struct Args {
     /// instead of being tried on another.
     #[arg(long, default_value_t = 3)]
     max_worker_deaths: u32,
+    /// The largest output a done key of the progress store keeps (bytes); a durable graph
+    /// task with a larger output is kept as done without it.
+    #[arg(long, default_value_t = drover_progress::DEFAULT_MAX_OUTPUT)]
+    max_output_bytes: usize,
 }
 
-fn main() -> anyhow::Result<()> {
+/// Exit codes: 0 stopped by a signal; 1 a failure while serving; 2 bad usage or a state dir
+/// (or progress store) that cannot be used.
+fn main() -> std::process::ExitCode {
     drover_protocol::logging::init("info");
     let args = Args::parse();
-    let rt = tokio::runtime::Runtime::new()?;
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return std::process::ExitCode::from(1);
+        }
+    };
     rt.block_on(async {
-        let scheduler = Scheduler::start(SchedulerConfig {
+        let started = Scheduler::start(SchedulerConfig {
             listen: args.listen,
             state_dir: args.state_dir,
             advertise: args.advertise,
@@ -48,12 +60,21 @@ fn main() -> anyhow::Result<()> {
                 max_worker_deaths: args.max_worker_deaths.max(1),
                 ..Default::default()
             },
+            max_output: args.max_output_bytes,
+            progress_store: None,
         })
-        .await?;
+        .await;
+        let scheduler = match started {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return std::process::ExitCode::from(2);
+            }
+        };
         wait_for_signal().await;
         tracing::info!("shutting down");
         scheduler.shutdown().await;
-        Ok(())
+        std::process::ExitCode::SUCCESS
     })
 }
 

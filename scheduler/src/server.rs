@@ -28,6 +28,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::core::{ClientId, Command, Core, CoreConfig, Event};
+use crate::progress::ProgressService;
 
 /// How the scheduler is started.
 #[derive(Debug, Clone)]
@@ -43,6 +44,12 @@ pub struct SchedulerConfig {
     pub idle_timeout: Duration,
     /// Limits of the scheduling rules.
     pub core: CoreConfig,
+    /// The largest output a done key of the progress store keeps, in bytes.
+    pub max_output: usize,
+    /// The progress store's file and who may share it; default `STATE/progress.redb`, this
+    /// scheduler alone. (A local cluster uses the embedded store of its directory, shared with
+    /// the processes of the machine.)
+    pub progress_store: Option<(PathBuf, drover_progress::Sharing)>,
 }
 
 /// Errors starting the scheduler.
@@ -59,6 +66,9 @@ pub enum StartError {
     /// Binding or TLS setup failed.
     #[error(transparent)]
     Endpoint(#[from] drover_protocol::endpoint::EndpointError),
+    /// The progress store cannot be opened (corrupt, foreign, or in use by another process).
+    #[error(transparent)]
+    Progress(#[from] drover_progress::StoreError),
 }
 
 /// A running scheduler.
@@ -178,8 +188,25 @@ impl Scheduler {
                 None
             }
         };
+        // The progress store: opened before anything is served; a corrupt or foreign file, or
+        // one another scheduler has open, stops the start naming the file.
+        let (store_path, sharing) = config.progress_store.clone().unwrap_or_else(|| {
+            (
+                config.state_dir.join("progress.redb"),
+                drover_progress::Sharing::Exclusive,
+            )
+        });
+        let store = drover_progress::RedbStore::open(&store_path, sharing)?;
+        let refreshed = drover_progress::refresh_leases(&store, drover_progress::now_ms())?;
+        if refreshed > 0 {
+            info!(
+                claims = refreshed,
+                "live claims restored with a fresh lease"
+            );
+        }
+        let progress = ProgressService::start(Box::new(store), config.max_output);
         let (tx, rx) = mpsc::unbounded_channel();
-        let core_task = tokio::spawn(core_loop(rx, config.core));
+        let core_task = tokio::spawn(core_loop(rx, config.core, progress));
         let accept_task = tokio::spawn(accept_loop(
             endpoint.clone(),
             Arc::from(token.as_str()),
@@ -391,7 +418,11 @@ async fn read_loop<M: serde::de::DeserializeOwned>(
     }
 }
 
-async fn core_loop(mut rx: mpsc::UnboundedReceiver<Input>, config: CoreConfig) {
+async fn core_loop(
+    mut rx: mpsc::UnboundedReceiver<Input>,
+    config: CoreConfig,
+    progress: ProgressService,
+) {
     let mut core = Core::with_config(config);
     let mut workers: HashMap<u32, mpsc::UnboundedSender<Vec<ToWorker>>> = HashMap::new();
     let mut clients: HashMap<ClientId, mpsc::UnboundedSender<Vec<ToClient>>> = HashMap::new();
@@ -411,6 +442,13 @@ async fn core_loop(mut rx: mpsc::UnboundedReceiver<Input>, config: CoreConfig) {
                 }
                 Input::Events(events) => {
                     for e in events {
+                        // Progress requests go to the store's thread, which answers them.
+                        if let Event::Client(c, FromClient::Progress { req, request }) = e {
+                            if let Some(tx) = clients.get(&c) {
+                                progress.submit(tx.clone(), req, request);
+                            }
+                            continue;
+                        }
                         match &e {
                             Event::WorkerLeft { id } => {
                                 workers.remove(id);

@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 
 use drover_protocol::codec::{batch_writer, read_frame, MAX_CONTROL_FRAME};
 use drover_protocol::endpoint::{connect, say_hello, EndpointError, Session};
-use drover_protocol::{FromClient, Hello, PeerInfo, ToClient, SHUTDOWN_REASON};
+use drover_protocol::{
+    FromClient, Hello, PeerInfo, ProgressReply, ProgressRequest, ToClient, SHUTDOWN_REASON,
+};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
@@ -58,6 +60,10 @@ pub(super) struct Shared {
     pub runs: HashMap<u32, RunRoute>,
     pub locates: HashMap<u32, (Vec<String>, oneshot::Sender<Located>)>,
     pub next_locate: u32,
+    /// Progress requests waiting for their answers (replayed after an outage: claims by the
+    /// same holder, and commits and failures of the same claim, may be applied twice).
+    pub progress: HashMap<u32, (ProgressRequest, oneshot::Sender<ProgressReply>)>,
+    pub next_progress: u32,
 }
 
 impl Shared {
@@ -76,6 +82,8 @@ impl Shared {
             runs: HashMap::new(),
             locates: HashMap::new(),
             next_locate: 0,
+            progress: HashMap::new(),
+            next_progress: 0,
         }
     }
 
@@ -113,6 +121,7 @@ impl Shared {
         self.accepted.clear();
         self.runs.clear();
         self.locates.clear();
+        self.progress.clear();
     }
 
     /// Ends the link at the user's request.
@@ -255,6 +264,13 @@ fn replay(s: &Shared, tx: &mpsc::UnboundedSender<Vec<FromClient>>) -> usize {
         req: *req,
         keys: keys.clone(),
     }));
+    let mut progress: Vec<(&u32, &ProgressRequest)> =
+        s.progress.iter().map(|(req, (r, _))| (req, r)).collect();
+    progress.sort_unstable_by_key(|(req, _)| **req);
+    batch.extend(progress.into_iter().map(|(req, r)| FromClient::Progress {
+        req: *req,
+        request: r.clone(),
+    }));
     let _ = tx.send(batch);
     runs.len()
 }
@@ -336,6 +352,11 @@ async fn route_incoming(recv: &mut quinn::RecvStream, shared: &Mutex<Shared>) {
                 ToClient::Warning(w) => {
                     warn!("{w}");
                     s.warn_runs(w);
+                }
+                ToClient::Progress { req, reply } => {
+                    if let Some((_, tx)) = s.progress.remove(&req) {
+                        let _ = tx.send(reply);
+                    }
                 }
                 ToClient::Located { req, found, peers } => {
                     if let Some((_, tx)) = s.locates.remove(&req) {

@@ -88,6 +88,12 @@ pub enum RunEvent {
     Warning(String),
 }
 
+/// A client's default name: `client-HOST-PID`, unique among the processes of a cluster.
+fn default_client_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!("client-{}-{}", host.trim(), std::process::id())
+}
+
 /// How a client connects and how long it waits for a lost scheduler.
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
@@ -96,7 +102,8 @@ pub struct ClientOptions {
     pub reconnect: Duration,
     /// The QUIC idle timeout: how soon a silent scheduler counts as lost. Default 10 s.
     pub idle_timeout: Duration,
-    /// The name the scheduler logs for this client. Default `client-PID`.
+    /// The name the scheduler logs for this client (and the holder of its claims). Default
+    /// `client-HOST-PID`.
     pub name: Option<String>,
 }
 
@@ -111,6 +118,7 @@ impl Default for ClientOptions {
 }
 
 struct Inner {
+    name: String,
     shared: Arc<Mutex<Shared>>,
     fetcher: Arc<Fetcher>,
     next_run: AtomicU32,
@@ -161,6 +169,7 @@ impl Client {
         let cert = access.cert_der().map_err(ClientError::Access)?;
         let idle = options.idle_timeout;
         let endpoint = client_endpoint()?;
+        let name = options.name.clone().unwrap_or_else(default_client_name);
         let dialer = Dialer {
             endpoint: endpoint.clone(),
             addr,
@@ -168,11 +177,7 @@ impl Client {
             hello: Hello {
                 protocol: PROTOCOL_VERSION,
                 token: access.token.clone(),
-                role: Role::Client {
-                    name: options
-                        .name
-                        .unwrap_or_else(|| format!("client-{}", std::process::id())),
-                },
+                role: Role::Client { name: name.clone() },
             },
             idle,
         };
@@ -180,6 +185,7 @@ impl Client {
         let shared = link::start(dialer, dialled, options.reconnect);
         Ok(Client {
             inner: Arc::new(Inner {
+                name,
                 shared,
                 fetcher: Arc::new(Fetcher::new(endpoint, access.token.clone(), idle)),
                 next_run: AtomicU32::new(1),
@@ -287,6 +293,29 @@ impl Client {
             Ok(found) => Ok(found),
             Err(_) => Err(self.lost()),
         }
+    }
+
+    /// Sends a request to the scheduler's progress store and waits for its answer (for changes,
+    /// once they are on disk).
+    pub(crate) async fn progress_request(
+        &self,
+        request: drover_protocol::ProgressRequest,
+    ) -> Result<drover_protocol::ProgressReply, ClientError> {
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut s = self.lock();
+            s.next_progress = s.next_progress.wrapping_add(1);
+            let req = s.next_progress;
+            s.progress.insert(req, (request.clone(), tx));
+            s.send(FromClient::Progress { req, request })
+                .map_err(ClientError::Lost)?;
+        }
+        rx.await.map_err(|_| self.lost())
+    }
+
+    /// This client's name, as the scheduler logs it and as the holder of its claims.
+    pub fn name(&self) -> &str {
+        &self.inner.name
     }
 
     /// Closes the connection. The scheduler releases this client's outputs and cancels the

@@ -1591,7 +1591,7 @@ impl World {
                             .insert(e.key.clone(), (e.status, e.error.clone()));
                     }
                 }
-                ToClient::Warning(_) => {}
+                ToClient::Warning(_) | ToClient::Progress { .. } => {}
                 ToClient::Located { req, found, .. } => {
                     if client.state == ClientState::Fetching && req == client.next_req {
                         located.push((req, found));

@@ -1,4 +1,5 @@
-//! The `drover` command: check, export and run graphs.
+//! The `drover` command: check, export and run graphs; run commands once per key and look at
+//! the progress store.
 //!
 //! Exit codes: 0 success; 1 the graph is invalid (bad JSON or a bad graph) or a task failed;
 //! 2 bad usage, including a graph file that cannot be read, an output that cannot be written,
@@ -6,6 +7,8 @@
 
 mod check;
 mod export;
+mod foreach;
+mod progress;
 mod run;
 
 use std::path::{Path, PathBuf};
@@ -31,6 +34,11 @@ enum Command {
     Export(export::Args),
     /// Run a JSON graph on a local cluster or a scheduler; print each sink's output.
     Run(run::Args),
+    /// Run a command once per key of a file, each key committed once however many copies
+    /// run on however many machines, progress kept across crashes and reruns.
+    Foreach(foreach::Args),
+    /// Show or reset what the progress store holds: counts per state, keys, resets.
+    Progress(progress::Args),
 }
 
 /// A failure, with the exit code it maps to.
@@ -89,6 +97,8 @@ fn main() -> ExitCode {
         Command::Check(args) => check::run(args),
         Command::Export(args) => export::run(args),
         Command::Run(args) => run::run(args),
+        Command::Foreach(args) => foreach::run(args),
+        Command::Progress(args) => progress::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
