@@ -44,6 +44,9 @@ pub struct Annotations {
     pub size_hint: Option<u64>,
     /// A run longer than this fails the task (a `command` task's process is killed).
     pub timeout: Option<std::time::Duration>,
+    /// Durable at this version: committed to the progress store when it finishes, skipped
+    /// (its stored output reused) when a later submission finds it done.
+    pub durable: Option<u64>,
 }
 
 impl Annotations {
@@ -94,6 +97,12 @@ impl Annotations {
         self
     }
 
+    /// Makes tasks durable at `version`.
+    pub fn durable(mut self, version: u64) -> Annotations {
+        self.durable = Some(version);
+        self
+    }
+
     /// Lays `inner` over `self`: every field `inner` sets wins; resources are overlaid by name.
     pub fn overlay(&mut self, inner: &Annotations) {
         if let Some(p) = &inner.placement {
@@ -109,6 +118,7 @@ impl Annotations {
         self.retries = inner.retries.or(self.retries);
         self.size_hint = inner.size_hint.or(self.size_hint);
         self.timeout = inner.timeout.or(self.timeout);
+        self.durable = inner.durable.or(self.durable);
     }
 }
 
@@ -155,6 +165,7 @@ impl ScopeStack {
             retries: None,
             size_hint: None,
             timeout: None,
+            durable: None,
         };
         self.effective.last().unwrap_or(&EMPTY)
     }

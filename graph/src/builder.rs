@@ -326,6 +326,20 @@ impl<'g, T> TaskBuilder<'g, T> {
         self
     }
 
+    /// Makes the task durable (version 0): when it finishes, the scheduler commits it to its
+    /// progress store under its key (with its output when that is small); a later submission
+    /// that finds it done skips it and feeds its stored output to its dependents.
+    pub fn durable(mut self) -> Self {
+        self.own.durable = Some(0);
+        self
+    }
+
+    /// [`TaskBuilder::durable`] at `version`: records of older versions count as not done.
+    pub fn durable_version(mut self, version: u64) -> Self {
+        self.own.durable = Some(version);
+        self
+    }
+
     /// For a once-cell: load it only when a dependent needs it, not at submission.
     pub fn lazy(mut self) -> Self {
         match &mut self.once_cell {
@@ -391,6 +405,7 @@ impl<'g, T> TaskBuilder<'g, T> {
             retries: eff.retries.unwrap_or(0),
             size_hint: eff.size_hint,
             timeout_ms: eff.timeout.map(|t| t.as_millis().max(1) as u64),
+            durable: if once_cell.is_some() { None } else { eff.durable },
             once_cell,
         });
         // Keys are copied into errors only when there is one: no allocation on the good path.

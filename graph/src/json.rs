@@ -26,8 +26,35 @@ use crate::Graph;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GraphFile {
+    /// The namespace of its durable tasks' progress (default `graph`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
     /// The tasks, in any order.
     pub tasks: Vec<TaskSpec>,
+}
+
+/// A task's `durable` field: `true`, or `{"version": N}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum DurableSpec {
+    /// `true` (version 0) or `false` (not durable).
+    Flag(bool),
+    /// At a version.
+    Version {
+        /// Records of older versions count as not done.
+        version: u64,
+    },
+}
+
+impl DurableSpec {
+    /// The version it is durable at, if it is.
+    pub fn version(self) -> Option<u64> {
+        match self {
+            DurableSpec::Flag(true) => Some(0),
+            DurableSpec::Flag(false) => None,
+            DurableSpec::Version { version } => Some(version),
+        }
+    }
 }
 
 /// One task of a graph file. Field names are a contract with other tools: keep them.
@@ -69,6 +96,9 @@ pub struct TaskSpec {
     /// once. `{}` for the defaults; `{"lifetime": "run", "lazy": true}` for the others.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub once_cell: Option<crate::OnceCell>,
+    /// Durable: `true`, or `{"version": N}` (see [`DurableSpec`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub durable: Option<DurableSpec>,
 }
 
 fn is_zero_i32(v: &i32) -> bool {
@@ -119,6 +149,7 @@ impl Graph {
     pub fn from_file(file: &GraphFile) -> Graph {
         let edges = file.tasks.iter().map(|t| t.inputs.len()).sum();
         let mut g = Graph::with_capacity(file.tasks.len(), edges);
+        g.namespace = file.namespace.clone();
         for t in &file.tasks {
             g.add_spec(t);
         }
@@ -196,6 +227,7 @@ impl Graph {
             size_hint: t.size_hint,
             timeout_ms,
             once_cell: t.once_cell,
+            durable: t.durable.and_then(DurableSpec::version),
         });
         self.errors.append(&mut errors);
         id
@@ -233,9 +265,16 @@ impl Graph {
                 size_hint: self.size_hint(id),
                 timeout: self.timeout(id).map(|d| d.as_secs_f64()),
                 once_cell: self.once_cell(id),
+                durable: self.durable(id).map(|version| match version {
+                    0 => DurableSpec::Flag(true),
+                    version => DurableSpec::Version { version },
+                }),
             })
             .collect();
-        GraphFile { tasks }
+        GraphFile {
+            namespace: self.namespace.clone(),
+            tasks,
+        }
     }
 }
 

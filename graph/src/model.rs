@@ -79,6 +79,8 @@ pub(crate) struct TaskRecord {
     pub timeout_ms: Option<u64>,
     /// Set for once-cells.
     pub once_cell: Option<OnceCell>,
+    /// Durable at this version.
+    pub durable: Option<u64>,
 }
 
 impl TaskRecord {
@@ -109,6 +111,7 @@ pub(crate) struct NewTask<'a> {
     pub size_hint: Option<u64>,
     pub timeout_ms: Option<u64>,
     pub once_cell: Option<OnceCell>,
+    pub durable: Option<u64>,
 }
 
 static NEXT_GRAPH_ID: AtomicU64 = AtomicU64::new(1);
@@ -134,7 +137,12 @@ pub struct Graph {
     /// Inputs of the task being built, reused between tasks to avoid allocation.
     pub(crate) pending_inputs: Vec<TaskId>,
     defined: usize,
+    /// The namespace of its durable tasks' progress (default [`DEFAULT_NAMESPACE`]).
+    pub(crate) namespace: Option<String>,
 }
+
+/// The namespace durable graph tasks keep their progress in unless the graph names another.
+pub const DEFAULT_NAMESPACE: &str = "graph";
 
 impl Default for Graph {
     fn default() -> Graph {
@@ -163,6 +171,7 @@ impl Graph {
             scopes: Default::default(),
             pending_inputs: Vec::new(),
             defined: 0,
+            namespace: None,
         }
     }
 
@@ -280,6 +289,22 @@ impl Graph {
         self.tasks[id.index()].once_cell.is_some()
     }
 
+    /// The version task `id` is durable at, if it is durable.
+    pub fn durable(&self, id: TaskId) -> Option<u64> {
+        self.tasks[id.index()].durable
+    }
+
+    /// The namespace its durable tasks keep their progress in.
+    pub fn namespace(&self) -> &str {
+        self.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE)
+    }
+
+    /// Sets the namespace its durable tasks keep their progress in.
+    pub fn set_namespace(&mut self, namespace: &str) -> &mut Graph {
+        self.namespace = Some(namespace.to_owned());
+        self
+    }
+
     /// The number of pools mentioned.
     pub fn pool_count(&self) -> usize {
         self.pools.len()
@@ -390,6 +415,7 @@ impl Graph {
             size_hint: task.size_hint,
             timeout_ms: task.timeout_ms,
             once_cell: task.once_cell,
+            durable: task.durable,
         };
         let existing = &self.tasks[id.index()];
         if existing.defined {

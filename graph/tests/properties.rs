@@ -58,6 +58,7 @@ fn specs(raw: &[RawTask]) -> Vec<TaskSpec> {
             size_hint: t.size,
             timeout: None,
             once_cell: None,
+            durable: None,
         })
         .collect()
 }
@@ -88,7 +89,7 @@ proptest! {
 
     #[test]
     fn pinned_and_any_never_change(raw in raw_dag()) {
-        let g = Graph::from_file(&GraphFile { tasks: specs(&raw) });
+        let g = Graph::from_file(&GraphFile { namespace: None, tasks: specs(&raw) });
         let topo = g.validate().unwrap();
         let p = propagate_pools(&g, &topo);
         for t in g.task_ids() {
@@ -119,14 +120,14 @@ proptest! {
     ) {
         let in_order = specs(&raw);
         let shuffled: Vec<TaskSpec> = order.iter().map(|&i| in_order[i].clone()).collect();
-        let a = outcome(&Graph::from_file(&GraphFile { tasks: in_order }));
-        let b = outcome(&Graph::from_file(&GraphFile { tasks: shuffled }));
+        let a = outcome(&Graph::from_file(&GraphFile { namespace: None, tasks: in_order }));
+        let b = outcome(&Graph::from_file(&GraphFile { namespace: None, tasks: shuffled }));
         prop_assert_eq!(a, b);
     }
 
     #[test]
     fn the_pass_never_increases_cross_pool_bytes(raw in raw_dag()) {
-        let g = Graph::from_file(&GraphFile { tasks: specs(&raw) });
+        let g = Graph::from_file(&GraphFile { namespace: None, tasks: specs(&raw) });
         let (_, est) = outcome(&g);
         prop_assert!(est.full <= est.forward, "{:?}", est);
         prop_assert!(est.forward <= est.without, "{:?}", est);
@@ -134,7 +135,7 @@ proptest! {
 
     #[test]
     fn forward_picks_the_pool_with_strictly_most_input_bytes(raw in raw_dag()) {
-        let g = Graph::from_file(&GraphFile { tasks: specs(&raw) });
+        let g = Graph::from_file(&GraphFile { namespace: None, tasks: specs(&raw) });
         let topo = g.validate().unwrap();
         let p = propagate_pools(&g, &topo);
         for t in g.task_ids() {

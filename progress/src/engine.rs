@@ -111,6 +111,25 @@ pub fn get(store: &dyn Store, namespace: &str, key: &str) -> Result<Option<Recor
         .map(|(_, r)| r))
 }
 
+/// A durable graph task asked about: (key, version, fingerprint of its definition).
+pub type DurableTask = (String, u64, u128);
+
+/// Per durable task of `namespace`, whether it is done (see [`Record::done_for`]): `None` if
+/// not, else its stored output (if it had one).
+pub fn done_for(
+    store: &dyn Store,
+    namespace: &str,
+    tasks: &[DurableTask],
+) -> Result<Vec<Option<Option<Vec<u8>>>>, StoreError> {
+    tasks
+        .iter()
+        .map(|(key, version, definition)| {
+            Ok(get(store, namespace, key)?
+                .and_then(|r| r.done_for(*version, *definition).cloned()))
+        })
+        .collect()
+}
+
 /// How many keys of a namespace are in each state.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counts {

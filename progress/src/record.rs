@@ -47,6 +47,9 @@ pub enum State {
         by: String,
         /// The output committed with it, if any.
         output: Option<Vec<u8>>,
+        /// For a durable graph task, the fingerprint of its definition (what it computes, from
+        /// what); `None` for a key committed by a claim.
+        definition: Option<u128>,
     },
     /// Failed; claimable again.
     Failed {
@@ -96,6 +99,20 @@ impl Kind {
 }
 
 impl Record {
+    /// Whether the record says a durable graph task of `definition` is done at `version`: done
+    /// at that version by a task of that definition or by a claim (a key is done whoever did
+    /// it). Then its output.
+    pub fn done_for(&self, version: u64, definition: u128) -> Option<&Option<Vec<u8>>> {
+        match &self.state {
+            State::Done {
+                output,
+                definition: d,
+                ..
+            } if self.version == version && d.is_none_or(|d| d == definition) => Some(output),
+            _ => None,
+        }
+    }
+
     /// The record's kind at `now`.
     pub fn kind(&self, now: Millis) -> Kind {
         match &self.state {
@@ -131,6 +148,19 @@ pub enum Op {
         /// Who commits.
         by: String,
         /// The output to keep.
+        output: Option<Vec<u8>>,
+    },
+    /// Done by a durable graph task (no claim: the scheduler ran it): the key becomes done at
+    /// `version` with `output`, over a claim or a failure; a done record of that version stays
+    /// as it is unless a task of another definition made it (then the new one replaces it).
+    Record {
+        /// The version.
+        version: u64,
+        /// The fingerprint of the task's definition.
+        definition: u128,
+        /// Who made it.
+        by: String,
+        /// Its output, if small enough to keep.
         output: Option<Vec<u8>>,
     },
     /// The claim with `fence` failed with `error`.
@@ -264,6 +294,7 @@ pub fn apply(
                     at: now,
                     by: by.clone(),
                     output: output.clone(),
+                    definition: None,
                 };
                 (Some(r), Outcome::Applied)
             }
@@ -276,6 +307,33 @@ pub fn apply(
             ) if r.fence == *fence => (None, Outcome::Applied),
             other => (None, stale(other, *fence)),
         },
+        Op::Record {
+            version,
+            definition,
+            by,
+            output,
+        } => {
+            let done = |fence: u64| Record {
+                version: *version,
+                fence,
+                attempts: record
+                    .filter(|r| r.version == *version)
+                    .map_or(1, |r| r.attempts.max(1)),
+                state: State::Done {
+                    at: now,
+                    by: by.clone(),
+                    output: output.clone(),
+                    definition: Some(*definition),
+                },
+            };
+            match record {
+                Some(r) if r.version > *version => {
+                    (None, Outcome::NewerVersion { version: r.version })
+                }
+                Some(r) if r.done_for(*version, *definition).is_some() => (None, Outcome::Applied),
+                _ => (Some(done(next_fence)), Outcome::Applied),
+            }
+        }
         Op::Fail { fence, by, error } => match record {
             Some(
                 r @ Record {

@@ -122,6 +122,7 @@ mod tests {
                 id: 7,
                 size: 800,
                 duration_us: 12,
+                output: None,
             },
         ];
         let frame = encode(&msg).unwrap();

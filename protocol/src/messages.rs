@@ -116,6 +116,9 @@ pub struct ComputeTask {
     pub priority: i32,
     /// A run longer than this many milliseconds fails the task.
     pub timeout_ms: Option<u64>,
+    /// For a durable task: send its output with [`FromWorker::Finished`] when it is at most
+    /// this many bytes (the scheduler keeps it in its progress store).
+    pub report_output: Option<u64>,
 }
 
 /// A once-cell as a worker needs to know it: sent once per worker before its first use there.
@@ -162,6 +165,9 @@ pub enum ToWorker {
     Cell(CellSpec),
     /// Drop these once-cells' objects (their run ended, or the client released them).
     DropCells(Vec<TaskIdx>),
+    /// Hold these results (outputs of durable tasks done before, from the progress store),
+    /// as if made here: sent before the tasks that need them.
+    Data(Vec<(TaskIdx, Vec<u8>)>),
 }
 
 /// Worker to scheduler.
@@ -202,6 +208,9 @@ pub enum FromWorker {
         size: u64,
         /// Run time in microseconds (not counting input fetches).
         duration_us: u64,
+        /// The output itself, for a durable task whose output is small enough (see
+        /// [`ComputeTask::report_output`]).
+        output: Option<Vec<u8>>,
     },
     /// A task could not start: some input could be had from none of its sources. `lost` lists
     /// every (input, holder) that failed: the scheduler stops counting those copies (telling
@@ -292,6 +301,9 @@ pub enum TaskStatus {
     Finished,
     /// Failed, or an input failed.
     Failed,
+    /// Not run: it only feeds tasks that were done before (durable tasks found done in the
+    /// progress store), and nothing else of the run needs it.
+    Skipped,
 }
 
 /// A task's state change, streamed to the clients that submitted it.
@@ -325,6 +337,9 @@ pub struct TaskEvent {
     /// reused, not run again. Its result may have been freed since if nothing of this run
     /// needs it.
     pub reused: bool,
+    /// A durable task found done in the progress store: not run again, its stored output (if
+    /// it had one small enough) given to what needs it.
+    pub done_before: bool,
 }
 
 /// Scheduler to client.
@@ -363,6 +378,9 @@ pub enum ToClient {
         found: Vec<(String, Option<(TaskIdx, WorkerId)>)>,
         /// How to reach each holder named in `found`, once each.
         peers: Vec<PeerInfo>,
+        /// Outputs the scheduler has itself (of durable tasks done before, from its progress
+        /// store), for keys `found` names no holder of.
+        inline: Vec<(String, Vec<u8>)>,
     },
 }
 

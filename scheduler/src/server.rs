@@ -206,7 +206,11 @@ impl Scheduler {
         }
         let progress = ProgressService::start(Box::new(store), config.max_output);
         let (tx, rx) = mpsc::unbounded_channel();
-        let core_task = tokio::spawn(core_loop(rx, config.core, progress));
+        let core = CoreConfig {
+            max_output: config.max_output as u64,
+            ..config.core
+        };
+        let core_task = tokio::spawn(core_loop(rx, tx.clone(), core, progress));
         let accept_task = tokio::spawn(accept_loop(
             endpoint.clone(),
             Arc::from(token.as_str()),
@@ -420,6 +424,7 @@ async fn read_loop<M: serde::de::DeserializeOwned>(
 
 async fn core_loop(
     mut rx: mpsc::UnboundedReceiver<Input>,
+    input: mpsc::UnboundedSender<Input>,
     config: CoreConfig,
     progress: ProgressService,
 ) {
@@ -427,6 +432,7 @@ async fn core_loop(
     let mut workers: HashMap<u32, mpsc::UnboundedSender<Vec<ToWorker>>> = HashMap::new();
     let mut clients: HashMap<ClientId, mpsc::UnboundedSender<Vec<ToClient>>> = HashMap::new();
     let mut commands: Vec<Command> = Vec::new();
+    let mut held = HeldClients::start();
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);
         // Handle everything already queued before sending: one frame per peer per round.
@@ -466,7 +472,71 @@ async fn core_loop(
                 next = rx.try_recv().ok();
             }
         }
-        dispatch(&mut commands, &workers, &clients);
+        dispatch(
+            &mut commands,
+            &workers,
+            &clients,
+            &progress,
+            &input,
+            &mut held,
+        );
+    }
+}
+
+/// Client messages that must wait for a commit of the progress store: sent in order by one
+/// task, each batch once the commits before it are on disk (or failed, then with a warning).
+/// While batches wait, later ones queue behind them, so a client's messages never overtake.
+struct HeldClients {
+    tx: mpsc::UnboundedSender<HeldBatch>,
+    waiting: Arc<AtomicU32>,
+}
+
+/// Messages to send, each with its client's sender, after `commit` (if any) returns.
+struct HeldBatch {
+    commit: Option<tokio::sync::oneshot::Receiver<Result<(), String>>>,
+    messages: Vec<(mpsc::UnboundedSender<Vec<ToClient>>, Vec<ToClient>)>,
+}
+
+impl HeldClients {
+    fn start() -> HeldClients {
+        let (tx, mut rx) = mpsc::unbounded_channel::<HeldBatch>();
+        let waiting = Arc::new(AtomicU32::new(0));
+        let left = waiting.clone();
+        tokio::spawn(async move {
+            while let Some(batch) = rx.recv().await {
+                let failure = match batch.commit {
+                    Some(c) => match c.await {
+                        Ok(Ok(())) => None,
+                        Ok(Err(e)) => Some(e),
+                        Err(_) => Some("the progress store stopped".to_owned()),
+                    },
+                    None => None,
+                };
+                for (tx, mut msgs) in batch.messages {
+                    if let Some(e) = &failure {
+                        msgs.insert(
+                            0,
+                            ToClient::Warning(format!(
+                                "durable tasks finished but could not be committed to the progress store (a rerun computes them again): {e}"
+                            )),
+                        );
+                    }
+                    let _ = tx.send(msgs);
+                }
+                left.fetch_sub(1, Ordering::SeqCst);
+            }
+        });
+        HeldClients { tx, waiting }
+    }
+
+    /// Whether batches are waiting (then new ones must queue behind them).
+    fn busy(&self) -> bool {
+        self.waiting.load(Ordering::SeqCst) > 0
+    }
+
+    fn send(&self, batch: HeldBatch) {
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let _ = self.tx.send(batch);
     }
 }
 
@@ -474,9 +544,13 @@ fn dispatch(
     commands: &mut Vec<Command>,
     workers: &HashMap<u32, mpsc::UnboundedSender<Vec<ToWorker>>>,
     clients: &HashMap<ClientId, mpsc::UnboundedSender<Vec<ToClient>>>,
+    progress: &ProgressService,
+    input: &mpsc::UnboundedSender<Input>,
+    held: &mut HeldClients,
 ) {
     let mut to_workers: HashMap<u32, Vec<ToWorker>> = HashMap::new();
     let mut to_clients: HashMap<ClientId, Vec<ToClient>> = HashMap::new();
+    let mut commits = Vec::new();
     for c in commands.drain(..) {
         match c {
             Command::Worker(w, m) => to_workers.entry(w).or_default().push(m),
@@ -490,6 +564,26 @@ fn dispatch(
                 }
             }
             Command::Client(c, m) => to_clients.entry(c).or_default().push(m),
+            Command::Lookup {
+                id,
+                namespace,
+                keys,
+            } => {
+                let (answer, input) = (progress.lookup(namespace, keys), input.clone());
+                tokio::spawn(async move {
+                    let found = answer
+                        .await
+                        .unwrap_or_else(|_| Err("the progress store stopped".to_owned()));
+                    let _ = input.send(Input::Events(vec![Event::Looked { id, found }]));
+                });
+            }
+            Command::Commit {
+                namespace,
+                key,
+                version,
+                definition,
+                output,
+            } => commits.push((namespace, key, version, definition, output)),
         }
     }
     for (w, msgs) in to_workers {
@@ -497,9 +591,19 @@ fn dispatch(
             let _ = tx.send(msgs);
         }
     }
-    for (c, msgs) in to_clients {
-        if let Some(tx) = clients.get(&c) {
-            let _ = tx.send(msgs);
+    // What clients hear after a commit is sent once the commit is on disk.
+    let commit = (!commits.is_empty()).then(|| progress.commit(commits));
+    if commit.is_none() && !held.busy() {
+        for (c, msgs) in to_clients {
+            if let Some(tx) = clients.get(&c) {
+                let _ = tx.send(msgs);
+            }
         }
+        return;
     }
+    let messages = to_clients
+        .into_iter()
+        .filter_map(|(c, msgs)| clients.get(&c).map(|tx| (tx.clone(), msgs)))
+        .collect();
+    held.send(HeldBatch { commit, messages });
 }

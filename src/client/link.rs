@@ -23,8 +23,19 @@ use tracing::{info, warn};
 
 use super::RunEvent;
 
-/// Keys with their result id and holder.
-pub(super) type Located = Vec<(String, Option<(u32, PeerInfo)>)>;
+/// Where a key's output is.
+#[derive(Debug, Clone)]
+pub(super) enum Where {
+    /// Result `id` on this worker.
+    Worker(u32, PeerInfo),
+    /// Sent along by the scheduler (a durable task's stored output).
+    Inline(bytes::Bytes),
+    /// Nowhere: failed, released or unknown.
+    Nowhere,
+}
+
+/// Keys with where their outputs are.
+pub(super) type Located = Vec<(String, Where)>;
 
 /// The first wait between reconnection attempts.
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
@@ -358,15 +369,27 @@ async fn route_incoming(recv: &mut quinn::RecvStream, shared: &Mutex<Shared>) {
                         let _ = tx.send(reply);
                     }
                 }
-                ToClient::Located { req, found, peers } => {
+                ToClient::Located {
+                    req,
+                    found,
+                    peers,
+                    inline,
+                } => {
                     if let Some((_, tx)) = s.locates.remove(&req) {
+                        let mut inline: HashMap<String, Vec<u8>> = inline.into_iter().collect();
                         let found = found
                             .into_iter()
                             .map(|(k, at)| {
-                                let at = at.and_then(|(id, w)| {
-                                    peers.iter().find(|p| p.id == w).map(|p| (id, p.clone()))
-                                });
-                                (k, at)
+                                let place = match at {
+                                    Some((id, w)) => peers
+                                        .iter()
+                                        .find(|p| p.id == w)
+                                        .map_or(Where::Nowhere, |p| Where::Worker(id, p.clone())),
+                                    None => inline
+                                        .remove(&k)
+                                        .map_or(Where::Nowhere, |b| Where::Inline(b.into())),
+                                };
+                                (k, place)
                             })
                             .collect();
                         let _ = tx.send(found);

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use link::{Dialer, Located, RunRoute, Shared};
+use link::{Dialer, Located, RunRoute, Shared, Where};
 
 use bytes::Bytes;
 use drover_graph::{Graph, Handle};
@@ -581,12 +581,15 @@ impl Run {
             HashMap::new();
         for (key, at) in located {
             match at {
-                Some((id, peer)) => by_holder
+                Where::Worker(id, peer) => by_holder
                     .entry(peer.id)
                     .or_insert_with(|| (peer, Vec::new()))
                     .1
                     .push((id, key)),
-                None => {
+                Where::Inline(bytes) => {
+                    out.insert(key, Ok(bytes));
+                }
+                Where::Nowhere => {
                     let e = ClientError::Fetch {
                         key: key.clone(),
                         error: "no worker holds it".to_owned(),

@@ -12,7 +12,8 @@ pub struct TaskReport {
     pub worker: Option<String>,
     /// The pool it was placed in.
     pub pool: Option<String>,
-    /// `finished` or `failed`.
+    /// `finished`, `failed`, `done before` (a durable task found done in the progress store:
+    /// not run again), or `skipped` (not run: it only feeds tasks done before).
     pub status: &'static str,
     /// Output bytes.
     pub output_bytes: u64,
@@ -49,6 +50,10 @@ pub struct Report {
     pub finished: usize,
     /// Tasks that failed.
     pub failed: usize,
+    /// Durable tasks found done in the progress store (not run again).
+    pub done_before: usize,
+    /// Tasks not run because they only feed tasks done before.
+    pub skipped: usize,
     /// Once-cell loads (each also a row of `tasks`, kind `load`); failed ones are not counted
     /// in `failed`: the tasks that needed them are.
     pub loads: usize,
@@ -102,6 +107,8 @@ impl Report {
             bytes_between_pools: between_pools,
             finished: 0,
             failed: 0,
+            done_before: 0,
+            skipped: 0,
             loads: 0,
         };
         for row in order {
@@ -111,6 +118,10 @@ impl Report {
             };
             let e = &events[n];
             let status = match (e.status, e.load) {
+                (TaskStatus::Finished, false) if e.done_before => {
+                    r.done_before += 1;
+                    "done before"
+                }
                 (TaskStatus::Finished, false) => {
                     r.finished += 1;
                     "finished"
@@ -118,6 +129,10 @@ impl Report {
                 (TaskStatus::Failed, false) => {
                     r.failed += 1;
                     "failed"
+                }
+                (TaskStatus::Skipped, _) => {
+                    r.skipped += 1;
+                    "skipped"
                 }
                 (TaskStatus::Finished, true) => "finished",
                 (TaskStatus::Failed, true) => "failed",
@@ -177,6 +192,7 @@ mod tests {
             attempts,
             load: false,
             reused: false,
+            done_before: false,
         }
     }
 

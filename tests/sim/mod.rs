@@ -169,6 +169,8 @@ struct GenTask {
     retries: u32,
     timeout_ms: Option<u64>,
     gpu: bool,
+    /// Committed to the progress store when it finishes; skipped when found done.
+    durable: bool,
 }
 
 /// What a task must end as.
@@ -241,6 +243,7 @@ impl GenGraph {
                 retries: 0,
                 timeout_ms: None,
                 gpu: false,
+                durable: false,
             });
         }
         for i in 0..n {
@@ -290,6 +293,7 @@ impl GenGraph {
                 retries,
                 timeout_ms,
                 gpu: rng.gen_bool(0.08),
+                durable: rng.gen_bool(0.25),
             });
         }
         GenGraph { tasks }
@@ -338,6 +342,9 @@ impl GenGraph {
                 }
                 if t.gpu {
                     m.insert("resources".into(), serde_json::json!({"gpu": 1}));
+                }
+                if t.durable {
+                    m.insert("durable".into(), serde_json::json!(true));
                 }
                 v
             })
@@ -430,6 +437,8 @@ struct Session {
     cut: bool,
     /// Until when its messages are held back (a short network hiccup).
     hold_until: Micros,
+    /// Durable tasks on its threads whose output goes with their result.
+    report_output: BTreeMap<TaskIdx, ()>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -467,6 +476,8 @@ enum Ev {
     FromClient(u32, Vec<FromClient>),
     WorkerLeft(WorkerId),
     ClientLeft(u32),
+    /// The progress store's answers to lookups, for the scheduler.
+    Looked(Vec<SEvent>),
     ToWorker(WorkerId, Vec<ToWorker>),
     ToClient(u32, Vec<ToClient>),
     JobStart(WorkerId, JobId, TaskIdx, bool),
@@ -474,7 +485,12 @@ enum Ev {
     Loaded(WorkerId, TaskIdx, u64, Option<String>),
     FetchArrive(WorkerId, u64, WorkerId, Vec<TaskIdx>),
     FetchDone(WorkerId, u64, Vec<(TaskIdx, u64)>, Vec<TaskIdx>, String),
-    ClientFetch(u32, u32, Vec<(String, Option<(TaskIdx, WorkerId)>)>),
+    ClientFetch(
+        u32,
+        u32,
+        Vec<(String, Option<(TaskIdx, WorkerId)>)>,
+        BTreeMap<String, Vec<u8>>,
+    ),
     Relocate(u32, u32),
     Tick(WorkerId),
     StartSession(usize),
@@ -518,6 +534,8 @@ struct World {
     sched_assigned: BTreeMap<WorkerId, BTreeMap<TaskIdx, String>>,
     /// Pairs of machines that cannot reach each other, until when.
     peer_cuts: BTreeMap<(usize, usize), Micros>,
+    /// The scheduler's progress store (durable graph tasks).
+    store: drover_progress::MemStore,
     trace_on: bool,
     trace: Vec<String>,
     outcome: Outcome,
@@ -577,6 +595,7 @@ impl World {
             deaths: BTreeMap::new(),
             sched_assigned: BTreeMap::new(),
             peer_cuts: BTreeMap::new(),
+            store: drover_progress::MemStore::new(),
             trace_on,
             trace: Vec::new(),
             outcome: Outcome::default(),
@@ -879,6 +898,7 @@ impl World {
                 }
                 Ok(())
             }
+            Ev::Looked(events) => self.deliver_to_scheduler(events),
             Ev::ClientLeft(c) => {
                 if self.sched_clients.remove(&c) {
                     self.log(|| format!("sched: client {c} left"));
@@ -886,9 +906,19 @@ impl World {
                 }
                 Ok(())
             }
-            Ev::ToWorker(w, msgs) => {
+            Ev::ToWorker(w, mut msgs) => {
                 if self.sessions.get(&w).is_none_or(|s| s.gone || s.cut) {
                     return Ok(());
+                }
+                // Stored outputs handed over: their values wait for the core's Keep.
+                let s = self.sessions.get_mut(&w).expect("checked");
+                for m in &mut msgs {
+                    if let ToWorker::Data(items) = m {
+                        for (i, bytes) in items {
+                            s.holding.insert(*i, decode_value(bytes)?);
+                        }
+                        *self.outcome.paths.entry("stored outputs handed over").or_default() += 1;
+                    }
                 }
 
                 self.log(|| format!("w{w} <- sched: {msgs:?}"));
@@ -973,7 +1003,7 @@ impl World {
                     },
                 )
             }
-            Ev::ClientFetch(c, req, found) => self.client_fetch(c, req, found),
+            Ev::ClientFetch(c, req, found, inline) => self.client_fetch(c, req, found, inline),
             Ev::Relocate(c, req) => {
                 let client = &self.clients[&c];
                 if client.state == ClientState::Fetching && client.next_req == req {
@@ -1047,12 +1077,15 @@ impl World {
                 if d < IDLE_TIMEOUT {
                     // A hiccup: QUIC retransmits; its messages are only late.
                     let until = self.now + d;
+                    // Frames keep their order: a second hiccup never lets later frames
+                    // overtake those held by the first.
                     if let Some(s) = self.sessions.get_mut(&w) {
-                        s.hold_until = until;
+                        s.hold_until = s.hold_until.max(until);
                     }
-                    self.tails.insert((false, w), until);
-                    let t = self.tails.entry((true, w)).or_insert(0);
-                    *t = (*t).max(until);
+                    for to_scheduler in [false, true] {
+                        let t = self.tails.entry((to_scheduler, w)).or_insert(0);
+                        *t = (*t).max(until);
+                    }
                 } else {
                     if let Some(s) = self.sessions.get_mut(&w) {
                         s.cut = true;
@@ -1180,6 +1213,7 @@ impl World {
                 gone: false,
                 cut: false,
                 hold_until: 0,
+                report_output: BTreeMap::new(),
             },
         );
         self.log(|| format!("machine {m} joins as w{id}"));
@@ -1204,11 +1238,52 @@ impl World {
         }
         let mut to_workers: BTreeMap<WorkerId, Vec<ToWorker>> = BTreeMap::new();
         let mut to_clients: BTreeMap<u32, Vec<ToClient>> = BTreeMap::new();
+        let mut looked = Vec::new();
         for c in cmds {
             match c {
                 SCommand::Worker(w, m) => to_workers.entry(w).or_default().push(m),
                 SCommand::Client(c, m) => to_clients.entry(c).or_default().push(m),
+                SCommand::Lookup {
+                    id,
+                    namespace,
+                    keys,
+                } => {
+                    let found = drover_progress::done_for(&self.store, &namespace, &keys)
+                        .expect("memory store");
+                    *self.outcome.paths.entry("durable lookups").or_default() += 1;
+                    let hits = found.iter().filter(|f| f.is_some()).count() as u32;
+                    *self.outcome.paths.entry("durable found done").or_default() += hits;
+                    looked.push(SEvent::Looked {
+                        id,
+                        found: Ok(found),
+                    });
+                }
+                SCommand::Commit {
+                    namespace,
+                    key,
+                    version,
+                    definition,
+                    output,
+                } => {
+                    // Durable at once here (the real server holds client messages until it is).
+                    let r = drover_progress::Request {
+                        namespace,
+                        key,
+                        op: drover_progress::Op::Record {
+                            version,
+                            definition,
+                            by: "scheduler".into(),
+                            output,
+                        },
+                    };
+                    drover_progress::apply(&self.store, &[r], self.now / MS, 1 << 20).expect("memory store");
+                    *self.outcome.paths.entry("durable commits").or_default() += 1;
+                }
             }
+        }
+        if !looked.is_empty() {
+            let d = self.rng.gen_range(100..3_000);
+            self.at(self.now + d, Ev::Looked(looked));
         }
         for (w, msgs) in to_workers {
             if !self.sched_workers.contains(&w) {
@@ -1281,7 +1356,16 @@ impl World {
             let s = &self.sessions[&w];
             (s.machine, s.cut, s.hold_until)
         };
-        if let WCommand::Send(msgs) = c {
+        if let WCommand::Send(mut msgs) = c {
+            // As the shell does: durable tasks' outputs go with their results.
+            let s = self.sessions.get_mut(&w).expect("session");
+            for m in &mut msgs {
+                if let FromWorker::Finished { id, output, .. } = m {
+                    if s.report_output.remove(id).is_some() {
+                        *output = s.store.get(id).map(|v| v.to_le_bytes().to_vec());
+                    }
+                }
+            }
             if !cut {
                 self.log(|| format!("w{w} -> sched: {msgs:?}"));
                 self.send(true, w, Ev::FromWorker(w, msgs), hold);
@@ -1329,6 +1413,9 @@ impl World {
                         "task {:?} ran on worker {w} ({}), which lacks function {:?}",
                         job.task.key, machine.name, job.task.function
                     ));
+                }
+                if job.task.report_output.is_some() {
+                    s.report_output.insert(job.task.id, ());
                 }
                 // The shell takes the inputs' bytes now: later drops do not affect the job.
                 let mut taken = BTreeMap::new();
@@ -1586,15 +1673,20 @@ impl World {
                         if e.reused {
                             *self.outcome.paths.entry("reused results").or_default() += 1;
                         }
+                        if e.status == TaskStatus::Skipped {
+                            *self.outcome.paths.entry("skipped tasks").or_default() += 1;
+                        }
                         client
                             .statuses
                             .insert(e.key.clone(), (e.status, e.error.clone()));
                     }
                 }
                 ToClient::Warning(_) | ToClient::Progress { .. } => {}
-                ToClient::Located { req, found, .. } => {
+                ToClient::Located {
+                    req, found, inline, ..
+                } => {
                     if client.state == ClientState::Fetching && req == client.next_req {
-                        located.push((req, found));
+                        located.push((req, found, inline.into_iter().collect()));
                     }
                 }
             }
@@ -1618,6 +1710,21 @@ impl World {
                     return Err(format!("client {c}: no status for {k}"));
                 };
                 let ok = match want {
+                    // Not run: only if nothing of the run needs it (not wanted, and everything
+                    // it feeds was done or skipped too).
+                    _ if *got == TaskStatus::Skipped => {
+                        let graph = &client.graph.tasks;
+                        let me = graph.iter().position(|t| &t.key == k).expect("a task");
+                        let mut consumers = graph.iter().filter(|t| t.inputs.contains(&me));
+                        !client.wants.contains(k)
+                            && graph.iter().any(|t| t.inputs.contains(&me))
+                            && consumers.all(|t| {
+                                t.cell.is_none()
+                                    && client.statuses.get(&t.key).is_some_and(|(s, _)| {
+                                        matches!(s, TaskStatus::Finished | TaskStatus::Skipped)
+                                    })
+                            })
+                    }
                     Expect::Value(_) => {
                         *got == TaskStatus::Finished
                             || suspicion_is_founded(error.as_deref(), k, &self.deaths)
@@ -1633,9 +1740,9 @@ impl World {
             client.state = ClientState::Fetching;
             locate = true;
         }
-        for (req, found) in located {
+        for (req, found, inline) in located {
             let d = self.rng.gen_range(100..3_000);
-            self.at(now + d, Ev::ClientFetch(c, req, found));
+            self.at(now + d, Ev::ClientFetch(c, req, found, inline));
         }
         if locate {
             self.locate(c);
@@ -1668,17 +1775,21 @@ impl World {
         c: u32,
         req: u32,
         found: Vec<(String, Option<(TaskIdx, WorkerId)>)>,
+        inline: BTreeMap<String, Vec<u8>>,
     ) -> Result<(), String> {
         let mut missing = 0;
         let mut unreachable = false;
         for (key, at) in found {
-            let value = at.and_then(|(id, w)| {
-                let s = self.sessions.get(&w)?;
-                unreachable |= s.cut;
-                (!s.gone && !s.cut)
-                    .then(|| s.store.get(&id).copied())
-                    .flatten()
-            });
+            let value = match inline.get(&key) {
+                Some(bytes) => Some(decode_value(bytes)?),
+                None => at.and_then(|(id, w)| {
+                    let s = self.sessions.get(&w)?;
+                    unreachable |= s.cut;
+                    (!s.gone && !s.cut)
+                        .then(|| s.store.get(&id).copied())
+                        .flatten()
+                }),
+            };
             let client = self.clients.get_mut(&c).expect("client");
             if client.state != ClientState::Fetching || req != client.next_req {
                 return Ok(());
@@ -1771,6 +1882,14 @@ fn suspicion_is_founded(error: Option<&str>, key: &str, deaths: &BTreeMap<String
         })
         .unwrap_or(key);
     deaths.get(suspect).copied().unwrap_or(0) >= CoreConfig::default().max_worker_deaths
+}
+
+/// A simulated output as stored (8 bytes, little-endian).
+fn decode_value(bytes: &[u8]) -> Result<u64, String> {
+    let b: [u8; 8] = bytes
+        .try_into()
+        .map_err(|_| format!("a stored output of {} bytes is not a simulated value", bytes.len()))?;
+    Ok(u64::from_le_bytes(b))
 }
 
 /// Params as the generator wrote them: JSON strings, unquoted.

@@ -134,10 +134,11 @@ pub enum Exit {
 /// Something for the shell to do, returned by [`WorkerCore::handle`] in order.
 #[derive(Debug)]
 pub enum Command {
-    /// Send these to the scheduler, as one frame.
+    /// Send these to the scheduler, as one frame (the shell adds to `Finished` the output of a
+    /// task whose `report_output` asks for it).
     Send(Vec<FromWorker>),
     /// Store the bytes of these results just reported by [`Event::JobDone`] or
-    /// [`Event::Fetched`] (bytes not kept are dropped).
+    /// [`Event::Fetched`], or handed over by [`ToWorker::Data`] (bytes not kept are dropped).
     Keep(Vec<TaskIdx>),
     /// Hand this job to the executor threads (taking its inputs from the store now).
     Run(Job),
@@ -496,6 +497,17 @@ impl WorkerCore {
             // The objects go; the ids stay known as once-cells (they are never reused), so a
             // task here that still uses one loads it again.
             ToWorker::DropCells(ids) => self.cmds.push(Command::DropCells(ids)),
+            // Stored outputs the scheduler hands over: held here as if made here (it counts
+            // this worker as holding them already). Their bytes are the shell's.
+            ToWorker::Data(items) => {
+                let keep: Vec<TaskIdx> = items
+                    .into_iter()
+                    .filter_map(|(i, _)| self.arrived(i).then_some(i))
+                    .collect();
+                if !keep.is_empty() {
+                    self.cmds.push(Command::Keep(keep));
+                }
+            }
         }
     }
 
@@ -842,10 +854,12 @@ impl WorkerCore {
                     e.freed = false; // counted as held here again by this report
                 }
                 self.cmds.push(Command::Keep(vec![r.task]));
+                // A durable task's output is added by the shell, which has its bytes.
                 self.out.push(FromWorker::Finished {
                     id: r.task,
                     size,
                     duration_us,
+                    output: None,
                 });
             }
             Err(error) => self.out.push(FromWorker::Failed {

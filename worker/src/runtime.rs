@@ -297,6 +297,7 @@ async fn session(
         cells: HashMap::new(),
         bytes: HashMap::new(),
         job_tasks: HashMap::new(),
+        report_output: HashMap::new(),
     };
     let retire = config.retire.clone().unwrap_or_default();
     let mut memory_check = tokio::time::interval(Duration::from_secs(1));
@@ -313,7 +314,17 @@ async fn session(
             },
             _ = sleep_until(wake), if wake.is_some() => Event::Tick,
             frame = frames.recv() => match frame {
-                Some(Ok(Some(batch))) => Event::Scheduler(batch),
+                Some(Ok(Some(mut batch))) => {
+                    // Stored outputs handed over: their bytes wait here for the core's Keep.
+                    for m in &mut batch {
+                        if let ToWorker::Data(items) = m {
+                            for (i, data) in items {
+                                shell.bytes.insert(*i, Bytes::from(std::mem::take(data)));
+                            }
+                        }
+                    }
+                    Event::Scheduler(batch)
+                }
                 Some(Ok(None)) | None => break Err(conn.close_reason().map(|r| r.to_string())),
                 // A stream error only says "connection lost": the close reason says why.
                 Some(Err(CodecError::Stream(e))) => {
@@ -425,6 +436,8 @@ struct Shell {
     bytes: HashMap<TaskIdx, Bytes>,
     /// The task of each job on the threads.
     job_tasks: HashMap<crate::core::JobId, TaskIdx>,
+    /// Durable tasks on the threads whose output goes with their result, up to this size.
+    report_output: HashMap<TaskIdx, u64>,
 }
 
 impl Shell {
@@ -433,7 +446,17 @@ impl Shell {
         let mut exit = None;
         for c in commands {
             match c {
-                Command::Send(msgs) => {
+                Command::Send(mut msgs) => {
+                    // Durable tasks' outputs go with their results (the store has them now).
+                    for m in &mut msgs {
+                        if let drover_protocol::FromWorker::Finished { id, size, output, .. } = m {
+                            if let Some(limit) = self.report_output.remove(id) {
+                                if *size <= limit {
+                                    *output = self.store.get(*id).map(|b| b.to_vec());
+                                }
+                            }
+                        }
+                    }
                     let _ = self.out_tx.send(msgs);
                 }
                 Command::Keep(ids) => {
@@ -468,6 +491,9 @@ impl Shell {
                         .collect();
                     let func = self.registry.get(&job.task.function).cloned();
                     self.job_tasks.insert(job.job, job.task.id);
+                    if let Some(limit) = job.task.report_output {
+                        self.report_output.insert(job.task.id, limit);
+                    }
                     let _ = self.jobs.send(Work {
                         job,
                         func,

@@ -147,6 +147,7 @@ impl Core {
                 attempts: 1,
                 load: true,
                 reused: false,
+                done_before: false,
             };
             self.out
                 .push(Command::Client(run.client, ToClient::Events(vec![event])));

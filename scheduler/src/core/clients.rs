@@ -73,6 +73,7 @@ impl Core {
                 continue;
             }
             let mut peers: BTreeMap<WorkerId, PeerInfo> = BTreeMap::new();
+            let mut inline: Vec<(String, Vec<u8>)> = Vec::new();
             let found = keys
                 .into_iter()
                 .map(|k| {
@@ -81,7 +82,13 @@ impl Core {
                         if task.state != State::Memory || task.cell.is_some() {
                             return None;
                         }
-                        let w = task.holders.first()?;
+                        let Some(w) = task.holders.first() else {
+                            // Held by no worker but by the core (a stored output): inline.
+                            if let Some(bytes) = self.stored.get(&t) {
+                                inline.push((k.clone(), bytes.to_vec()));
+                            }
+                            return None;
+                        };
                         let worker = self.workers.get(w)?;
                         peers.entry(*w).or_insert_with(|| worker.peer.clone());
                         Some((t, *w))
@@ -95,6 +102,7 @@ impl Core {
                     req,
                     found,
                     peers: peers.into_values().collect(),
+                    inline,
                 },
             ));
         }

@@ -87,8 +87,9 @@ impl Core {
         }
     }
 
-    /// Frees `t`'s result on every holder.
-    fn release(&mut self, t: TaskIdx) {
+    /// Frees `t`'s result on every holder (and a stored output the core held).
+    pub(crate) fn release(&mut self, t: TaskIdx) {
+        self.stored.remove(&t);
         let task = &mut self.tasks[t as usize];
         task.state = State::Released;
         for w in std::mem::take(&mut task.holders) {

@@ -174,6 +174,7 @@ impl Task {
             ready_seq: 0,
             fetch_failures: 0,
             timeout_ms: None,
+            durable: None,
             cell: None,
         }
     }

@@ -86,6 +86,12 @@ impl Core {
                     task.consumers.len()
                 ));
             }
+            if self.stored.contains_key(&ti) && task.state != State::Memory {
+                return Err(format!(
+                    "{key:?} is {:?} but the core still stores its output",
+                    task.state
+                ));
+            }
             let inputs = || task.inputs.iter().map(|&i| &self.tasks[i as usize]);
             let alive = task.waiters > 0 || self.has_connected_run(ti);
             match &task.state {
@@ -139,7 +145,7 @@ impl Core {
                     }
                 }
                 State::Memory if task.cell.is_none() => {
-                    if task.holders.is_empty() {
+                    if task.holders.is_empty() && !self.stored.contains_key(&ti) {
                         return Err(format!("{key:?} is in memory with no holder"));
                     }
                     if task.waiters == 0 {
@@ -157,6 +163,12 @@ impl Core {
                     }
                 }
                 State::Memory => {}
+                State::Idle | State::Released if task.waiters > 0 => {
+                    return Err(format!(
+                        "{key:?} is {:?} though {} waiter(s) need it",
+                        task.state, task.waiters
+                    ));
+                }
                 State::Idle | State::Released | State::Failed(_) => {
                     if task.cell.is_none() && !task.holders.is_empty() {
                         return Err(format!(

@@ -80,6 +80,15 @@ pub enum Event {
     Worker(WorkerId, FromWorker),
     /// Messages from a client.
     Client(ClientId, FromClient),
+    /// The progress store's answer to [`Command::Lookup`] `id`: per key asked, `None` if it is
+    /// not done at its version, else its stored output (if it had one); or why it could not
+    /// be read.
+    Looked {
+        /// The lookup.
+        id: u64,
+        /// Per key asked, in order.
+        found: Result<Vec<Option<Option<Vec<u8>>>>, String>,
+    },
 }
 
 /// Something to send, returned by [`Core::handle`].
@@ -89,6 +98,30 @@ pub enum Command {
     Worker(WorkerId, ToWorker),
     /// To a client.
     Client(ClientId, ToClient),
+    /// Ask the progress store which of these durable tasks (key, version, fingerprint) of
+    /// `namespace` are done; answer with [`Event::Looked`].
+    Lookup {
+        /// The lookup's number.
+        id: u64,
+        /// The namespace.
+        namespace: String,
+        /// The tasks asked about.
+        keys: Vec<drover_progress::DurableTask>,
+    },
+    /// Commit a durable task as done in the progress store: what clients hear after this
+    /// command must wait until it is on disk.
+    Commit {
+        /// The namespace.
+        namespace: String,
+        /// The task's key.
+        key: String,
+        /// Its version.
+        version: u64,
+        /// The fingerprint of its definition.
+        definition: u128,
+        /// Its output, if small enough to keep.
+        output: Option<Vec<u8>>,
+    },
 }
 
 /// Where a task is in its life (see the module docs).
@@ -161,6 +194,8 @@ pub(crate) struct Task {
     /// Times in a row a worker could not fetch its inputs from a holder still connected.
     pub fetch_failures: u32,
     pub timeout_ms: Option<u64>,
+    /// Durable at this version: committed to the progress store when it finishes.
+    pub durable: Option<u64>,
     /// Set for once-cells: always "in memory" (every worker can load its own), never freed
     /// by waiters; `holders` are the workers that loaded it.
     pub cell: Option<CellInfo>,
@@ -219,6 +254,8 @@ pub(crate) struct Run {
     pub ended: bool,
     /// Once-cells scoped to this run.
     pub scoped_cells: Vec<TaskIdx>,
+    /// The namespace its durable tasks commit to.
+    pub namespace: Arc<str>,
 }
 
 /// A ready task in a queue: higher priority first, then first come.
@@ -296,6 +333,13 @@ pub struct Core {
     pub(crate) free_slots: Vec<TaskIdx>,
     /// Tasks done for good after their runs were gone, to forget at the end of the event.
     pub(crate) forget_candidates: Vec<TaskIdx>,
+    /// Outputs of durable tasks found done in the progress store, held by the core itself
+    /// while something needs them (handed to workers with [`ToWorker::Data`], to clients
+    /// inline).
+    pub(crate) stored: HashMap<TaskIdx, Arc<Vec<u8>>>,
+    /// Submissions waiting for the progress store to say which durable tasks are done.
+    pub(crate) lookups: HashMap<u64, submit::Submission>,
+    pub(crate) next_lookup: u64,
     /// Whether some connected worker of a pool can run tasks of a requirement: cleared when
     /// workers join, leave or retire.
     pub(crate) pool_can: std::cell::RefCell<HashMap<(PoolIdx, ReqIdx), bool>>,
@@ -310,6 +354,8 @@ pub struct CoreConfig {
     /// A task whose inputs could not be fetched from holders still connected this many times
     /// in a row fails, naming the input and the holder, instead of trying again.
     pub max_fetch_failures: u32,
+    /// A durable task's output is kept in the progress store when at most this many bytes.
+    pub max_output: u64,
 }
 
 impl Default for CoreConfig {
@@ -317,6 +363,7 @@ impl Default for CoreConfig {
         CoreConfig {
             max_worker_deaths: 3,
             max_fetch_failures: 5,
+            max_output: drover_progress::DEFAULT_MAX_OUTPUT as u64,
         }
     }
 }
@@ -372,6 +419,7 @@ impl Core {
             }
             Event::ClientLeft { id } => self.client_left(id),
             Event::Worker(w, msg) => self.worker_message(w, msg),
+            Event::Looked { id, found } => self.looked(id, found),
             Event::Client(c, msg) => match msg {
                 FromClient::Submit {
                     run,
@@ -579,6 +627,7 @@ impl Core {
             attempts: task.attempts,
             load: false,
             reused: false,
+            done_before: false,
         };
         for r in runs {
             let run = &self.runs[r as usize];
@@ -621,6 +670,7 @@ impl Core {
             resources: self.req_resources(task.req),
             priority: task.priority,
             timeout_ms: task.timeout_ms,
+            report_output: task.durable.map(|_| self.config.max_output),
         })
     }
 }

@@ -19,7 +19,7 @@
 
 use std::collections::HashSet;
 
-use drover_protocol::{TaskIdx, ToClient, WorkerId};
+use drover_protocol::{TaskIdx, ToClient, ToWorker, WorkerId};
 
 use super::{Class, ClientId, Command, Core, PoolIdx, ReqIdx, State, StaticPlace, Worker};
 
@@ -216,11 +216,39 @@ impl Core {
                 worker.inflight += 1;
                 worker.assigned.insert(t);
                 self.announce_cells(t, w);
+                self.hand_stored(t, w);
                 let msg = self.compute_message(t, w);
                 self.out.push(Command::Worker(w, msg));
             }
         }
         self.ready.retain(|_, q| !q.is_empty());
+    }
+
+    /// Hands `w` the stored outputs (of durable tasks done before) that task `t` needs and no
+    /// worker holds: sent before the task, and `w` counts as holding them from now on.
+    fn hand_stored(&mut self, t: TaskIdx, w: WorkerId) {
+        if self.stored.is_empty() {
+            return;
+        }
+        let mut data: Vec<(TaskIdx, Vec<u8>)> = Vec::new();
+        for n in 0..self.tasks[t as usize].inputs.len() {
+            let i = self.tasks[t as usize].inputs[n];
+            let input = &self.tasks[i as usize];
+            // (An input listed twice has a holder after its first time.)
+            if !input.holders.is_empty() {
+                continue;
+            }
+            if let Some(bytes) = self.stored.get(&i) {
+                data.push((i, bytes.to_vec()));
+                self.tasks[i as usize].holders.push(w);
+                if let Some(worker) = self.workers.get_mut(&w) {
+                    worker.has.insert(i);
+                }
+            }
+        }
+        if !data.is_empty() {
+            self.out.push(Command::Worker(w, ToWorker::Data(data)));
+        }
     }
 
     /// No connected worker can run the tasks of pool queue `class`: those placed there by

@@ -124,17 +124,26 @@ impl Core {
             return;
         };
         let (_, planned) = worker.replicating.remove(pos);
+        // Copies of results lost or freed meanwhile (or not asked for) are not kept.
+        let mut unwanted = Vec::new();
         for &t in ids {
             let Some(task) = self.tasks.get_mut(t as usize) else {
                 continue;
             };
-            if task.state != State::Memory || task.holders.contains(&w) || !planned.contains(&t) {
+            if task.holders.contains(&w) {
+                continue;
+            }
+            if task.state != State::Memory || !planned.contains(&t) {
+                unwanted.push(t);
                 continue;
             }
             task.holders.push(w);
             if let Some(worker) = self.workers.get_mut(&w) {
                 worker.has.insert(t);
             }
+        }
+        if !unwanted.is_empty() {
+            self.out.push(Command::Worker(w, ToWorker::Free(unwanted)));
         }
         for t in planned {
             self.unneed(t);

@@ -30,6 +30,31 @@ enum Merge {
     New,
 }
 
+/// How a task of a submission is settled at once, without running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Settled {
+    /// Done before, held or freed in the core.
+    Reused,
+    /// A durable task found done in the progress store.
+    DoneBefore,
+    /// Not needed: it only feeds tasks done before.
+    Skipped,
+}
+
+/// A parsed, validated submission: merged at once, or once the progress store said which of
+/// its durable tasks are done.
+#[derive(Debug)]
+pub(crate) struct Submission {
+    client: ClientId,
+    run: u32,
+    graph: Graph,
+    topo: drover_graph::Topology,
+    prints: Vec<u128>,
+    wants: Vec<String>,
+    /// Durable tasks asked about, in the order of the lookup.
+    asked: Vec<TaskId>,
+}
+
 impl Core {
     pub(crate) fn submit(
         &mut self,
@@ -63,6 +88,105 @@ impl Core {
             return reject(self, format!("wanted key {k:?} is not a task of the graph"));
         }
         let prints = fingerprints(&graph, &topo);
+        // Durable tasks the core does not hold or run already: the progress store says whether
+        // they are done, and the merge waits for its answer.
+        let mut asked = Vec::new();
+        let mut keys = Vec::new();
+        for gid in graph.task_ids() {
+            let Some(version) = graph.durable(gid) else {
+                continue;
+            };
+            if let Err(e) = drover_progress::check_names(graph.namespace(), graph.key(gid)) {
+                return reject(self, format!("durable task {:?}: {e}", graph.key(gid)));
+            }
+            let known = self.keys.get(graph.key(gid)).is_some_and(|&t| {
+                let task = &self.tasks[t as usize];
+                task.fingerprint == prints[gid.index()]
+                    && (task.state.is_pending() || task.state == State::Memory)
+            });
+            if !known {
+                asked.push(gid);
+                keys.push((graph.key(gid).to_owned(), version, prints[gid.index()]));
+            }
+        }
+        let sub = Submission {
+            client,
+            run,
+            graph,
+            topo,
+            prints,
+            wants: wants.to_vec(),
+            asked,
+        };
+        if keys.is_empty() {
+            return self.merge(sub, Vec::new());
+        }
+        self.next_lookup += 1;
+        let id = self.next_lookup;
+        self.out.push(Command::Lookup {
+            id,
+            namespace: sub.graph.namespace().to_owned(),
+            keys,
+        });
+        self.lookups.insert(id, sub);
+    }
+
+    /// The progress store's answer to lookup `id`: per durable task asked, `None` if it is not
+    /// done at its version, else its stored output (if it had one small enough).
+    pub(crate) fn looked(&mut self, id: u64, found: Result<Vec<Option<Option<Vec<u8>>>>, String>) {
+        let Some(sub) = self.lookups.remove(&id) else {
+            return;
+        };
+        if !self.clients.contains_key(&sub.client) {
+            return; // its client left meanwhile
+        }
+        let found = match found {
+            Ok(f) if f.len() == sub.asked.len() => Ok(f),
+            Ok(f) => Err(format!(
+                "the progress store answered {} of {} durable tasks",
+                f.len(),
+                sub.asked.len()
+            )),
+            Err(e) => Err(format!("cannot read the progress store: {e}")),
+        };
+        let found = match found {
+            Ok(f) => f,
+            Err(error) => {
+                self.out.push(Command::Client(
+                    sub.client,
+                    ToClient::Rejected {
+                        run: sub.run,
+                        error,
+                    },
+                ));
+                return;
+            }
+        };
+        let done: Vec<(TaskId, Option<Vec<u8>>)> = sub
+            .asked
+            .iter()
+            .zip(found)
+            .filter_map(|(&gid, f)| f.map(|output| (gid, output)))
+            .collect();
+        self.merge(sub, done);
+    }
+
+    /// Merges a submission into the core; `done` are its durable tasks found done, with their
+    /// stored outputs.
+    fn merge(&mut self, sub: Submission, done: Vec<(TaskId, Option<Vec<u8>>)>) {
+        let Submission {
+            client,
+            run,
+            graph,
+            topo,
+            prints,
+            wants,
+            ..
+        } = sub;
+        let reject = |core: &mut Core, error: String| {
+            core.out
+                .push(Command::Client(client, ToClient::Rejected { run, error }));
+        };
         // Decide every task before changing anything: a conflict refuses the whole graph.
         let mut merges: Vec<Merge> = Vec::with_capacity(graph.len());
         let mut conflicts: Vec<String> = Vec::new();
@@ -103,6 +227,7 @@ impl Core {
             client_run: run,
             ended: false,
             scoped_cells: Vec::new(),
+            namespace: Arc::from(graph.namespace()),
         });
         self.clients.entry(client).or_default();
 
@@ -163,15 +288,47 @@ impl Core {
                 cells.push((t, gid));
             }
         }
+        // Durable tasks done before (the store said so) are done here too: held by the core
+        // with their stored output, or freed (computed again only if something needs them).
+        let mut done_before: Vec<TaskIdx> = Vec::with_capacity(done.len());
+        for (gid, output) in done {
+            let t = map[gid.index()];
+            let task = &mut self.tasks[t as usize];
+            if task.state.is_pending() || task.state == State::Memory {
+                continue;
+            }
+            task.state = match output {
+                Some(bytes) => {
+                    task.size = bytes.len() as u64;
+                    self.stored.insert(t, Arc::new(bytes));
+                    State::Memory
+                }
+                None => State::Released,
+            };
+            done_before.push(t);
+        }
+        let skipped = if done_before.is_empty() {
+            std::collections::HashSet::new()
+        } else {
+            self.only_feeding_done(&graph, &topo, &map, &wants)
+        };
         // New, retried and cancelled tasks run; they need their inputs, which computes again
         // the freed ones they need (and only those).
         for &gid in topo.order() {
             let t = map[gid.index()];
-            if self.tasks[t as usize].state == State::Idle {
+            if self.tasks[t as usize].state == State::Idle && !skipped.contains(&gid) {
                 self.activate(t);
             }
         }
-        for k in wants {
+        // Done before without a stored output, but needed already (by a client's earlier want
+        // or another run's task): computed again.
+        for &t in &done_before {
+            let task = &self.tasks[t as usize];
+            if task.state == State::Released && task.waiters > 0 {
+                self.activate(t);
+            }
+        }
+        for k in &wants {
             let t = map[graph.id_of(k).expect("checked above").index()];
             if self.clients.entry(client).or_default().insert(t) {
                 self.need(t);
@@ -195,11 +352,34 @@ impl Core {
             let users = topo.consumers(gid).len();
             self.load_eagerly(t, users);
         }
+        // Stored outputs nothing here needs are not kept.
+        // Those computed again after all report as they end.
+        for &t in &done_before {
+            let task = &self.tasks[t as usize];
+            if task.state == State::Memory && task.waiters == 0 {
+                self.release(t);
+            }
+            if matches!(self.tasks[t as usize].state, State::Memory | State::Released) {
+                self.emit_settled(t, run_idx, Settled::DoneBefore);
+            }
+        }
+        let mut skipped: Vec<TaskId> = skipped.into_iter().collect();
+        skipped.sort_unstable();
+        for gid in skipped {
+            let t = map[gid.index()];
+            if self.tasks[t as usize].state == State::Idle {
+                self.emit_settled(t, run_idx, Settled::Skipped);
+            }
+        }
         // Known tasks done before (held, or freed and not needed here) are done for this run.
+        let found: std::collections::HashSet<TaskIdx> = done_before.into_iter().collect();
         for t in known {
             let task = &self.tasks[t as usize];
-            if task.cell.is_none() && matches!(task.state, State::Memory | State::Released) {
-                self.emit_reused(t, run_idx);
+            if task.cell.is_none()
+                && matches!(task.state, State::Memory | State::Released)
+                && !found.contains(&t)
+            {
+                self.emit_settled(t, run_idx, Settled::Reused);
             }
         }
     }
@@ -278,6 +458,7 @@ impl Core {
             ready_seq: 0,
             fetch_failures: 0,
             timeout_ms: graph.timeout(gid).map(|d| d.as_millis() as u64),
+            durable: graph.durable(gid),
             state: if cell.is_some() {
                 State::Memory
             } else {
@@ -316,15 +497,51 @@ impl Core {
         format!("key {:?} ({how})", graph.key(gid))
     }
 
-    /// Tells one run that a task it includes was done before it was submitted.
-    fn emit_reused(&mut self, t: TaskIdx, run_idx: u32) {
+    /// The tasks of a submission that found some durable tasks done which only feed done
+    /// tasks (and what does not run): not wanted, not sinks, not feeding a once-cell. They do
+    /// not run (they are computed later only if something needs them). A set of graph ids.
+    fn only_feeding_done(
+        &self,
+        graph: &Graph,
+        topo: &drover_graph::Topology,
+        map: &[TaskIdx],
+        wants: &[String],
+    ) -> std::collections::HashSet<TaskId> {
+        let wanted: std::collections::HashSet<TaskId> =
+            wants.iter().filter_map(|k| graph.id_of(k)).collect();
+        let mut skip = std::collections::HashSet::new();
+        for &gid in topo.order().iter().rev() {
+            let task = &self.tasks[map[gid.index()] as usize];
+            let consumers = topo.consumers(gid);
+            if task.state != State::Idle || consumers.is_empty() || wanted.contains(&gid) {
+                continue;
+            }
+            let unneeded = consumers.iter().all(|c| {
+                let consumer = &self.tasks[map[c.index()] as usize];
+                consumer.cell.is_none()
+                    && (skip.contains(c)
+                        || matches!(consumer.state, State::Memory | State::Released))
+            });
+            if unneeded {
+                skip.insert(gid);
+            }
+        }
+        skip
+    }
+
+    /// Tells one run that a task it includes is settled at its submission: done before (in
+    /// the core, or found done in the progress store), or not needed.
+    fn emit_settled(&mut self, t: TaskIdx, run_idx: u32, how: Settled) {
         let task = &self.tasks[t as usize];
         let run = &self.runs[run_idx as usize];
         let holder = task.holders.first().and_then(|w| self.workers.get(w));
         let event = drover_protocol::TaskEvent {
             run: run.client_run,
             key: task.key.to_string(),
-            status: TaskStatus::Finished,
+            status: match how {
+                Settled::Skipped => TaskStatus::Skipped,
+                Settled::Reused | Settled::DoneBefore => TaskStatus::Finished,
+            },
             worker: holder.map(|w| w.name.to_string()),
             pool: task.placed_pool.map(|p| self.pools[p as usize].to_string()),
             output_bytes: task.size,
@@ -334,7 +551,8 @@ impl Core {
             error: None,
             attempts: task.attempts,
             load: false,
-            reused: true,
+            reused: how == Settled::Reused,
+            done_before: how == Settled::DoneBefore,
         };
         self.out
             .push(Command::Client(run.client, ToClient::Events(vec![event])));

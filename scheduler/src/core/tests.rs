@@ -105,6 +105,7 @@ impl Sim {
                 id,
                 size,
                 duration_us: 10,
+                output: None,
             },
         )));
         cmds
@@ -770,6 +771,7 @@ fn play(
                     id: t.id,
                     size,
                     duration_us: 1,
+                    output: None,
                 },
             )));
             done += 1;
@@ -1116,3 +1118,5 @@ fn a_copy_under_way_keeps_its_result_needed_until_it_is_answered() {
         .iter()
         .any(|c| matches!(c, Command::Worker(t, ToWorker::Retired) if *t == w)));
 }
+
+mod durable;

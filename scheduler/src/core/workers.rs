@@ -31,7 +31,8 @@ impl Core {
                 id,
                 size,
                 duration_us,
-            } => self.finished(w, id, size, duration_us),
+                output,
+            } => self.finished(w, id, size, duration_us, output),
             FromWorker::Failed {
                 id,
                 error,
@@ -136,7 +137,11 @@ impl Core {
         for t in held {
             let task = &mut self.tasks[t as usize];
             task.holders.retain(|&h| h != id);
-            if task.holders.is_empty() && task.state == State::Memory && task.cell.is_none() {
+            if task.holders.is_empty()
+                && task.state == State::Memory
+                && task.cell.is_none()
+                && !self.stored.contains_key(&t)
+            {
                 lost.push(t);
             }
         }
@@ -268,7 +273,14 @@ impl Core {
         }
     }
 
-    fn finished(&mut self, w: WorkerId, t: TaskIdx, size: u64, duration_us: u64) {
+    fn finished(
+        &mut self,
+        w: WorkerId,
+        t: TaskIdx,
+        size: u64,
+        duration_us: u64,
+        output: Option<Vec<u8>>,
+    ) {
         self.mark_started(w, t);
         if !self.unassign(w, t) {
             // Not this worker's to report (it was presumed gone and the task moved on): its
@@ -296,6 +308,17 @@ impl Core {
             None,
         );
         self.deaths.remove(&t);
+        if let Some(version) = self.tasks[t as usize].durable {
+            // Its output goes with it when the worker sent it (small enough to keep).
+            let task = &self.tasks[t as usize];
+            self.out.push(Command::Commit {
+                namespace: self.runs[task.run as usize].namespace.to_string(),
+                key: task.key.to_string(),
+                version,
+                definition: task.fingerprint,
+                output: output.filter(|o| o.len() as u64 == size),
+            });
+        }
         self.arrive(t, w, size);
     }
 
@@ -343,7 +366,10 @@ impl Core {
                     self.out.push(Command::Worker(h, ToWorker::Free(vec![i])));
                 }
             }
-            if input.holders.is_empty() && input.state == State::Memory {
+            if input.holders.is_empty()
+                && input.state == State::Memory
+                && !self.stored.contains_key(&i)
+            {
                 self.lose(i);
             }
         }

@@ -23,6 +23,7 @@ fn task(id: TaskIdx, inputs: &[TaskIdx], sources: &[(TaskIdx, WorkerId)]) -> Com
         resources: vec![],
         priority: 0,
         timeout_ms: None,
+        report_output: None,
     }
 }
 
