@@ -521,6 +521,49 @@ mod tests {
         );
     }
 
+    fn record(v: u64, definition: u128, output: &[u8]) -> Op {
+        Op::Record {
+            version: v,
+            definition,
+            by: "scheduler".into(),
+            output: Some(output.to_vec()),
+        }
+    }
+
+    #[test]
+    fn graph_tasks_are_done_for_their_version_and_definition_or_by_a_claim() {
+        let (r, o) = apply(None, &record(2, 7, b"x"), 10, 1);
+        assert_eq!(o, Outcome::Applied);
+        let r = r.unwrap();
+        assert_eq!(r.kind(10), Kind::Done);
+        assert_eq!(r.done_for(2, 7), Some(&Some(b"x".to_vec())));
+        assert_eq!(r.done_for(2, 8), None, "another definition is not done");
+        assert_eq!(r.done_for(3, 7), None, "another version is not done");
+        // The same again keeps the first; another definition replaces it.
+        let (same, o) = apply(Some(&r), &record(2, 7, b"y"), 20, 2);
+        assert_eq!((same, o), (None, Outcome::Applied));
+        let (other, _) = apply(Some(&r), &record(2, 8, b"z"), 20, 2);
+        assert_eq!(other.unwrap().done_for(2, 8), Some(&Some(b"z".to_vec())));
+        // An older version than the record's is refused.
+        let (none, o) = apply(Some(&r), &record(1, 7, b"old"), 30, 2);
+        assert_eq!((none, o), (None, Outcome::NewerVersion { version: 2 }));
+        // A key committed by a claim is done for any definition; a graph task over a claim
+        // or a failure makes it done.
+        let (c, _) = apply(None, &claim(0, "a"), 0, 1);
+        let c = c.unwrap();
+        assert_eq!(c.done_for(0, 7), None);
+        let commit = Op::Commit {
+            fence: 1,
+            by: "a".into(),
+            output: None,
+        };
+        let done = apply(Some(&c), &commit, 5, 2).0.unwrap();
+        assert_eq!(done.done_for(0, 123), Some(&None));
+        let (over, o) = apply(Some(&c), &record(0, 7, b"g"), 6, 2);
+        assert_eq!(o, Outcome::Applied);
+        assert_eq!(over.unwrap().done_for(0, 7), Some(&Some(b"g".to_vec())));
+    }
+
     #[test]
     fn a_restart_gives_live_claims_a_fresh_lease() {
         let (r, _) = apply(None, &claim(0, "a"), 0, 1);
