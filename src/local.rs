@@ -18,6 +18,10 @@ pub struct ClusterSpec {
     pub groups: Vec<(Option<String>, usize)>,
     /// Threads per worker.
     pub nthreads: u32,
+    /// Keep the progress of durable tasks in the embedded store of this directory
+    /// (`DIR/progress.redb`, shared with `drover foreach` and `drover progress` on this
+    /// machine), so it outlives the cluster; `None` keeps it only while the cluster lives.
+    pub progress_dir: Option<std::path::PathBuf>,
 }
 
 impl ClusterSpec {
@@ -26,6 +30,16 @@ impl ClusterSpec {
         ClusterSpec {
             groups: vec![(None, n)],
             nthreads,
+            progress_dir: None,
+        }
+    }
+
+    /// The same cluster, keeping durable tasks' progress in `dir` (see
+    /// [`ClusterSpec::progress_dir`]).
+    pub fn with_progress_dir(self, dir: impl Into<std::path::PathBuf>) -> ClusterSpec {
+        ClusterSpec {
+            progress_dir: Some(dir.into()),
+            ..self
         }
     }
 
@@ -67,7 +81,11 @@ impl ClusterSpec {
         if groups.iter().map(|(_, n)| n).sum::<usize>() == 0 {
             return Err(format!("bad cluster spec {spec:?}: no workers"));
         }
-        Ok(ClusterSpec { groups, nthreads })
+        Ok(ClusterSpec {
+            groups,
+            nthreads,
+            progress_dir: None,
+        })
     }
 }
 
@@ -113,7 +131,7 @@ impl LocalCluster {
     /// Starts a scheduler on loopback and the workers of `spec`, each with `registry`, and waits
     /// until every worker has joined.
     pub async fn start(spec: &ClusterSpec, registry: Registry) -> Result<LocalCluster, LocalError> {
-        let mut cluster = LocalCluster::scheduler_only().await?;
+        let mut cluster = LocalCluster::scheduler_only(spec).await?;
         let idle = Duration::from_secs(10);
         let access = cluster.access.clone();
         for (name, resources) in spec.workers() {
@@ -153,7 +171,7 @@ impl LocalCluster {
         program: &std::path::Path,
     ) -> Result<LocalCluster, LocalError> {
         use tokio::io::AsyncBufReadExt;
-        let mut cluster = LocalCluster::scheduler_only().await?;
+        let mut cluster = LocalCluster::scheduler_only(spec).await?;
         let access_path = cluster.dir.path().join("access.json");
         for (name, resources) in spec.workers() {
             let fail = |error: String| LocalError::Worker {
@@ -198,9 +216,17 @@ impl LocalCluster {
         Ok(cluster)
     }
 
-    /// A scheduler on loopback with a fresh state dir, and no workers yet.
-    async fn scheduler_only() -> Result<LocalCluster, LocalError> {
+    /// A scheduler on loopback with a fresh state dir (and the progress store `spec` names),
+    /// and no workers yet.
+    async fn scheduler_only(spec: &ClusterSpec) -> Result<LocalCluster, LocalError> {
         let dir = tempfile::tempdir()?;
+        let progress_store = match &spec.progress_dir {
+            Some(d) => {
+                std::fs::create_dir_all(d)?;
+                Some((d.join("progress.redb"), drover_progress::Sharing::Processes))
+            }
+            None => None,
+        };
         let idle = Duration::from_secs(10);
         let scheduler = Scheduler::start(SchedulerConfig {
             listen: "127.0.0.1:0".parse().expect("valid address"),
@@ -209,7 +235,7 @@ impl LocalCluster {
             idle_timeout: idle,
             core: Default::default(),
             max_output: drover_progress::DEFAULT_MAX_OUTPUT,
-            progress_store: None,
+            progress_store,
         })
         .await?;
         let access = AccessFile::load(scheduler.access_path()).map_err(|e| LocalError::Worker {

@@ -405,7 +405,11 @@ impl<'g, T> TaskBuilder<'g, T> {
             retries: eff.retries.unwrap_or(0),
             size_hint: eff.size_hint,
             timeout_ms: eff.timeout.map(|t| t.as_millis().max(1) as u64),
-            durable: if once_cell.is_some() { None } else { eff.durable },
+            durable: if once_cell.is_some() {
+                None
+            } else {
+                eff.durable
+            },
             once_cell,
         });
         // Keys are copied into errors only when there is one: no allocation on the good path.

@@ -124,8 +124,10 @@ pub fn done_for(
     tasks
         .iter()
         .map(|(key, version, definition)| {
-            Ok(get(store, namespace, key)?
-                .and_then(|r| r.done_for(*version, *definition).cloned()))
+            Ok(
+                get(store, namespace, key)?
+                    .and_then(|r| r.done_for(*version, *definition).cloned()),
+            )
         })
         .collect()
 }

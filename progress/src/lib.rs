@@ -21,8 +21,7 @@ pub mod store;
 
 pub use engine::{
     apply, check_names, counts, done_for, get, list, refresh_leases, reset, Counts, DurableTask,
-    Request,
-    DEFAULT_MAX_OUTPUT, MAX_ERROR, MAX_KEY, MAX_NAMESPACE,
+    Request, DEFAULT_MAX_OUTPUT, MAX_ERROR, MAX_KEY, MAX_NAMESPACE,
 };
 pub use record::{Kind, Millis, Op, Outcome, Record, State};
 pub use redb_store::{RedbStore, Sharing};

@@ -129,16 +129,18 @@ fn serve(rx: mpsc::Receiver<Job>, store: &dyn Store, max_output: usize) {
                     ..
                 } => changes.extend(reqs.iter().cloned()),
                 Job::Commit { items, .. } => {
-                    changes.extend(items.iter().map(|(ns, key, version, definition, output)| Request {
-                        namespace: ns.clone(),
-                        key: key.clone(),
-                        op: Op::Record {
-                            version: *version,
-                            definition: *definition,
-                            by: GRAPH_HOLDER.to_owned(),
-                            // An output over the limit is kept as done without it.
-                            output: output.clone().filter(|o| o.len() <= max_output),
-                        },
+                    changes.extend(items.iter().map(|(ns, key, version, definition, output)| {
+                        Request {
+                            namespace: ns.clone(),
+                            key: key.clone(),
+                            op: Op::Record {
+                                version: *version,
+                                definition: *definition,
+                                by: GRAPH_HOLDER.to_owned(),
+                                // An output over the limit is kept as done without it.
+                                output: output.clone().filter(|o| o.len() <= max_output),
+                            },
+                        }
                     }))
                 }
                 _ => {}

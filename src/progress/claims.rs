@@ -176,7 +176,21 @@ impl Claims {
 
     /// The next claim, or `None` once no key is left to claim (with [`ClaimOptions::wait`],
     /// once every key is done or claimed here). A store or connection error ends the loop.
+    ///
+    /// With `wait`, this can wait a long time for keys others hold: a caller that still has
+    /// claims of its own at work should ask [`Claims::next_without_waiting`] instead (others
+    /// may be waiting for those).
     pub async fn next(&mut self) -> Option<Result<Claim, ProgressError>> {
+        self.next_claim(self.options.wait).await
+    }
+
+    /// The next claim if one can be had without waiting for keys others hold, else `None`
+    /// (the held keys are asked for again by a later [`Claims::next`]).
+    pub async fn next_without_waiting(&mut self) -> Option<Result<Claim, ProgressError>> {
+        self.next_claim(false).await
+    }
+
+    async fn next_claim(&mut self, wait: bool) -> Option<Result<Claim, ProgressError>> {
         loop {
             if let Some((key, fence)) = self.ready.pop_front() {
                 return Some(Ok(Claim {
@@ -189,7 +203,7 @@ impl Claims {
                 }));
             }
             if self.pending.is_empty() {
-                if !self.options.wait || self.held.is_empty() {
+                if !wait || self.held.is_empty() {
                     return None;
                 }
                 // Wait for the first lease to lapse (or a while, to see keys finish), then ask
@@ -227,6 +241,7 @@ impl Claims {
                 lease,
             },
         }));
+        tracing::debug!(queued, claims = keys.len(), "claims round trip");
         let outcomes = match self.progress.apply(requests).await {
             Ok(o) => o,
             Err(e) => {
@@ -270,7 +285,9 @@ impl Claims {
         if requests.is_empty() {
             return Ok(());
         }
+        tracing::debug!(queued = requests.len(), "claims flush");
         let outcomes = self.progress.apply(requests).await?;
+        tracing::debug!(answered = outcomes.len(), "claims flushed");
         let mut s = self.shared.lock().expect("claims lock");
         settle(&mut s, &settles, &outcomes);
         Ok(())

@@ -917,7 +917,11 @@ impl World {
                         for (i, bytes) in items {
                             s.holding.insert(*i, decode_value(bytes)?);
                         }
-                        *self.outcome.paths.entry("stored outputs handed over").or_default() += 1;
+                        *self
+                            .outcome
+                            .paths
+                            .entry("stored outputs handed over")
+                            .or_default() += 1;
                     }
                 }
 
@@ -1276,7 +1280,8 @@ impl World {
                             output,
                         },
                     };
-                    drover_progress::apply(&self.store, &[r], self.now / MS, 1 << 20).expect("memory store");
+                    drover_progress::apply(&self.store, &[r], self.now / MS, 1 << 20)
+                        .expect("memory store");
                     *self.outcome.paths.entry("durable commits").or_default() += 1;
                 }
             }
@@ -1886,9 +1891,12 @@ fn suspicion_is_founded(error: Option<&str>, key: &str, deaths: &BTreeMap<String
 
 /// A simulated output as stored (8 bytes, little-endian).
 fn decode_value(bytes: &[u8]) -> Result<u64, String> {
-    let b: [u8; 8] = bytes
-        .try_into()
-        .map_err(|_| format!("a stored output of {} bytes is not a simulated value", bytes.len()))?;
+    let b: [u8; 8] = bytes.try_into().map_err(|_| {
+        format!(
+            "a stored output of {} bytes is not a simulated value",
+            bytes.len()
+        )
+    })?;
     Ok(u64::from_le_bytes(b))
 }
 

@@ -449,7 +449,10 @@ impl Shell {
                 Command::Send(mut msgs) => {
                     // Durable tasks' outputs go with their results (the store has them now).
                     for m in &mut msgs {
-                        if let drover_protocol::FromWorker::Finished { id, size, output, .. } = m {
+                        if let drover_protocol::FromWorker::Finished {
+                            id, size, output, ..
+                        } = m
+                        {
                             if let Some(limit) = self.report_output.remove(id) {
                                 if *size <= limit {
                                     *output = self.store.get(*id).map(|b| b.to_vec());

@@ -359,7 +359,10 @@ impl Core {
             if task.state == State::Memory && task.waiters == 0 {
                 self.release(t);
             }
-            if matches!(self.tasks[t as usize].state, State::Memory | State::Released) {
+            if matches!(
+                self.tasks[t as usize].state,
+                State::Memory | State::Released
+            ) {
                 self.emit_settled(t, run_idx, Settled::DoneBefore);
             }
         }
@@ -552,7 +555,10 @@ impl Core {
             attempts: task.attempts,
             load: false,
             reused: how == Settled::Reused,
-            done_before: how == Settled::DoneBefore,
+            // A durable task reused from memory is done before too (its commit is on disk
+            // before this event goes out).
+            done_before: how == Settled::DoneBefore
+                || (how == Settled::Reused && task.durable.is_some()),
         };
         self.out
             .push(Command::Client(run.client, ToClient::Events(vec![event])));

@@ -162,7 +162,14 @@ pub fn run(args: Args) -> Result<(), Failure> {
         loop {
             let take_more = running.len() < args.jobs && !exhausted;
             if take_more && (claims.has_more_now() || running.is_empty()) {
-                match claims.next().await {
+                // Wait for keys others hold only with nothing of ours at work: others may be
+                // waiting for ours.
+                let next = if running.is_empty() {
+                    claims.next().await
+                } else {
+                    claims.next_without_waiting().await
+                };
+                match next {
                     Some(Ok(claim)) => {
                         let command = args.command.clone();
                         running.spawn(async move {
@@ -171,7 +178,9 @@ pub fn run(args: Args) -> Result<(), Failure> {
                         });
                     }
                     Some(Err(e)) => return Err(Failure::Lost(e.to_string())),
-                    None => exhausted = true,
+                    None if running.is_empty() => exhausted = true,
+                    // Only keys others hold are left: see to ours first.
+                    None => {}
                 }
                 continue;
             }

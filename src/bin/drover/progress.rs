@@ -89,6 +89,50 @@ fn describe(r: &Record, now: u64) -> (String, String) {
     )
 }
 
+/// A record as JSON: `version`, `fence`, `attempts`, then by state `holder`, `lease_ms`,
+/// `expires_ms` (claimed); `at_ms`, `by`, `output_bytes`, `output` (UTF-8 text) or
+/// `output_hex`, `definition` (hex, for a durable graph task) (done); `at_ms`, `by`, `error`
+/// (failed).
+fn record_json(r: &Record) -> serde_json::Value {
+    let mut v = serde_json::json!({"version": r.version, "fence": r.fence, "attempts": r.attempts});
+    let extra = match &r.state {
+        State::Claimed {
+            holder,
+            lease,
+            expires,
+        } => serde_json::json!({"holder": holder, "lease_ms": lease, "expires_ms": expires}),
+        State::Done {
+            at,
+            by,
+            output,
+            definition,
+        } => {
+            let mut d = serde_json::json!({"at_ms": at, "by": by});
+            if let Some(o) = output {
+                d["output_bytes"] = o.len().into();
+                match std::str::from_utf8(o) {
+                    Ok(text) => d["output"] = text.into(),
+                    Err(_) => {
+                        let hex: String = o.iter().map(|b| format!("{b:02x}")).collect();
+                        d["output_hex"] = hex.into();
+                    }
+                }
+            }
+            if let Some(f) = definition {
+                d["definition"] = format!("{f:032x}").into();
+            }
+            d
+        }
+        State::Failed { at, by, error } => {
+            serde_json::json!({"at_ms": at, "by": by, "error": error})
+        }
+    };
+    if let (Some(v), serde_json::Value::Object(extra)) = (v.as_object_mut(), extra) {
+        v.extend(extra);
+    }
+    v
+}
+
 /// Prints a line on stdout; `false` once stdout is closed (a reader like `head` went away),
 /// so listing stops quietly instead of failing.
 fn say(line: std::fmt::Arguments<'_>) -> bool {
@@ -157,7 +201,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
                     for (key, r) in &page {
                         let (kind, detail) = describe(r, now);
                         let printed = if json {
-                            say(format_args!("{}", serde_json::json!({"key": key, "state": kind, "record": r})))
+                            say(format_args!("{}", serde_json::json!({"key": key, "state": kind, "record": record_json(r)})))
                         } else {
                             say(format_args!("{key}\t{kind}\t{detail}"))
                         };

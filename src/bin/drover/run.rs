@@ -37,6 +37,12 @@ pub struct Args {
     /// Count a silent scheduler as lost after this many seconds.
     #[arg(long, default_value_t = 10)]
     idle_timeout_secs: u64,
+    /// With --local, keep the progress of the graph's durable tasks in this directory's
+    /// embedded store (made only when the graph has durable tasks), so a rerun skips what
+    /// was done; the same store `drover foreach` and `drover progress` use without
+    /// --access-file.
+    #[arg(long, default_value = drover::progress::DEFAULT_DIR)]
+    store: PathBuf,
 }
 
 /// A file name for a task key.
@@ -76,7 +82,18 @@ fn show(bytes: &[u8]) -> String {
 pub fn run(args: Args) -> Result<(), Failure> {
     let (file, planned) = load(&args.graph)?;
     let spec = match &args.local {
-        Some(s) => Some(ClusterSpec::parse(s, args.nthreads).map_err(Failure::Usage)?),
+        Some(s) => {
+            let spec = ClusterSpec::parse(s, args.nthreads).map_err(Failure::Usage)?;
+            let durable = planned
+                .graph
+                .task_ids()
+                .any(|t| planned.graph.durable(t).is_some());
+            Some(if durable {
+                spec.with_progress_dir(&args.store)
+            } else {
+                spec
+            })
+        }
         None => None,
     };
     let sinks: Vec<String> = {
@@ -216,8 +233,18 @@ pub fn run(args: Args) -> Result<(), Failure> {
             let text = serde_json::to_string_pretty(&report).expect("report serialises") + "\n";
             crate::write_output(path, &text)?;
         }
+        let mut settled = String::new();
+        if report.done_before > 0 {
+            settled += &format!(", {} done before", report.done_before);
+        }
+        if report.skipped > 0 {
+            settled += &format!(
+                ", {} skipped (they only feed tasks done before)",
+                report.skipped
+            );
+        }
         eprintln!(
-            "{} finished, {} failed; {} bytes moved between workers, {} between pools",
+            "{} finished, {} failed{settled}; {} bytes moved between workers, {} between pools",
             report.finished,
             report.failed,
             report.bytes_between_workers,

@@ -49,7 +49,10 @@ fn rejected(cmds: &[Command]) -> Option<String> {
 fn a_submission_with_durable_tasks_waits_for_the_store_and_asks_for_each_once() {
     let mut s = Sim::new(&[("w0", "", 1)]);
     let cmds = s.submit(DURABLE, &["c"]);
-    assert!(computes(&cmds).is_empty(), "nothing runs before the store answers");
+    assert!(
+        computes(&cmds).is_empty(),
+        "nothing runs before the store answers"
+    );
     let asked = lookups(&cmds);
     assert_eq!(asked.len(), 1);
     let (_, namespace, keys) = &asked[0];
@@ -116,7 +119,10 @@ fn a_finished_durable_task_is_committed_with_the_output_its_worker_sent() {
         },
     ));
     let fp = s.core.tasks[s.id("a") as usize].fingerprint;
-    assert_eq!(commits(&cmds), [("a".to_owned(), 0, fp, Some(b"out".to_vec()))]);
+    assert_eq!(
+        commits(&cmds),
+        [("a".to_owned(), 0, fp, Some(b"out".to_vec()))]
+    );
     // A task that is not durable is not asked to send its output, nor committed.
     let b = computes(&cmds);
     assert_eq!(b, [(0, "b".to_owned())]);
@@ -191,7 +197,10 @@ fn a_store_that_cannot_be_read_refuses_the_submission_naming_why() {
         found: Err("disk on fire".into()),
     });
     let error = rejected(&cmds).expect("refused");
-    assert!(error.contains("progress store") && error.contains("disk on fire"), "{error}");
+    assert!(
+        error.contains("progress store") && error.contains("disk on fire"),
+        "{error}"
+    );
     assert!(computes(&cmds).is_empty());
     // Nothing of it stayed: the same graph goes through when the store answers.
     let cmds = submit_as(&mut s, 0, 2, DURABLE, &["c"]);
@@ -207,7 +216,8 @@ fn a_store_that_cannot_be_read_refuses_the_submission_naming_why() {
 fn bad_durable_keys_are_refused_at_submission() {
     let mut s = Sim::new(&[("w0", "", 1)]);
     let long = "k".repeat(drover_progress::MAX_KEY + 1);
-    let json = format!(r#"{{"tasks": [{{"key": "{long}", "function": "bytes", "durable": true}}]}}"#);
+    let json =
+        format!(r#"{{"tasks": [{{"key": "{long}", "function": "bytes", "durable": true}}]}}"#);
     let cmds = s.submit(&json, &[]);
     let error = rejected(&cmds).expect("refused");
     assert!(error.contains("durable task"), "{error}");
@@ -226,4 +236,40 @@ fn a_lookup_answered_after_its_client_left_changes_nothing() {
     });
     assert!(cmds.is_empty(), "{cmds:?}");
     assert!(s.core.tasks.iter().all(|t| t.state != State::Waiting));
+}
+
+#[test]
+fn a_graph_run_again_by_a_new_client_finds_its_durable_tasks_done() {
+    let mut s = Sim::new(&[("w0", "", 1)]);
+    let cmds = s.submit(DURABLE, &["c"]);
+    let (id, _, _) = lookups(&cmds)[0].clone();
+    let cmds = s.handle(Event::Looked {
+        id,
+        found: Ok(vec![None, None]),
+    });
+    let seen = run_everything(&mut s, cmds, 5);
+    let stored: Vec<_> = commits(&seen);
+    assert_eq!(stored.len(), 2);
+    s.handle(Event::ClientLeft { id: 0 });
+    s.handle(Event::ClientJoined { id: 1 });
+    let cmds = submit_as(&mut s, 1, 1, DURABLE, &["c"]);
+    let asked = lookups(&cmds);
+    assert_eq!(asked.len(), 1, "{cmds:?}");
+    let (id, _, keys) = asked[0].clone();
+    // The store answers as it would: both done, with the definitions committed (and
+    // outputs).
+    let found = keys
+        .iter()
+        .map(|(k, v, d)| {
+            let (_, version, definition, output) =
+                stored.iter().find(|(key, ..)| key == k).expect("committed");
+            assert_eq!(output, &None, "the test's workers send no outputs");
+            (version == v && definition == d).then(|| Some(k.as_bytes().to_vec()))
+        })
+        .collect::<Vec<_>>();
+    let cmds = s.handle(Event::Looked {
+        id,
+        found: Ok(found),
+    });
+    assert!(computes(&cmds).is_empty(), "{cmds:?}");
 }
