@@ -74,7 +74,13 @@ async fn client_loop(
 }
 
 /// Runs `clients` loops over `n` keys of a fresh namespace; prints and returns keys/s.
-async fn scenario(access: &AccessFile, name: &str, n: usize, clients: usize, commit: Commit) -> f64 {
+async fn scenario(
+    access: &AccessFile,
+    name: &str,
+    n: usize,
+    clients: usize,
+    commit: Commit,
+) -> f64 {
     let keys: Arc<Vec<String>> = Arc::new((0..n).map(|i| format!("key-{i:06}")).collect());
     let start = Instant::now();
     let loops: Vec<_> = (0..clients)

@@ -570,3 +570,86 @@ fn a_local_run_keeps_durable_progress_in_the_embedded_store() {
     let done = listed(&["--store", store], "graph", "done");
     assert_eq!(done, ["load", "save"].map(String::from).into());
 }
+
+/// Sets the soft limit on the size of files process `pid` writes (its hard limit unchanged).
+fn limit_file_size(pid: u32, bytes: Option<u64>) {
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit with a null new limit only reads the process's limit into `old`.
+    let got = unsafe {
+        libc::prlimit(
+            pid as libc::pid_t,
+            libc::RLIMIT_FSIZE,
+            std::ptr::null(),
+            &mut old,
+        )
+    };
+    assert_eq!(got, 0, "read the file size limit");
+    let new = libc::rlimit {
+        rlim_cur: bytes.unwrap_or(libc::RLIM_INFINITY),
+        rlim_max: old.rlim_max,
+    };
+    // SAFETY: `new` is a valid limit; the old one is not asked for.
+    let set = unsafe {
+        libc::prlimit(
+            pid as libc::pid_t,
+            libc::RLIMIT_FSIZE,
+            &new,
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(set, 0, "set the file size limit");
+}
+
+/// A store that cannot be written (its file may not grow: as on a full disk) fails the
+/// commits with an error naming the file; the scheduler keeps serving, loses nothing it had,
+/// and commits again once the file may grow.
+#[test]
+fn a_store_that_cannot_grow_fails_commits_clearly_and_works_again_after() {
+    let cluster = Cluster::start_with(&["--idle-timeout-secs", "30"]);
+    let dir = tempfile::tempdir().unwrap();
+    let access = cluster.access();
+    let (small, small_keys) = keys_file(dir.path(), "small.txt", 200);
+    let run = |name: &str, keys: &str, namespace: &str| {
+        finish(foreach(
+            name,
+            keys,
+            &[
+                "--access-file",
+                &access,
+                "--namespace",
+                namespace,
+                "--jobs",
+                "4",
+            ],
+            &["true"],
+        ))
+    };
+    let (code, lines) = run("first", &small, "kept");
+    assert_eq!(code, Some(0), "{lines:?}");
+    let store = cluster.dir.path().join("progress.redb");
+    let size = std::fs::metadata(&store).unwrap().len();
+    let pid = cluster.scheduler.child.id();
+    limit_file_size(pid, Some(size));
+    let (big, _) = keys_file(dir.path(), "big.txt", 20_000);
+    let (code, lines) = run("full", &big, "full");
+    assert_eq!(code, Some(1), "{lines:?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("progress.redb") && l.contains("File too large")),
+        "{lines:?}"
+    );
+    // Still serving, nothing lost.
+    let kept = listed(&["--access-file", &access], "kept", "done");
+    assert_eq!(kept, small_keys.iter().cloned().collect::<BTreeSet<_>>());
+    // Room again: commits work.
+    limit_file_size(pid, None);
+    let (more, more_keys) = keys_file(dir.path(), "more.txt", 2_000);
+    let (code, lines) = run("after", &more, "after");
+    assert_eq!(code, Some(0), "{lines:?}");
+    let after = listed(&["--access-file", &access], "after", "done");
+    assert_eq!(after.len(), more_keys.len());
+}

@@ -9,6 +9,7 @@
 //! corrupt, naming the file, never silently dropped.
 
 use std::path::{Path, PathBuf};
+use std::sync::{RwLock, RwLockReadGuard};
 
 use redb::{
     Builder, ConcurrencyMode, Database, ReadableDatabase, ReadableTable, Table, TableDefinition,
@@ -36,7 +37,11 @@ pub enum Sharing {
 
 /// A progress store in a redb file.
 pub struct RedbStore {
-    db: Database,
+    /// The open file; closed after a failed write and opened again at the next use (redb
+    /// refuses every transaction after an I/O error until then), so a disk that filled up
+    /// works again once it has room.
+    db: RwLock<Option<Database>>,
+    sharing: Sharing,
     path: PathBuf,
 }
 
@@ -59,23 +64,67 @@ impl RedbStore {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| open_err(&e))?;
         }
+        let db = RedbStore::open_file(path, sharing).map_err(|e| open_err(&e))?;
+        let store = RedbStore {
+            db: RwLock::new(Some(db)),
+            sharing,
+            path: path.to_owned(),
+        };
+        store.check_format()?;
+        Ok(store)
+    }
+
+    fn open_file(path: &Path, sharing: Sharing) -> Result<Database, String> {
         let mut builder = Builder::new();
         builder.set_concurrency_mode(match sharing {
             Sharing::Exclusive => ConcurrencyMode::ExclusiveWriter,
             Sharing::Processes => ConcurrencyMode::MultiWriter,
         });
-        let db = builder.create(path).map_err(|e| match e {
+        builder.create(path).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => {
-                open_err(&"it is open in another process (another scheduler on this state dir?)")
+                "it is open in another process (another scheduler on this state dir?)".to_owned()
             }
-            other => open_err(&format!("not a usable store file: {other}")),
-        })?;
-        let store = RedbStore {
-            db,
-            path: path.to_owned(),
-        };
-        store.check_format()?;
-        Ok(store)
+            other => format!("not a usable store file: {other}"),
+        })
+    }
+
+    /// The open database, opening it again first if a failed write closed it.
+    fn db(&self) -> Result<Open<'_>, StoreError> {
+        {
+            let db = self.db.read().unwrap_or_else(|p| p.into_inner());
+            if db.is_some() {
+                return Ok(Open(db));
+            }
+        }
+        {
+            let mut db = self.db.write().unwrap_or_else(|p| p.into_inner());
+            if db.is_none() {
+                *db = Some(RedbStore::open_file(&self.path, self.sharing).map_err(|e| self.io(e))?);
+            }
+        }
+        let db = self.db.read().unwrap_or_else(|p| p.into_inner());
+        match *db {
+            Some(_) => Ok(Open(db)),
+            None => Err(self.io("the store was closed meanwhile")),
+        }
+    }
+
+    /// After a failed write: closes the file if redb refuses every transaction until it is
+    /// opened again (what was committed before is intact; the failed transaction left
+    /// nothing); the next use opens it.
+    fn recover(&self) {
+        let poisoned = self.db().is_ok_and(|db| {
+            matches!(
+                db.begin_write(),
+                Err(redb::TransactionError::Storage(
+                    redb::StorageError::PreviousIo
+                ))
+            )
+        });
+        if poisoned {
+            // Closed first: an exclusive file cannot be open twice.
+            self.db.write().unwrap_or_else(|p| p.into_inner()).take();
+        }
     }
 
     /// The file's path.
@@ -98,7 +147,8 @@ impl RedbStore {
             path: self.path.display().to_string(),
             error: why,
         };
-        let txn = self.db.begin_write().map_err(|e| self.io(e))?;
+        let db = self.db()?;
+        let txn = db.begin_write().map_err(|e| self.io(e))?;
         let fresh = txn.list_tables().map_err(|e| self.io(e))?.next().is_none();
         {
             let mut meta = txn.open_table(META).map_err(|e| foreign(e.to_string()))?;
@@ -138,6 +188,17 @@ impl RedbStore {
             key: key.to_owned(),
             error: e.to_string(),
         })
+    }
+}
+
+/// The open database, held for a transaction or a read.
+struct Open<'a>(RwLockReadGuard<'a, Option<Database>>);
+
+impl std::ops::Deref for Open<'_> {
+    type Target = Database;
+
+    fn deref(&self) -> &Database {
+        self.0.as_ref().expect("checked open when made")
     }
 }
 
@@ -235,18 +296,25 @@ impl Store for RedbStore {
         &self,
         f: &mut dyn FnMut(&mut dyn Txn) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(|e| self.io(e))?;
-        {
-            let mut t = RedbTxn {
-                store: self,
-                records: txn.open_table(RECORDS).map_err(|e| self.io(e))?,
-                namespaces: txn.open_table(NAMESPACES).map_err(|e| self.io(e))?,
-                meta: txn.open_table(META).map_err(|e| self.io(e))?,
-            };
-            // An error drops the transaction: nothing is kept.
-            f(&mut t)?;
+        let result = (|| {
+            let db = self.db()?;
+            let txn = db.begin_write().map_err(|e| self.io(e))?;
+            {
+                let mut t = RedbTxn {
+                    store: self,
+                    records: txn.open_table(RECORDS).map_err(|e| self.io(e))?,
+                    namespaces: txn.open_table(NAMESPACES).map_err(|e| self.io(e))?,
+                    meta: txn.open_table(META).map_err(|e| self.io(e))?,
+                };
+                // An error drops the transaction: nothing is kept.
+                f(&mut t)?;
+            }
+            txn.commit().map_err(|e| self.io(e))
+        })();
+        if matches!(result, Err(StoreError::Io { .. })) {
+            self.recover();
         }
-        txn.commit().map_err(|e| self.io(e))
+        result
     }
 
     fn scan(
@@ -256,7 +324,8 @@ impl Store for RedbStore {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<(String, Record)>, StoreError> {
-        let txn = self.db.begin_read().map_err(|e| self.io(e))?;
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(|e| self.io(e))?;
         let table = txn.open_table(RECORDS).map_err(|e| self.io(e))?;
         let start = match after {
             Some(a) if a >= prefix => a,
@@ -278,7 +347,8 @@ impl Store for RedbStore {
     }
 
     fn namespaces(&self) -> Result<Vec<String>, StoreError> {
-        let txn = self.db.begin_read().map_err(|e| self.io(e))?;
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(|e| self.io(e))?;
         let table = txn.open_table(NAMESPACES).map_err(|e| self.io(e))?;
         let mut out = Vec::new();
         for entry in table.iter().map_err(|e| self.io(e))? {

@@ -83,9 +83,18 @@ async fn wait_for_signal() {
     {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
+        // A write over the file size limit (ulimit -f) is a failed write, reported to whoever
+        // asked for it, not the end of the scheduler.
+        let mut too_big =
+            signal(SignalKind::from_raw(libc::SIGXFSZ)).expect("install SIGXFSZ handler");
+        loop {
+            tokio::select! {
+                _ = term.recv() => return,
+                _ = tokio::signal::ctrl_c() => return,
+                _ = too_big.recv() => {
+                    tracing::warn!("a write went over this process's file size limit (ulimit -f)");
+                }
+            }
         }
     }
     #[cfg(not(unix))]
