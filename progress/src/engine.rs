@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::record::{self, Kind, Millis, Op, Outcome, Record};
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, Txn};
 
 /// The longest key, in bytes.
 pub const MAX_KEY: usize = 4096;
@@ -47,6 +47,111 @@ pub fn check_names(namespace: &str, key: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Changes applied within one transaction: each claim takes the store's next fence.
+pub struct Pass<'t> {
+    txn: &'t mut dyn Txn,
+    fence: u64,
+    now: Millis,
+    max_output: usize,
+}
+
+impl std::fmt::Debug for Pass<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pass").field("now", &self.now).finish()
+    }
+}
+
+impl<'t> Pass<'t> {
+    /// Starts a pass at `now` in `txn`; done keys keep outputs of at most `max_output` bytes.
+    pub fn new(
+        txn: &'t mut dyn Txn,
+        now: Millis,
+        max_output: usize,
+    ) -> Result<Pass<'t>, StoreError> {
+        let fence = txn.take_fence()?;
+        Ok(Pass {
+            txn,
+            fence,
+            now,
+            max_output,
+        })
+    }
+
+    /// The pass's clock.
+    pub fn now(&self) -> Millis {
+        self.now
+    }
+
+    /// The record of `key` in `namespace`.
+    pub fn get(&mut self, namespace: &str, key: &str) -> Result<Option<Record>, StoreError> {
+        self.txn.get(namespace, key)
+    }
+
+    /// Applies one change: its outcome, or why it alone was refused (a bad name, an output too
+    /// large); an error of the store fails the whole pass.
+    pub fn apply(&mut self, r: &Request) -> Result<Result<Outcome, String>, StoreError> {
+        self.apply_op(&r.namespace, &r.key, &r.op)
+    }
+
+    /// [`Pass::apply`] of `op` to `key` of `namespace`.
+    pub fn apply_op(
+        &mut self,
+        namespace: &str,
+        key: &str,
+        op: &Op,
+    ) -> Result<Result<Outcome, String>, StoreError> {
+        if let Err(e) = check_names(namespace, key) {
+            return Ok(Err(e));
+        }
+        let max_output = self.max_output;
+        let cut;
+        let op = match op {
+            Op::Commit {
+                output: Some(o), ..
+            } if o.len() > max_output => {
+                return Ok(Err(format!(
+                    "the output of {key:?} is {} bytes, more than the {max_output} a done key may keep",
+                    o.len()
+                )));
+            }
+            Op::Fail { fence, by, error } if error.len() > MAX_ERROR => {
+                let from = error.len() - MAX_ERROR;
+                let from = (from..error.len())
+                    .find(|&i| error.is_char_boundary(i))
+                    .unwrap_or(error.len());
+                cut = Op::Fail {
+                    fence: *fence,
+                    by: by.clone(),
+                    error: format!("...{}", &error[from..]),
+                };
+                &cut
+            }
+            op => op,
+        };
+        let current = self.txn.get(namespace, key)?;
+        self.apply_to(namespace, key, current.as_ref(), op).map(Ok)
+    }
+
+    /// Applies `op` to `key` of `namespace` whose record (just read in this pass) is
+    /// `current`; the names are not checked.
+    pub fn apply_to(
+        &mut self,
+        namespace: &str,
+        key: &str,
+        current: Option<&Record>,
+        op: &Op,
+    ) -> Result<Outcome, StoreError> {
+        let (next, outcome) = record::apply(current, op, self.now, self.fence);
+        if let Some(rec) = next {
+            self.txn.put(namespace, key, &rec)?;
+        }
+        if matches!(outcome, Outcome::Claimed { .. }) {
+            self.fence = self.txn.take_fence()?;
+        }
+        Ok(outcome)
+    }
+}
+
 /// Applies `requests` in order at `now`, in one transaction: durable when this returns, all
 /// or nothing. A request refused on its own (a bad name, an output over `max_output`) gets its
 /// error and spoils nothing else; an error of the store fails the whole batch.
@@ -59,43 +164,9 @@ pub fn apply(
     let mut outcomes: Vec<Result<Outcome, String>> = Vec::with_capacity(requests.len());
     store.transact(&mut |txn| {
         outcomes.clear();
-        let mut fence = txn.take_fence()?;
+        let mut pass = Pass::new(txn, now, max_output)?;
         for r in requests {
-            if let Err(e) = check_names(&r.namespace, &r.key) {
-                outcomes.push(Err(e));
-                continue;
-            }
-            let op = match &r.op {
-                Op::Commit {
-                    output: Some(o), ..
-                } if o.len() > max_output => {
-                    outcomes.push(Err(format!(
-                        "the output of {:?} is {} bytes, more than the {max_output} a done key may keep",
-                        r.key,
-                        o.len()
-                    )));
-                    continue;
-                }
-                Op::Fail { fence, by, error } if error.len() > MAX_ERROR => {
-                    let cut = error.len() - MAX_ERROR;
-                    let cut = (cut..error.len()).find(|&i| error.is_char_boundary(i)).unwrap_or(error.len());
-                    Op::Fail {
-                        fence: *fence,
-                        by: by.clone(),
-                        error: format!("...{}", &error[cut..]),
-                    }
-                }
-                op => op.clone(),
-            };
-            let current = txn.get(&r.namespace, &r.key)?;
-            let (next, outcome) = record::apply(current.as_ref(), &op, now, fence);
-            if let Some(rec) = next {
-                txn.put(&r.namespace, &r.key, &rec)?;
-            }
-            if matches!(outcome, Outcome::Claimed { .. }) {
-                fence = txn.take_fence()?;
-            }
-            outcomes.push(Ok(outcome));
+            outcomes.push(pass.apply(r)?);
         }
         Ok(())
     })?;

@@ -6,6 +6,7 @@
 //! * [`redb_store`]: [`RedbStore`], records in one redb file, shareable by processes.
 //! * [`engine`]: batches of changes in one transaction (group commit), look-ups, counts,
 //!   lists, resets, and leases refreshed after a restart.
+//! * [`lists`]: key lists shared by the loops claiming from them (one cursor for all).
 //! * [`service`]: requests and answers as they travel, and [`service::answer`].
 //!
 //! The scheduler owns one store (`STATE/progress.redb`) and serves it to clients; the embedded
@@ -14,6 +15,7 @@
 #![warn(missing_docs, missing_debug_implementations)]
 
 pub mod engine;
+pub mod lists;
 pub mod record;
 pub mod redb_store;
 pub mod service;
@@ -21,8 +23,9 @@ pub mod store;
 
 pub use engine::{
     apply, check_names, counts, done_for, get, list, refresh_leases, reset, Counts, DurableTask,
-    Request, DEFAULT_MAX_OUTPUT, MAX_ERROR, MAX_KEY, MAX_NAMESPACE,
+    Pass, Request, DEFAULT_MAX_OUTPUT, MAX_ERROR, MAX_KEY, MAX_NAMESPACE,
 };
+pub use lists::{Answer, Ask, ClientTag, KeyLists, ListId, ListReply, ListRequest, Status};
 pub use record::{Kind, Millis, Op, Outcome, Record, State};
 pub use redb_store::{RedbStore, Sharing};
 pub use service::{answer, ProgressReply, ProgressRequest};

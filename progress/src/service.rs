@@ -46,6 +46,8 @@ pub enum ProgressRequest {
         /// The keys.
         keys: Option<Vec<String>>,
     },
+    /// About key lists shared by loops (served by a scheduler only).
+    Lists(crate::ListRequest),
 }
 
 /// The progress store's answer.
@@ -61,6 +63,8 @@ pub enum ProgressReply {
     Listed(Vec<(String, crate::Record)>),
     /// How many records were removed.
     Reset(u64),
+    /// About key lists.
+    Lists(crate::ListReply),
     /// The store failed (nothing of the request was kept), and why.
     Error(String),
 }
@@ -110,6 +114,9 @@ pub fn answer(
         ProgressRequest::Reset { namespace, keys } => {
             engine::reset(store, &namespace, keys.as_deref()).map(ProgressReply::Reset)
         }
+        ProgressRequest::Lists(_) => Err(crate::StoreError::Invalid(
+            "key lists are kept by a scheduler; this store claims key by key".to_owned(),
+        )),
     };
     result.unwrap_or_else(|e| ProgressReply::Error(e.to_string()))
 }

@@ -10,7 +10,9 @@
 
 use std::sync::mpsc;
 
-use drover_progress::{engine, now_ms, Op, Request, Store};
+use drover_progress::{
+    engine, now_ms, KeyLists, ListReply, ListRequest, Op, Outcome, Pass, Request, Store,
+};
 use drover_protocol::{ProgressReply, ProgressRequest, ToClient};
 use tokio::sync::{mpsc as tmpsc, oneshot};
 
@@ -29,6 +31,7 @@ pub(crate) type Found = Result<Vec<Option<Option<Vec<u8>>>>, String>;
 enum Job {
     /// A client's request.
     Client {
+        client: u64,
         reply: Reply,
         req: u32,
         request: ProgressRequest,
@@ -39,6 +42,8 @@ enum Job {
         keys: Vec<drover_progress::DurableTask>,
         reply: oneshot::Sender<Found>,
     },
+    /// A client's connection ended: it leaves its key lists.
+    ClientLeft(u64),
     /// Durable graph tasks finished: commit them.
     Commit {
         items: Vec<Commit>,
@@ -58,6 +63,7 @@ impl std::fmt::Debug for Job {
             Job::Client { .. } => "Client",
             Job::Lookup { .. } => "Lookup",
             Job::Commit { .. } => "Commit",
+            Job::ClientLeft(_) => "ClientLeft",
         })
     }
 }
@@ -74,13 +80,19 @@ impl ProgressService {
         ProgressService { tx }
     }
 
-    /// Queues a client's request; its answer goes to `reply`.
-    pub fn submit(&self, reply: Reply, req: u32, request: ProgressRequest) {
+    /// Queues a request of client `client`; its answer goes to `reply`.
+    pub fn submit(&self, client: u64, reply: Reply, req: u32, request: ProgressRequest) {
         let _ = self.tx.send(Job::Client {
+            client,
             reply,
             req,
             request,
         });
+    }
+
+    /// Client `client` is gone: it leaves its key lists.
+    pub fn client_left(&self, client: u64) {
+        let _ = self.tx.send(Job::ClientLeft(client));
     }
 
     /// Asks which of the durable tasks `keys` of `namespace` are done.
@@ -109,7 +121,100 @@ impl ProgressService {
 /// Who a durable graph task is committed by.
 const GRAPH_HOLDER: &str = "scheduler";
 
+/// What a job got from the pass's transaction.
+enum Got {
+    Nothing,
+    Applied(Vec<Result<Outcome, String>>),
+    List(ListReply),
+}
+
+/// The change a finished durable graph task makes.
+fn record_request(commit: &Commit, max_output: usize) -> Request {
+    let (ns, key, version, definition, output) = commit;
+    Request {
+        namespace: ns.clone(),
+        key: key.clone(),
+        op: Op::Record {
+            version: *version,
+            definition: *definition,
+            by: GRAPH_HOLDER.to_owned(),
+            // An output over the limit is kept as done without it.
+            output: output.clone().filter(|o| o.len() <= max_output),
+        },
+    }
+}
+
+fn changes(job: &Job) -> bool {
+    matches!(
+        job,
+        Job::Client {
+            request: ProgressRequest::Apply(_) | ProgressRequest::Lists(ListRequest::Ask(_)),
+            ..
+        } | Job::Commit { .. }
+    )
+}
+
+/// Every change of `jobs` in one transaction, in arrival order: what each got.
+fn transact(
+    store: &dyn Store,
+    lists: &mut KeyLists,
+    jobs: &[Job],
+    now: drover_progress::Millis,
+    max_output: usize,
+) -> Result<Vec<Got>, drover_progress::StoreError> {
+    if !jobs.iter().any(changes) {
+        return Ok(jobs.iter().map(|_| Got::Nothing).collect());
+    }
+    let saved = lists.save(jobs.iter().filter_map(|j| match j {
+        Job::Client {
+            request: ProgressRequest::Lists(ListRequest::Ask(a)),
+            ..
+        } => Some(a),
+        _ => None,
+    }));
+    let mut got: Vec<Got> = Vec::with_capacity(jobs.len());
+    let result = store.transact(&mut |txn| {
+        got.clear();
+        let mut pass = Pass::new(txn, now, max_output)?;
+        for j in jobs {
+            got.push(match j {
+                Job::Client {
+                    request: ProgressRequest::Apply(reqs),
+                    ..
+                } => Got::Applied(
+                    reqs.iter()
+                        .map(|r| pass.apply(r))
+                        .collect::<Result<_, _>>()?,
+                ),
+                Job::Client {
+                    client,
+                    request: ProgressRequest::Lists(ListRequest::Ask(a)),
+                    ..
+                } => Got::List(lists.ask(&mut pass, *client, a)?),
+                Job::Commit { items, .. } => {
+                    for c in items {
+                        if let Err(e) = pass.apply(&record_request(c, max_output))? {
+                            tracing::warn!(key = %c.1, error = %e, "a durable task was not recorded");
+                        }
+                    }
+                    Got::Nothing
+                }
+                _ => Got::Nothing,
+            });
+        }
+        Ok(())
+    });
+    match result {
+        Ok(()) => Ok(got),
+        Err(e) => {
+            lists.restore(saved);
+            Err(e)
+        }
+    }
+}
+
 fn serve(rx: mpsc::Receiver<Job>, store: &dyn Store, max_output: usize) {
+    let mut lists = KeyLists::new();
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
         while jobs.len() < MAX_PASS {
@@ -118,57 +223,35 @@ fn serve(rx: mpsc::Receiver<Job>, store: &dyn Store, max_output: usize) {
                 Err(_) => break,
             }
         }
-        // Every change of the pass in one transaction, in arrival order.
-        let mut changes: Vec<Request> = Vec::new();
-        let mut spans: Vec<(usize, usize)> = Vec::with_capacity(jobs.len());
-        for j in &jobs {
-            let start = changes.len();
-            match j {
-                Job::Client {
-                    request: ProgressRequest::Apply(reqs),
-                    ..
-                } => changes.extend(reqs.iter().cloned()),
-                Job::Commit { items, .. } => {
-                    changes.extend(items.iter().map(|(ns, key, version, definition, output)| {
-                        Request {
-                            namespace: ns.clone(),
-                            key: key.clone(),
-                            op: Op::Record {
-                                version: *version,
-                                definition: *definition,
-                                by: GRAPH_HOLDER.to_owned(),
-                                // An output over the limit is kept as done without it.
-                                output: output.clone().filter(|o| o.len() <= max_output),
-                            },
-                        }
-                    }))
-                }
-                _ => {}
-            }
-            spans.push((start, changes.len()));
-        }
         let now = now_ms();
-        let applied = if changes.is_empty() {
-            Ok(Vec::new())
-        } else {
-            engine::apply(store, &changes, now, max_output)
-        };
-        if let Err(e) = &applied {
-            tracing::error!(error = %e, changes = changes.len(), "progress store write failed");
+        let got = transact(store, &mut lists, &jobs, now, max_output);
+        if let Err(e) = &got {
+            tracing::error!(error = %e, jobs = jobs.len(), "progress store write failed");
         }
-        for (j, (start, end)) in jobs.into_iter().zip(spans) {
+        let failed = got.as_ref().err().map(|e| e.to_string());
+        let mut got = got.unwrap_or_default().into_iter();
+        for j in jobs {
+            let g = got.next().unwrap_or(Got::Nothing);
             match j {
                 Job::Client {
+                    client,
                     reply,
                     req,
                     request,
                 } => {
-                    let reply_msg = match request {
-                        ProgressRequest::Apply(_) => match &applied {
-                            Ok(outcomes) => ProgressReply::Applied(outcomes[start..end].to_vec()),
-                            Err(e) => ProgressReply::Error(e.to_string()),
+                    let reply_msg = match (request, g, &failed) {
+                        (
+                            ProgressRequest::Apply(_) | ProgressRequest::Lists(ListRequest::Ask(_)),
+                            _,
+                            Some(e),
+                        ) => ProgressReply::Error(e.clone()),
+                        (_, Got::Applied(o), _) => ProgressReply::Applied(o),
+                        (_, Got::List(l), _) => ProgressReply::Lists(l),
+                        (ProgressRequest::Lists(l), _, _) => match lists.answer(client, l, now) {
+                            Ok(r) => ProgressReply::Lists(r),
+                            Err(e) => ProgressReply::Error(e),
                         },
-                        other => drover_progress::answer(store, other, now, max_output),
+                        (other, _, _) => drover_progress::answer(store, other, now, max_output),
                     };
                     let _ = reply.send(vec![ToClient::Progress {
                         req,
@@ -176,8 +259,9 @@ fn serve(rx: mpsc::Receiver<Job>, store: &dyn Store, max_output: usize) {
                     }]);
                 }
                 Job::Commit { reply, .. } => {
-                    let _ = reply.send(applied.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+                    let _ = reply.send(failed.clone().map_or(Ok(()), Err));
                 }
+                Job::ClientLeft(client) => lists.client_left(client),
                 Job::Lookup {
                     namespace,
                     keys,

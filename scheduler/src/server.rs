@@ -451,7 +451,7 @@ async fn core_loop(
                         // Progress requests go to the store's thread, which answers them.
                         if let Event::Client(c, FromClient::Progress { req, request }) = e {
                             if let Some(tx) = clients.get(&c) {
-                                progress.submit(tx.clone(), req, request);
+                                progress.submit(u64::from(c), tx.clone(), req, request);
                             }
                             continue;
                         }
@@ -461,6 +461,7 @@ async fn core_loop(
                             }
                             Event::ClientLeft { id } => {
                                 clients.remove(id);
+                                progress.client_left(u64::from(*id));
                             }
                             _ => {}
                         }

@@ -2,11 +2,16 @@
 //! per batch, carrying the commits and failures queued since), skips keys done before and keys
 //! others hold, renews every live claim in one message every third of the lease, and with
 //! [`ClaimOptions::wait`] waits for keys others hold and takes over those whose lease lapses.
+//!
+//! On a scheduler, the keys go to it once as a *key list* (see [`drover_progress::lists`]):
+//! every loop over the same keys claims from the list's one cursor, so N loops over K keys cost
+//! about K look-ups, not N x K. On the embedded store, each loop asks key by key.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use drover_progress::lists::{self, Answer, Ask, ListId, ListReply, ListRequest, Status};
 use drover_progress::{Op, Outcome, Request};
 
 use super::{Progress, ProgressError};
@@ -59,16 +64,43 @@ pub struct Summary {
     pub refused: Vec<(String, String)>,
     /// Keys whose record is of a newer version than asked.
     pub newer_version: Vec<String>,
+    /// Keys of the loop not done (by anyone) when it ended: 0 when every key is done.
+    pub not_done: u64,
 }
 
 /// What the loop and its claims share.
 #[derive(Debug, Default)]
 struct Shared {
-    /// Live claims: key → fence (renewed until settled).
-    live: BTreeMap<String, u64>,
-    /// Commits and failures queued to go with the next round trip.
-    outbox: Vec<(Request, Settle)>,
+    /// Live claims: key → (fence, place in the key list) (renewed until settled).
+    live: BTreeMap<String, LiveClaim>,
+    /// Commits and failures queued to go with the next round trip, with the key's place in
+    /// the key list.
+    outbox: Vec<(Request, Settle, Option<u32>)>,
+    /// The key list attached to, if any.
+    list: Option<ListId>,
     summary: Summary,
+}
+
+/// A live claim: its fence, and its key's place in the key list (if from one).
+type LiveClaim = (u64, Option<u32>);
+
+/// Where the loop's claims come from.
+#[derive(Debug)]
+enum Source {
+    /// Key by key (the embedded store): the keys not asked for yet, and the keys others hold
+    /// with when their claim lapses (milliseconds from when we heard).
+    Keys {
+        pending: VecDeque<String>,
+        held: Vec<(String, u64)>,
+    },
+    /// A key list on the scheduler: the keys (their places are the list's), its digest, the
+    /// shuffle seed, and the list's status at the last claiming round trip.
+    List {
+        keys: Arc<Vec<String>>,
+        digest: u128,
+        shuffle: Option<u64>,
+        status: Option<Status>,
+    },
 }
 
 /// What a queued change does to the summary when answered.
@@ -84,10 +116,8 @@ pub struct Claims {
     progress: Progress,
     namespace: Arc<str>,
     options: ClaimOptions,
-    pending: VecDeque<String>,
-    ready: VecDeque<(String, u64)>,
-    /// Keys others hold, with when their claim lapses (milliseconds from when we heard).
-    held: Vec<(String, u64)>,
+    source: Source,
+    ready: VecDeque<(String, u64, Option<u32>)>,
     shared: Arc<Mutex<Shared>>,
     renewer: tokio::task::JoinHandle<()>,
 }
@@ -96,7 +126,7 @@ impl std::fmt::Debug for Claims {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Claims")
             .field("namespace", &self.namespace)
-            .field("pending", &self.pending.len())
+            .field("source", &self.source)
             .field("ready", &self.ready.len())
             .finish()
     }
@@ -105,17 +135,42 @@ impl std::fmt::Debug for Claims {
 impl Drop for Claims {
     fn drop(&mut self) {
         self.renewer.abort();
-        // Queued commits still go out, best effort (finish() waits for them).
-        let outbox = std::mem::take(&mut self.shared.lock().expect("claims lock").outbox);
-        if !outbox.is_empty() {
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                let progress = self.progress.clone();
-                rt.spawn(async move {
+        // Queued commits still go out, best effort (finish() waits for them), and the loop
+        // leaves its list.
+        let (outbox, list) = {
+            let mut s = self.shared.lock().expect("claims lock");
+            (std::mem::take(&mut s.outbox), s.list.take())
+        };
+        if outbox.is_empty() && list.is_none() {
+            return;
+        }
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let progress = self.progress.clone();
+            let lease = self.options.lease.as_millis() as u64;
+            rt.spawn(async move {
+                let (by_place, by_key): (Vec<_>, Vec<_>) = outbox
+                    .into_iter()
+                    .partition(|(_, _, p)| p.is_some() && list.is_some());
+                if !by_key.is_empty() {
                     let _ = progress
-                        .apply(outbox.into_iter().map(|(r, _)| r).collect())
+                        .apply(by_key.into_iter().map(|(r, _, _)| r).collect())
                         .await;
-                });
-            }
+                }
+                if let Some(list) = list {
+                    let ask = Ask {
+                        list,
+                        holder: progress.holder().to_owned(),
+                        lease,
+                        settles: by_place
+                            .into_iter()
+                            .map(|(r, _, p)| (p.expect("partitioned"), r.op))
+                            .collect(),
+                        want: 0,
+                        leave: true,
+                    };
+                    let _ = progress.lists(ListRequest::Ask(ask)).await;
+                }
+            });
         }
     }
 }
@@ -140,18 +195,39 @@ impl Claims {
     pub(super) fn new(
         progress: Progress,
         namespace: &str,
-        mut keys: Vec<String>,
+        keys: Vec<String>,
         options: ClaimOptions,
     ) -> Claims {
-        if let Some(seed) = options.shuffle {
-            shuffle(&mut keys, seed);
-        }
+        // Each key once, in its first place.
+        let mut seen = std::collections::HashSet::with_capacity(keys.len());
+        let mut keys: Vec<String> = keys
+            .into_iter()
+            .filter(|k| seen.insert(k.clone()))
+            .collect();
+        drop(seen);
+        let source = if progress.is_remote() {
+            Source::List {
+                digest: lists::digest(namespace, options.version, &keys),
+                keys: Arc::new(keys),
+                shuffle: options.shuffle,
+                status: None,
+            }
+        } else {
+            if let Some(seed) = options.shuffle {
+                shuffle(&mut keys, seed);
+            }
+            Source::Keys {
+                pending: keys.into(),
+                held: Vec::new(),
+            }
+        };
         let shared: Arc<Mutex<Shared>> = Arc::default();
         let renewer = tokio::spawn(renew(
             progress.clone(),
             Arc::from(namespace),
             shared.clone(),
             (options.lease / 3).max(Duration::from_millis(50)),
+            options.lease.as_millis() as u64,
         ));
         Claims {
             progress,
@@ -160,9 +236,8 @@ impl Claims {
                 batch: options.batch.max(1),
                 ..options
             },
-            pending: keys.into(),
+            source,
             ready: VecDeque::new(),
-            held: Vec::new(),
             shared,
             renewer,
         }
@@ -171,7 +246,11 @@ impl Claims {
     /// Whether [`Claims::next`] can answer without waiting for others: claims are ready, or
     /// keys are left to ask for.
     pub fn has_more_now(&self) -> bool {
-        !self.ready.is_empty() || !self.pending.is_empty()
+        !self.ready.is_empty()
+            || match &self.source {
+                Source::Keys { pending, .. } => !pending.is_empty(),
+                Source::List { status, .. } => !status.is_some_and(|s| s.exhausted),
+            }
     }
 
     /// The next claim, or `None` once no key is left to claim (with [`ClaimOptions::wait`],
@@ -192,31 +271,50 @@ impl Claims {
 
     async fn next_claim(&mut self, wait: bool) -> Option<Result<Claim, ProgressError>> {
         loop {
-            if let Some((key, fence)) = self.ready.pop_front() {
+            if let Some((key, fence, place)) = self.ready.pop_front() {
                 return Some(Ok(Claim {
                     key,
                     fence,
+                    place,
                     namespace: self.namespace.clone(),
                     progress: self.progress.clone(),
                     shared: self.shared.clone(),
                     settled: false,
                 }));
             }
-            if self.pending.is_empty() {
-                if !wait || self.held.is_empty() {
-                    return None;
+            // Nothing left to claim now: end, or wait for the keys others hold.
+            let pause = match &mut self.source {
+                Source::Keys { pending, held } if pending.is_empty() => {
+                    if !wait || held.is_empty() {
+                        return None;
+                    }
+                    // Until the first lease lapses (or a while, to see keys finish), then ask
+                    // for the held keys again.
+                    let soonest = held.iter().map(|(_, ms)| *ms).min().unwrap_or(0);
+                    pending.extend(held.drain(..).map(|(k, _)| k));
+                    Some(Duration::from_millis(soonest + 50).min(self.options.lease / 3))
                 }
-                // Wait for the first lease to lapse (or a while, to see keys finish), then ask
-                // for the held keys again.
-                let soonest = self.held.iter().map(|(_, ms)| *ms).min().unwrap_or(0);
-                let wait = Duration::from_millis(soonest + 50)
-                    .min(self.options.lease / 3)
-                    .max(Duration::from_millis(50));
+                Source::List {
+                    status: Some(s), ..
+                } if s.exhausted => {
+                    if !wait || s.held_elsewhere == 0 {
+                        return None;
+                    }
+                    // Members' keys settle soon; others' lapse at the soonest.
+                    let soonest = s.soonest_lapse.map_or(1000, |ms| ms + 50);
+                    Some(
+                        Duration::from_millis(soonest)
+                            .min(Duration::from_secs(1))
+                            .min(self.options.lease / 3),
+                    )
+                }
+                _ => None,
+            };
+            if let Some(pause) = pause {
                 if let Err(e) = self.flush().await {
                     return Some(Err(e));
                 }
-                tokio::time::sleep(wait).await;
-                self.pending.extend(self.held.drain(..).map(|(k, _)| k));
+                tokio::time::sleep(pause.max(Duration::from_millis(50))).await;
             }
             if let Err(e) = self.round_trip().await {
                 return Some(Err(e));
@@ -226,10 +324,20 @@ impl Claims {
 
     /// One round trip: the queued commits and failures, then claims of the next batch.
     async fn round_trip(&mut self) -> Result<(), ProgressError> {
-        let n = self.options.batch.min(self.pending.len());
-        let keys: Vec<String> = self.pending.drain(..n).collect();
-        let (mut requests, settles) = self.take_outbox();
-        let queued = requests.len();
+        if matches!(self.source, Source::List { .. }) {
+            return self
+                .list_round_trip(self.options.batch as u32, false)
+                .await
+                .map(|_| ());
+        }
+        let Source::Keys { pending, .. } = &mut self.source else {
+            unreachable!("matched above")
+        };
+        let n = self.options.batch.min(pending.len());
+        let keys: Vec<String> = pending.drain(..n).collect();
+        let items = self.take_outbox();
+        let queued = items.len();
+        let mut requests: Vec<Request> = items.iter().map(|(r, _, _)| r.clone()).collect();
         let holder = self.progress.holder().to_owned();
         let lease = self.options.lease.as_millis() as u64;
         requests.extend(keys.iter().map(|k| Request {
@@ -245,21 +353,27 @@ impl Claims {
         let outcomes = match self.progress.apply(requests).await {
             Ok(o) => o,
             Err(e) => {
-                // Nothing was kept: the keys are to be asked again, the changes to be sent again.
-                self.pending.extend(keys);
+                // Nothing was kept: the keys are to be asked again (the changes were put back).
+                if let Source::Keys { pending, .. } = &mut self.source {
+                    pending.extend(keys);
+                }
+                self.put_back(items);
                 return Err(e);
             }
         };
+        let Source::Keys { held, .. } = &mut self.source else {
+            unreachable!("matched above")
+        };
         let mut s = self.shared.lock().expect("claims lock");
-        settle(&mut s, &settles, &outcomes[..queued]);
+        settle(&mut s, &items, &outcomes[..queued]);
         for (key, outcome) in keys.into_iter().zip(&outcomes[queued..]) {
             match outcome {
                 Ok(Outcome::Claimed { fence }) => {
-                    s.live.insert(key.clone(), *fence);
-                    self.ready.push_back((key, *fence));
+                    s.live.insert(key.clone(), (*fence, None));
+                    self.ready.push_back((key, *fence, None));
                 }
                 Ok(Outcome::Done { .. }) => s.summary.skipped_done += 1,
-                Ok(Outcome::Held { expires_in, .. }) => self.held.push((key, *expires_in)),
+                Ok(Outcome::Held { expires_in, .. }) => held.push((key, *expires_in)),
                 Ok(Outcome::NewerVersion { .. }) => s.summary.newer_version.push(key),
                 Ok(other) => s.summary.refused.push((key, format!("{other:?}"))),
                 Err(e) => s.summary.refused.push((key, e.clone())),
@@ -268,45 +382,268 @@ impl Claims {
         Ok(())
     }
 
-    fn take_outbox(&self) -> (Vec<Request>, Vec<(String, Settle)>) {
-        let mut s = self.shared.lock().expect("claims lock");
-        std::mem::take(&mut s.outbox)
-            .into_iter()
-            .map(|(r, settle)| {
-                let key = r.key.clone();
-                (r, (key, settle))
-            })
-            .unzip()
+    /// Attaches to the key list (uploading the keys if the scheduler does not have them).
+    async fn attach(&mut self) -> Result<ListId, ProgressError> {
+        let Source::List {
+            keys,
+            digest,
+            shuffle,
+            ..
+        } = &self.source
+        else {
+            unreachable!("only lists attach")
+        };
+        let (keys, digest, shuffle) = (keys.clone(), *digest, *shuffle);
+        let holder = self.progress.holder().to_owned();
+        let lease = self.options.lease.as_millis() as u64;
+        let attach = ListRequest::Attach {
+            namespace: self.namespace.to_string(),
+            version: self.options.version,
+            digest,
+            len: keys.len() as u64,
+            holder: holder.clone(),
+            lease,
+        };
+        let mut reply = self.progress.lists(attach).await?;
+        if matches!(reply, ListReply::Unknown) {
+            tracing::debug!(keys = keys.len(), "uploading the key list");
+            let mut start = 0;
+            while start < keys.len() || start == 0 {
+                let mut end = start;
+                let mut bytes = 0;
+                while end < keys.len() && (end == start || bytes < lists::UPLOAD_CHUNK_BYTES) {
+                    bytes += keys[end].len() + 8;
+                    end += 1;
+                }
+                reply = self
+                    .progress
+                    .lists(ListRequest::Upload {
+                        namespace: self.namespace.to_string(),
+                        version: self.options.version,
+                        digest,
+                        shuffle,
+                        total: keys.len() as u64,
+                        keys: keys[start..end].to_vec(),
+                        holder: holder.clone(),
+                        lease,
+                    })
+                    .await?;
+                start = end.max(1);
+                if !matches!(reply, ListReply::Uploading) {
+                    break;
+                }
+            }
+        }
+        match reply {
+            ListReply::Attached { list } => {
+                self.shared.lock().expect("claims lock").list = Some(list);
+                Ok(list)
+            }
+            other => Err(ProgressError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// One round trip on the key list: the queued commits and failures, and up to `want` new
+    /// claims (`leave`: the loop ends). The answer, if the list answered.
+    async fn list_round_trip(
+        &mut self,
+        want: u32,
+        leave: bool,
+    ) -> Result<Option<Answer>, ProgressError> {
+        for _attempt in 0..3 {
+            let attached = self.shared.lock().expect("claims lock").list;
+            let list = match attached {
+                Some(l) => l,
+                None if leave => return Ok(None),
+                None => self.attach().await?,
+            };
+            let items = self.take_outbox();
+            let ask = Ask {
+                list,
+                holder: self.progress.holder().to_owned(),
+                lease: self.options.lease.as_millis() as u64,
+                settles: items
+                    .iter()
+                    .filter_map(|(r, _, p)| p.map(|p| (p, r.op.clone())))
+                    .collect(),
+                want,
+                leave,
+            };
+            if ask.settles.len() < items.len() {
+                // Only claims of the list settle through it: the rest goes key by key.
+                self.put_back(items);
+                self.flush_by_key().await?;
+                continue;
+            }
+            tracing::debug!(
+                queued = ask.settles.len(),
+                want,
+                leave,
+                "key list round trip"
+            );
+            let answer = match self.progress.lists(ListRequest::Ask(ask)).await {
+                Ok(ListReply::Answered(a)) => a,
+                Ok(ListReply::Unknown) => {
+                    // The scheduler forgot the list (it restarted, or we were away): again.
+                    self.put_back(items);
+                    self.shared.lock().expect("claims lock").list = None;
+                    continue;
+                }
+                Ok(other) => {
+                    self.put_back(items);
+                    return Err(ProgressError::Unexpected(format!("{other:?}")));
+                }
+                Err(e) => {
+                    self.put_back(items);
+                    return Err(e);
+                }
+            };
+            let Source::List { keys, status, .. } = &mut self.source else {
+                unreachable!("only lists ask")
+            };
+            let mut s = self.shared.lock().expect("claims lock");
+            settle(&mut s, &items, &answer.settled);
+            for (place, fence) in &answer.claims {
+                let key = keys[*place as usize].clone();
+                s.live.insert(key.clone(), (*fence, Some(*place)));
+                self.ready.push_back((key, *fence, Some(*place)));
+            }
+            for (place, outcome) in &answer.refused {
+                let key = keys[*place as usize].clone();
+                match outcome {
+                    Ok(Outcome::NewerVersion { .. }) => s.summary.newer_version.push(key),
+                    Ok(other) => s.summary.refused.push((key, format!("{other:?}"))),
+                    Err(e) => s.summary.refused.push((key, e.clone())),
+                }
+            }
+            if want > 0 || leave {
+                *status = Some(answer.status);
+            }
+            if leave {
+                s.list = None;
+            }
+            return Ok(Some(answer));
+        }
+        Err(ProgressError::Unexpected(
+            "the scheduler keeps forgetting the key list".to_owned(),
+        ))
+    }
+
+    /// Takes the queued commits and failures.
+    fn take_outbox(&self) -> Vec<Queued> {
+        std::mem::take(&mut self.shared.lock().expect("claims lock").outbox)
+    }
+
+    /// Puts changes taken from the outbox back at its front (their round trip failed: nothing
+    /// of it was kept).
+    fn put_back(&self, items: Vec<Queued>) {
+        self.shared
+            .lock()
+            .expect("claims lock")
+            .outbox
+            .splice(0..0, items);
     }
 
     /// Sends the queued commits and failures now and waits until they are on disk.
     pub async fn flush(&mut self) -> Result<(), ProgressError> {
-        let (requests, settles) = self.take_outbox();
-        if requests.is_empty() {
+        if self.shared.lock().expect("claims lock").outbox.is_empty() {
             return Ok(());
         }
-        tracing::debug!(queued = requests.len(), "claims flush");
-        let outcomes = self.progress.apply(requests).await?;
-        tracing::debug!(answered = outcomes.len(), "claims flushed");
+        if matches!(self.source, Source::List { .. }) {
+            return self.list_round_trip(0, false).await.map(|_| ());
+        }
+        self.flush_by_key().await
+    }
+
+    /// Sends the queued commits and failures key by key (not through a key list).
+    async fn flush_by_key(&mut self) -> Result<(), ProgressError> {
+        let items = self.take_outbox();
+        if items.is_empty() {
+            return Ok(());
+        }
+        tracing::debug!(queued = items.len(), "claims flush");
+        let outcomes = match self
+            .progress
+            .apply(items.iter().map(|(r, _, _)| r.clone()).collect())
+            .await
+        {
+            Ok(o) => o,
+            Err(e) => {
+                self.put_back(items);
+                return Err(e);
+            }
+        };
         let mut s = self.shared.lock().expect("claims lock");
-        settle(&mut s, &settles, &outcomes);
+        settle(&mut s, &items, &outcomes);
         Ok(())
     }
 
     /// Ends the loop: every queued commit and failure is sent and on disk, and the summary
-    /// says what this loop did (keys still held by others are listed).
+    /// says what this loop did (keys still held by others are listed) and how many of its
+    /// keys are not done.
     pub async fn finish(mut self) -> Result<Summary, ProgressError> {
-        self.flush().await?;
+        let left = if matches!(self.source, Source::List { .. }) {
+            self.list_round_trip(0, true).await?
+        } else {
+            None
+        };
+        // Whatever the list could not take (it was forgotten) goes key by key.
+        let source = std::mem::replace(
+            &mut self.source,
+            Source::Keys {
+                pending: VecDeque::new(),
+                held: Vec::new(),
+            },
+        );
+        self.flush_by_key().await?;
         self.renewer.abort();
-        let mut s = self.shared.lock().expect("claims lock");
-        s.summary.held_elsewhere = self.held.iter().map(|(k, _)| k.clone()).collect();
-        Ok(std::mem::take(&mut s.summary))
+        let mut summary = std::mem::take(&mut self.shared.lock().expect("claims lock").summary);
+        match (left, source) {
+            (Some(answer), Source::List { keys, .. }) => {
+                summary.held_elsewhere = answer
+                    .held
+                    .iter()
+                    .map(|p| keys[*p as usize].clone())
+                    .collect();
+                let done = answer.status.done;
+                summary.skipped_done = done.saturating_sub(summary.committed.len() as u64);
+                summary.not_done = answer.status.total.saturating_sub(done);
+            }
+            (_, source) => {
+                if let Source::Keys { held, .. } = source {
+                    summary.held_elsewhere = held.into_iter().map(|(k, _)| k).collect();
+                }
+                // Keys lost here may have been done by their new holder.
+                let mut not_done = summary.failed.len()
+                    + summary.held_elsewhere.len()
+                    + summary.refused.len()
+                    + summary.newer_version.len();
+                for (key, _) in &summary.lost {
+                    let done = self
+                        .progress
+                        .record(&self.namespace, key)
+                        .await?
+                        .is_some_and(|r| {
+                            matches!(r.state, drover_progress::State::Done { .. })
+                                && r.version == self.options.version
+                        });
+                    not_done += usize::from(!done);
+                }
+                summary.not_done = not_done as u64;
+            }
+        }
+        Ok(summary)
     }
 }
 
+/// A change queued to go with a round trip: the request, what it does to the summary, and the
+/// key's place in the key list (if from one).
+type Queued = (Request, Settle, Option<u32>);
+
 /// Records what the store said of queued changes.
-fn settle(s: &mut Shared, settles: &[(String, Settle)], outcomes: &[Result<Outcome, String>]) {
-    for ((key, what), outcome) in settles.iter().zip(outcomes) {
+fn settle(s: &mut Shared, settles: &[Queued], outcomes: &[Result<Outcome, String>]) {
+    for ((r, what, _), outcome) in settles.iter().zip(outcomes) {
+        let key = &r.key;
         s.live.remove(key);
         match (outcome, what) {
             (Ok(Outcome::Applied), Settle::Committed) => s.summary.committed.push(key.clone()),
@@ -322,35 +659,64 @@ fn settle(s: &mut Shared, settles: &[(String, Settle)], outcomes: &[Result<Outco
     }
 }
 
-/// Renews every live claim of the loop in one message, every `every`.
+/// Renews every live claim of the loop in one message, every `every` (through the key list
+/// when attached to one: that also tells the list the loop lives).
 async fn renew(
     progress: Progress,
     namespace: Arc<str>,
     shared: Arc<Mutex<Shared>>,
     every: Duration,
+    lease: u64,
 ) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     loop {
         tick.tick().await;
-        let live: Vec<(String, u64)> = {
+        let (live, list): (Vec<(String, LiveClaim)>, Option<ListId>) = {
             let s = shared.lock().expect("claims lock");
-            s.live.iter().map(|(k, f)| (k.clone(), *f)).collect()
+            (
+                s.live.iter().map(|(k, f)| (k.clone(), *f)).collect(),
+                s.list,
+            )
         };
-        if live.is_empty() {
-            continue;
-        }
-        let requests = live
-            .iter()
-            .map(|(k, f)| Request {
-                namespace: namespace.to_string(),
-                key: k.clone(),
-                op: Op::Renew { fence: *f },
-            })
-            .collect();
-        let Ok(outcomes) = progress.apply(requests).await else {
-            continue; // the scheduler is away: try again at the next tick
+        let outcomes = match list {
+            Some(list) if live.iter().all(|(_, (_, p))| p.is_some()) => {
+                let ask = Ask {
+                    list,
+                    holder: progress.holder().to_owned(),
+                    lease,
+                    settles: live
+                        .iter()
+                        .map(|(_, (f, p))| (p.expect("checked"), Op::Renew { fence: *f }))
+                        .collect(),
+                    want: 0,
+                    leave: false,
+                };
+                match progress.lists(ListRequest::Ask(ask)).await {
+                    Ok(ListReply::Answered(a)) => Some(a.settled),
+                    _ => None, // forgotten or away: by key below, or at the next tick
+                }
+            }
+            _ => None,
+        };
+        let outcomes = match outcomes {
+            Some(o) => o,
+            None if live.is_empty() => continue,
+            None => {
+                let requests = live
+                    .iter()
+                    .map(|(k, (f, _))| Request {
+                        namespace: namespace.to_string(),
+                        key: k.clone(),
+                        op: Op::Renew { fence: *f },
+                    })
+                    .collect();
+                match progress.apply(requests).await {
+                    Ok(o) => o,
+                    Err(_) => continue, // the scheduler is away: try again at the next tick
+                }
+            }
         };
         let mut s = shared.lock().expect("claims lock");
         for ((k, f), o) in live.into_iter().zip(outcomes) {
@@ -368,6 +734,8 @@ async fn renew(
 pub struct Claim {
     key: String,
     fence: u64,
+    /// Its place in the key list, if from one.
+    place: Option<u32>,
     namespace: Arc<str>,
     progress: Progress,
     shared: Arc<Mutex<Shared>>,
@@ -448,7 +816,7 @@ impl Claim {
                 .lock()
                 .expect("claims lock")
                 .outbox
-                .push((r, settle));
+                .push((r, settle, self.place));
             return;
         }
         // The loop is gone: nobody would send it; send it on its own, best effort.
@@ -461,15 +829,40 @@ impl Claim {
     }
 
     async fn send_now(&self, op: Op, what: Settle) -> Result<(), ProgressError> {
-        let outcomes = self.progress.apply(vec![self.request(op)]).await?;
-        let outcome = outcomes
-            .into_iter()
-            .next()
-            .unwrap_or(Err("no answer".into()));
+        let r = self.request(op);
+        let list = self.shared.lock().expect("claims lock").list;
+        // Through the key list when from one (so it knows the key is settled), else by key.
+        let by_list = match (list, self.place) {
+            (Some(list), Some(place)) => {
+                let ask = Ask {
+                    list,
+                    holder: self.progress.holder().to_owned(),
+                    lease: 0,
+                    settles: vec![(place, r.op.clone())],
+                    want: 0,
+                    leave: false,
+                };
+                match self.progress.lists(ListRequest::Ask(ask)).await? {
+                    ListReply::Answered(a) => a.settled.into_iter().next(),
+                    _ => None, // the list was forgotten: by key
+                }
+            }
+            _ => None,
+        };
+        let outcome = match by_list {
+            Some(o) => o,
+            None => self
+                .progress
+                .apply(vec![r.clone()])
+                .await?
+                .into_iter()
+                .next()
+                .unwrap_or(Err("no answer".into())),
+        };
         let mut s = self.shared.lock().expect("claims lock");
         settle(
             &mut s,
-            &[(self.key.clone(), what)],
+            &[(r, what, self.place)],
             std::slice::from_ref(&outcome),
         );
         match outcome {

@@ -173,6 +173,22 @@ impl Progress {
         }
     }
 
+    /// Whether this handle is on a scheduler's store (key lists are served there).
+    pub(crate) fn is_remote(&self) -> bool {
+        matches!(self.backend, Backend::Remote(_))
+    }
+
+    /// A request about key lists (a scheduler's store only).
+    pub(crate) async fn lists(
+        &self,
+        request: drover_progress::ListRequest,
+    ) -> Result<drover_progress::ListReply, ProgressError> {
+        match self.ask(ProgressRequest::Lists(request)).await? {
+            ProgressReply::Lists(r) => Ok(r),
+            other => Err(ProgressError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
     /// One request to the store.
     async fn ask(&self, request: ProgressRequest) -> Result<ProgressReply, ProgressError> {
         let reply = match &self.backend {

@@ -199,19 +199,8 @@ pub fn run(args: Args) -> Result<(), Failure> {
         }
         let summary = claims.finish().await.map_err(|e| Failure::Lost(e.to_string()))?;
         bar.finish_and_clear();
-        // Every key done by anyone? Keys lost here may have been done by their new holder.
-        let mut not_done = summary.failed.len()
-            + summary.held_elsewhere.len()
-            + summary.refused.len()
-            + summary.newer_version.len();
-        for (key, _) in &summary.lost {
-            let done = progress
-                .record(&args.namespace, key)
-                .await
-                .map_err(|e| Failure::Lost(e.to_string()))?
-                .is_some_and(|r| matches!(r.state, drover::progress::State::Done { .. }) && r.version == args.version);
-            not_done += usize::from(!done);
-        }
+        // Every key done by anyone?
+        let not_done = summary.not_done;
         eprintln!(
             "{} committed here, {} failed here, {} done before, {} held elsewhere{}",
             summary.committed.len(),
