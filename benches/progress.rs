@@ -3,14 +3,19 @@
 //!
 //! 1. Claim and commit 100,000 keys with 1 client, commits queued and sent with the next
 //!    batch of claims ([`Claim::done_later`], what `drover foreach` does): keys per second.
-//! 2. The same with 20 clients at once, racing for the same keys in different orders.
-//! 3. Commits waited for one by one ([`Claim::done`]: a round trip and a sync each, shared by
+//! 2. The same with 20 clients at once over the same keys (they share one key list).
+//! 3. Both again with the keys shuffled (each client its own seed; the list keeps the first
+//!    one's order): random keys cost the store more pages per transaction.
+//! 4. Commits waited for one by one ([`Claim::done`]: a round trip and a sync each, shared by
 //!    whatever else the store's thread found queued), with 1 and 20 clients: keys per second
 //!    and the commit latency's p50 and p99.
-//! 4. The store's size per done key.
+//! 5. The store's size per done key.
 //!
 //! Every key is committed exactly once per namespace; the bench checks it. Run: `cargo bench
 //! --bench progress` (add `-- quick` for a tenth of the sizes).
+//!
+//! [`Claim::done_later`]: drover::progress::Claim::done_later
+//! [`Claim::done`]: drover::progress::Claim::done
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -38,14 +43,14 @@ async fn client_loop(
     access: AccessFile,
     namespace: String,
     keys: Arc<Vec<String>>,
-    seed: u64,
+    seed: Option<u64>,
     commit: Commit,
 ) -> Done {
     let client = Client::connect_with(&access).await.expect("connect");
     let progress = Progress::remote(&client);
     let options = ClaimOptions {
         batch: 256,
-        shuffle: Some(seed),
+        shuffle: seed,
         ..ClaimOptions::default()
     };
     let mut claims = progress.claims(&namespace, keys.iter().cloned(), options);
@@ -80,6 +85,7 @@ async fn scenario(
     n: usize,
     clients: usize,
     commit: Commit,
+    shuffled: bool,
 ) -> f64 {
     let keys: Arc<Vec<String>> = Arc::new((0..n).map(|i| format!("key-{i:06}")).collect());
     let start = Instant::now();
@@ -89,7 +95,7 @@ async fn scenario(
                 access.clone(),
                 name.to_owned(),
                 keys.clone(),
-                c as u64 + 1,
+                shuffled.then_some(c as u64 + 1),
                 commit,
             ))
         })
@@ -137,16 +143,19 @@ fn main() {
         .expect("scheduler");
         let access = AccessFile::load(scheduler.access_path()).expect("access file");
         let n = 100_000 / scale;
-        let one = scenario(&access, "batched", n, 1, Commit::Batched).await;
-        let twenty = scenario(&access, "batched-20", n, 20, Commit::Batched).await;
+        let one = scenario(&access, "batched", n, 1, Commit::Batched, false).await;
+        let twenty = scenario(&access, "batched-20", n, 20, Commit::Batched, false).await;
         println!("20 clients / 1 client: {:.2}x", twenty / one);
+        let one_s = scenario(&access, "batched-shuffled", n, 1, Commit::Batched, true).await;
+        let twenty_s = scenario(&access, "batched-20-shuffled", n, 20, Commit::Batched, true).await;
+        println!("20 clients / 1 client, shuffled: {:.2}x", twenty_s / one_s);
         let each = 10_000 / scale;
-        scenario(&access, "each-waited", each, 1, Commit::Each).await;
-        scenario(&access, "each-waited-20", each, 20, Commit::Each).await;
+        scenario(&access, "each-waited", each, 1, Commit::Each, false).await;
+        scenario(&access, "each-waited-20", each, 20, Commit::Each, false).await;
         let size = std::fs::metadata(dir.path().join("progress.redb"))
             .expect("store file")
             .len();
-        let done = 2 * n + 2 * each;
+        let done = 4 * n + 2 * each;
         println!(
             "store: {size} bytes for {done} done keys: {:.0} bytes per key",
             size as f64 / done as f64
