@@ -280,6 +280,7 @@ impl Claims {
                     progress: self.progress.clone(),
                     shared: self.shared.clone(),
                     settled: false,
+                    lease: self.options.lease.as_millis() as u64,
                 }));
             }
             // Nothing left to claim now: end, or wait for the keys others hold.
@@ -740,6 +741,8 @@ pub struct Claim {
     progress: Progress,
     shared: Arc<Mutex<Shared>>,
     settled: bool,
+    /// The loop's lease, milliseconds.
+    lease: u64,
 }
 
 impl Claim {
@@ -837,7 +840,7 @@ impl Claim {
                 let ask = Ask {
                     list,
                     holder: self.progress.holder().to_owned(),
-                    lease: 0,
+                    lease: self.lease,
                     settles: vec![(place, r.op.clone())],
                     want: 0,
                     leave: false,
