@@ -15,6 +15,7 @@
 //!   [`run_as_worker_if_asked`] for a program that is its own worker;
 //! * durable progress for keyed work ([`progress`]): claims with leases, exactly-once commits,
 //!   `run_once`, on the scheduler or an embedded store;
+//! * crash-friendly map-reduce over a big list of inputs ([`mapreduce`]), on durable tasks;
 //! * per-worker state: once-cells ([`Graph::once`], [`Loader`], [`PerWorker`]), shared objects
 //!   ([`Graph::share`], [`Shared`]), worker state, identity and hooks ([`WorkerLocal`],
 //!   [`Registry::on_worker_start`]).
@@ -25,6 +26,7 @@
 
 pub mod client;
 pub mod local;
+pub mod mapreduce;
 pub mod program;
 pub mod progress;
 pub mod worker_mode;
@@ -47,6 +49,7 @@ pub use drover_worker::{
     retire_on_sigterm, run_worker, Raw, Registry, TaskContext, WorkerConfig, WorkerLocal,
 };
 pub use local::{ClusterSpec, LocalCluster};
+pub use mapreduce::{JobOutput, JobReport, MapReduce, MapReduceJob};
 pub use worker_mode::run_as_worker_if_asked;
 
 /// A graph that has been validated and propagated: everything a picture or a scheduler needs.

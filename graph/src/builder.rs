@@ -124,6 +124,17 @@ impl Graph {
         self.builder(function, params_json(params))
     }
 
+    /// [`Graph::task`] with params already serialised: `json` must be JSON text (an error of
+    /// the graph otherwise); `null` is no params.
+    pub fn task_json<'g>(&'g mut self, function: &'g str, json: &str) -> TaskBuilder<'g> {
+        let params = match serde_json::from_str::<serde::de::IgnoredAny>(json) {
+            Err(e) => Err(e.to_string()),
+            Ok(_) if json.trim() == "null" => Ok(None),
+            Ok(_) => Ok(Some(Box::from(json))),
+        };
+        self.builder(function, params)
+    }
+
     /// Starts a task of the typed function `F` with `params` and `inputs`: a tuple of handles
     /// (or a `Vec` of handles) whose output types must match `F::Inputs`, checked by the compiler.
     pub fn call<'g, F: TaskFn, H: HandleList<Types = F::Inputs>>(

@@ -25,6 +25,7 @@ pub mod context;
 pub mod core;
 mod exec;
 pub mod local;
+pub mod mapreduce;
 pub mod peer;
 pub mod registry;
 pub mod runtime;

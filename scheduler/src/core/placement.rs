@@ -224,8 +224,10 @@ impl Core {
         self.ready.retain(|_, q| !q.is_empty());
     }
 
-    /// Hands `w` the stored outputs (of durable tasks done before) that task `t` needs and no
-    /// worker holds: sent before the task, and `w` counts as holding them from now on.
+    /// Hands `w` the stored outputs (of durable tasks done before) that task `t` needs and `w`
+    /// does not hold: sent before the task, and `w` counts as holding them from now on. Sent
+    /// even when another worker was handed them already: that one may not have received them
+    /// yet, so it is no source to fetch from.
     fn hand_stored(&mut self, t: TaskIdx, w: WorkerId) {
         if self.stored.is_empty() {
             return;
@@ -234,8 +236,8 @@ impl Core {
         for n in 0..self.tasks[t as usize].inputs.len() {
             let i = self.tasks[t as usize].inputs[n];
             let input = &self.tasks[i as usize];
-            // (An input listed twice has a holder after its first time.)
-            if !input.holders.is_empty() {
+            // (An input listed twice is held after its first time.)
+            if input.holders.contains(&w) {
                 continue;
             }
             if let Some(bytes) = self.stored.get(&i) {

@@ -273,3 +273,35 @@ fn a_graph_run_again_by_a_new_client_finds_its_durable_tasks_done() {
     });
     assert!(computes(&cmds).is_empty(), "{cmds:?}");
 }
+
+/// Two dependents of a stored output on two workers: each worker is handed the bytes itself
+/// (the first may not have received its copy when the second would fetch it).
+#[test]
+fn a_stored_output_is_handed_to_every_worker_that_needs_it() {
+    const TWO: &str = r#"{"tasks": [
+      {"key": "a", "function": "bytes", "durable": true},
+      {"key": "b", "function": "len", "inputs": ["a"]},
+      {"key": "c", "function": "concat", "inputs": ["a"]}
+    ]}"#;
+    let mut s = Sim::new(&[("w0", "", 1), ("w1", "", 1)]);
+    let cmds = s.submit(TWO, &["b", "c"]);
+    let (id, _, _) = lookups(&cmds)[0].clone();
+    let cmds = s.handle(Event::Looked {
+        id,
+        found: Ok(vec![Some(Some(b"xyz".to_vec()))]),
+    });
+    let ran = computes(&cmds);
+    assert_eq!(ran.len(), 2, "{cmds:?}");
+    for (w, key) in ran {
+        let data = cmds.iter().position(|c| {
+            matches!(c, Command::Worker(x, ToWorker::Data(d)) if *x == w && d == &[(s.id("a"), b"xyz".to_vec())])
+        });
+        let compute = cmds.iter().position(
+            |c| matches!(c, Command::Worker(x, ToWorker::Compute(t)) if *x == w && t.key == key),
+        );
+        assert!(
+            data.is_some() && data < compute,
+            "worker {w}, {key}: {cmds:?}"
+        );
+    }
+}
