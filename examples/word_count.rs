@@ -33,8 +33,9 @@ impl MapReduceJob for WordCount {
     type Key = String;
     type Value = u64;
     type Reduced = u64;
+    type Params = ();
 
-    fn map(&self, _: &TaskContext, path: String) -> Result<Vec<(String, u64)>, String> {
+    fn map(&self, _: &TaskContext, _: &(), path: String) -> Result<Vec<(String, u64)>, String> {
         let text =
             std::fs::read_to_string(&path).map_err(|e| format!("cannot read {path}: {e}"))?;
         std::thread::sleep(std::time::Duration::from_millis(self.slow_ms));
@@ -48,7 +49,7 @@ impl MapReduceJob for WordCount {
         Ok(counts.into_iter().collect())
     }
 
-    fn reduce(&self, _: &TaskContext, _: &String, counts: Vec<u64>) -> Result<u64, String> {
+    fn reduce(&self, _: &TaskContext, _: &(), _: &String, counts: Vec<u64>) -> Result<u64, String> {
         Ok(counts.into_iter().sum())
     }
 }

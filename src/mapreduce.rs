@@ -119,6 +119,7 @@ pub struct JobOutput<J: MapReduceJob> {
 pub struct MapReduce<J: MapReduceJob> {
     name: String,
     inputs: Vec<J::Input>,
+    params: J::Params,
     reduce: bool,
     check: bool,
     shuffle: Option<u64>,
@@ -219,6 +220,7 @@ where
         MapReduce {
             name: name.to_owned(),
             inputs,
+            params: J::Params::default(),
             reduce: false,
             check: false,
             shuffle: None,
@@ -230,6 +232,12 @@ where
             parallelism: std::thread::available_parallelism().map_or(2, |n| n.get()),
             progress_bar: true,
         }
+    }
+
+    /// The job's params, handed to every map, check and reduce (default: `Default`).
+    pub fn params(mut self, params: J::Params) -> Self {
+        self.params = params;
+        self
     }
 
     /// Reduces each key's values with the job's reduce.
@@ -312,6 +320,7 @@ where
         partitions: usize,
     ) -> Result<(Chunk, String), MapReduceError> {
         let params = ChunkParams {
+            job: &self.params,
             inputs: numbers
                 .iter()
                 .map(|n| self.inputs[*n as usize].clone())
@@ -370,12 +379,25 @@ where
                     .add();
             }
         }
+        // The reduces' keys name what they reduce (the params and every chunk), so another
+        // set of chunks is other keys, never a redefinition of keys a live run uses.
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        h.update(
+            serde_json::to_string(&self.params)
+                .unwrap_or_default()
+                .as_bytes(),
+        );
+        h.update(&self.version.to_le_bytes());
+        for (chunk, _) in planned {
+            h.update(chunk.stem.as_bytes());
+        }
+        let set = format!("{:032x}", h.digest128());
         let mut wants = Vec::new();
         let function = reduce_function(J::NAME);
         for p in 0..partitions {
-            let key = format!("reduce/{p}-of-{partitions}");
+            let key = format!("reduce/{set}/{p}-of-{partitions}");
             let mut t = g
-                .task(&function, &())
+                .task(&function, &self.params)
                 .key(key.clone())
                 .durable_version(self.version);
             for (chunk, _) in planned {

@@ -96,6 +96,7 @@ fn no_params(params: Option<&str>) -> Result<(), String> {
 
 /// Adds every built-in to `r`.
 pub fn register(r: &mut Registry) {
+    r.register_job(crate::shell_job::ShellJob);
     r.register_raw("noop", |_, p, _| no_params(p).map(|_| Vec::new()));
     r.register_raw("sleep", |_, p, _| {
         let p: SleepParams = parse_params(p)?;

@@ -29,6 +29,7 @@ pub mod mapreduce;
 pub mod peer;
 pub mod registry;
 pub mod runtime;
+pub mod shell_job;
 pub mod store;
 pub mod supervise;
 

@@ -54,16 +54,25 @@ pub trait MapReduceJob: Send + Sync + 'static {
     type Value: Serialize + DeserializeOwned + Send;
     /// One key's values reduced.
     type Reduced: Serialize + DeserializeOwned + Send;
+    /// Parameters of the whole job, handed to every call (`()` for none): a command, a model's
+    /// path, a threshold. Part of every chunk's definition: other params, other tasks.
+    type Params: Serialize + DeserializeOwned + Default + Send + Sync;
 
     /// Maps one input to zero or more pairs (none for a map-only job). An error (or a panic)
     /// fails this input only: it is recorded, and retried by the next run.
-    fn map(&self, ctx: &TaskContext, input: Self::Input) -> Result<Pairs<Self>, String>;
+    fn map(
+        &self,
+        ctx: &TaskContext,
+        params: &Self::Params,
+        input: Self::Input,
+    ) -> Result<Pairs<Self>, String>;
 
     /// Whether the input was already done outside Drover, and then its pairs (at_once's
     /// `check_inp`). Called first when the job asks for checks; by default nothing is done.
     fn check(
         &self,
         _ctx: &TaskContext,
+        _params: &Self::Params,
         _input: &Self::Input,
     ) -> Result<Option<Pairs<Self>>, String> {
         Ok(None)
@@ -74,6 +83,7 @@ pub trait MapReduceJob: Send + Sync + 'static {
     fn reduce(
         &self,
         _ctx: &TaskContext,
+        _params: &Self::Params,
         _key: &Self::Key,
         _values: Vec<Self::Value>,
     ) -> Result<Self::Reduced, String> {
@@ -83,7 +93,9 @@ pub trait MapReduceJob: Send + Sync + 'static {
 
 /// A map chunk's params.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ChunkParams<I> {
+pub struct ChunkParams<I, P> {
+    /// The job's params.
+    pub job: P,
     /// Its inputs.
     pub inputs: Vec<I>,
     /// Reduce partitions (0 for a map-only job).
@@ -153,7 +165,7 @@ pub fn split_chunk(output: &[u8]) -> Result<(ChunkStatus, Vec<&[u8]>), String> {
 fn map_chunk<J: MapReduceJob>(
     job: &J,
     ctx: &TaskContext,
-    params: ChunkParams<J::Input>,
+    params: ChunkParams<J::Input, J::Params>,
 ) -> Result<Vec<u8>, String> {
     let partitions = params.partitions;
     let mut parts: Vec<Vec<(J::Key, J::Value)>> = (0..partitions).map(|_| Vec::new()).collect();
@@ -164,7 +176,7 @@ fn map_chunk<J: MapReduceJob>(
     for (number, input) in params.inputs.into_iter().enumerate() {
         let number = number as u64;
         let checked = if params.check {
-            guarded(|| job.check(ctx, &input))
+            guarded(|| job.check(ctx, &params.job, &input))
         } else {
             Ok(None)
         };
@@ -177,7 +189,7 @@ fn map_chunk<J: MapReduceJob>(
                 status.mapped += 1;
                 // The input goes to the map; its JSON is kept first in case it fails.
                 let shown = serde_json::to_string(&input).unwrap_or_default();
-                guarded(|| job.map(ctx, input)).map_err(|e| (shown, e))
+                guarded(|| job.map(ctx, &params.job, input)).map_err(|e| (shown, e))
             }
             Err(e) => Err((
                 serde_json::to_string(&input).unwrap_or_default(),
@@ -210,6 +222,7 @@ fn map_chunk<J: MapReduceJob>(
 fn reduce_partition<J: MapReduceJob>(
     job: &J,
     ctx: &TaskContext,
+    params: &J::Params,
     inputs: &[bytes::Bytes],
 ) -> Result<Vec<u8>, String> {
     let mut grouped: BTreeMap<J::Key, Vec<J::Value>> = BTreeMap::new();
@@ -225,7 +238,7 @@ fn reduce_partition<J: MapReduceJob>(
         failed: Vec::new(),
     };
     for (k, values) in grouped {
-        match guarded(|| job.reduce(ctx, &k, values)) {
+        match guarded(|| job.reduce(ctx, params, &k, values)) {
             Ok(r) => out.values.push((k, r)),
             Err(e) => out
                 .failed
@@ -262,11 +275,12 @@ impl Registry {
         let job = std::sync::Arc::new(job);
         let mapper = job.clone();
         self.register_raw(&map_function(J::NAME), move |ctx, params, _| {
-            let params = parse_params::<ChunkParams<J::Input>>(params)?;
+            let params = parse_params::<ChunkParams<J::Input, J::Params>>(params)?;
             map_chunk(&*mapper, ctx, params)
         });
-        self.register_raw(&reduce_function(J::NAME), move |ctx, _, inputs| {
-            reduce_partition(&*job, ctx, inputs)
+        self.register_raw(&reduce_function(J::NAME), move |ctx, params, inputs| {
+            let params = parse_params::<J::Params>(params)?;
+            reduce_partition(&*job, ctx, &params, inputs)
         });
         register_common(self);
         self
@@ -284,7 +298,8 @@ mod tests {
         type Key = String;
         type Value = u64;
         type Reduced = u64;
-        fn map(&self, _: &TaskContext, line: String) -> Result<Vec<(String, u64)>, String> {
+        type Params = ();
+        fn map(&self, _: &TaskContext, _: &(), line: String) -> Result<Vec<(String, u64)>, String> {
             if line.contains("bad") {
                 return Err("a bad line".into());
             }
@@ -296,13 +311,20 @@ mod tests {
         fn check(
             &self,
             _: &TaskContext,
+            _: &(),
             line: &String,
         ) -> Result<Option<Vec<(String, u64)>>, String> {
             Ok(line
                 .starts_with("done:")
                 .then(|| vec![("done".to_owned(), 1)]))
         }
-        fn reduce(&self, _: &TaskContext, _: &String, values: Vec<u64>) -> Result<u64, String> {
+        fn reduce(
+            &self,
+            _: &TaskContext,
+            _: &(),
+            _: &String,
+            values: Vec<u64>,
+        ) -> Result<u64, String> {
             Ok(values.into_iter().sum())
         }
     }
@@ -315,6 +337,7 @@ mod tests {
             .map(|s| s.to_string())
             .collect();
         let params = ChunkParams {
+            job: (),
             inputs,
             partitions: 3,
             check: true,
@@ -336,8 +359,8 @@ mod tests {
         // Each key lands in its partition; reducing every partition gives the counts.
         let mut total = BTreeMap::new();
         for (p, bytes) in parts.iter().enumerate() {
-            let out =
-                reduce_partition(&Words, &ctx, &[bytes::Bytes::copy_from_slice(bytes)]).unwrap();
+            let out = reduce_partition(&Words, &ctx, &(), &[bytes::Bytes::copy_from_slice(bytes)])
+                .unwrap();
             let r: ReduceOutput<String, u64> = postcard::from_bytes(&out).unwrap();
             for (k, v) in r.values {
                 assert_eq!(partition_of(&k, 3), p as u32);

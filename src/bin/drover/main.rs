@@ -1,5 +1,5 @@
 //! The `drover` command: check, export and run graphs; run commands once per key and look at
-//! the progress store.
+//! the progress store; map-reduce with shell commands.
 //!
 //! Exit codes: 0 success; 1 the graph is invalid (bad JSON or a bad graph) or a task failed;
 //! 2 bad usage, including a graph file that cannot be read, an output that cannot be written,
@@ -8,6 +8,7 @@
 mod check;
 mod export;
 mod foreach;
+mod map;
 mod progress;
 mod run;
 
@@ -39,6 +40,9 @@ enum Command {
     Foreach(foreach::Args),
     /// Show or reset what the progress store holds: counts per state, keys, resets.
     Progress(progress::Args),
+    /// Map-reduce with shell commands over the lines of a file, crash-friendly: a rerun maps
+    /// only the inputs not done.
+    Map(map::Args),
 }
 
 /// A failure, with the exit code it maps to.
@@ -99,6 +103,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run::run(args),
         Command::Foreach(args) => foreach::run(args),
         Command::Progress(args) => progress::run(args),
+        Command::Map(args) => map::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
