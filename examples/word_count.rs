@@ -18,8 +18,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use drover::mapreduce::{MapReduce, MapReduceJob};
-use drover::program::Session;
-use drover::{ClusterSpec, Registry, TaskContext};
+use drover::{Registry, TaskContext};
 
 /// The job: a file's words counted, summed per word over every file.
 struct WordCount {
@@ -138,21 +137,14 @@ async fn run(args: Args) -> Result<(), String> {
         .map(|e| e.path().display().to_string())
         .collect();
     files.sort();
-    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let session = Session::connect_or_start(
-        args.access_file.as_deref(),
-        &ClusterSpec::plain(cores, 1).with_progress_dir(&args.store),
-    )
-    .await?;
-    let mut job = MapReduce::<WordCount>::new("word-count", files)
-        .reduce()
-        .parallelism(cores);
+    let mut job = MapReduce::<WordCount>::new("word-count", files).reduce();
     if let Some(log) = &args.log {
         job = job.log(log);
     }
-    let out = job.run(&session.client).await.map_err(|e| e.to_string());
-    session.finish().await;
-    let out = out?;
+    let out = job
+        .run_here_or_on(args.access_file.as_deref(), &args.store)
+        .await
+        .map_err(|e| e.to_string())?;
     let mut top: Vec<(&String, &u64)> = out.values.iter().collect();
     top.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
     for (word, n) in top.iter().take(args.top) {

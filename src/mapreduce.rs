@@ -64,9 +64,9 @@ pub enum MapReduceError {
         /// Why.
         error: String,
     },
-    /// A task's output did not decode as expected (workers of another version?).
+    /// The local cluster could not start, or the cluster could not be reached.
     #[error("{0}")]
-    Output(String),
+    Cluster(String),
 }
 
 /// What a job did.
@@ -432,6 +432,30 @@ where
             }
         }
         Ok(values)
+    }
+
+    /// Runs the job on the cluster of `access_file`, or without one on worker processes of this
+    /// program started here, one per core (the program calls
+    /// [`run_as_worker_if_asked`](crate::run_as_worker_if_asked) first in `main`), keeping the
+    /// job's progress in the embedded store of `store` (`.drover` is the usual one).
+    pub async fn run_here_or_on(
+        self,
+        access_file: Option<&Path>,
+        store: &Path,
+    ) -> Result<JobOutput<J>, MapReduceError> {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let spec = crate::ClusterSpec::plain(cores, 1).with_progress_dir(store);
+        let session = crate::program::Session::connect_or_start(access_file, &spec)
+            .await
+            .map_err(MapReduceError::Cluster)?;
+        let job = if access_file.is_none() {
+            self.parallelism(cores)
+        } else {
+            self
+        };
+        let out = job.run(&session.client).await;
+        session.finish().await;
+        out
     }
 
     /// Runs the job through `client`.
