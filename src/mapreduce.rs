@@ -25,7 +25,7 @@ use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use drover_graph::Graph;
+use drover_graph::{Graph, Handle, Loader, Untyped};
 use drover_worker::mapreduce::{
     map_function, reduce_function, ChunkParams, ChunkStatus, ReduceOutput, PART_FUNCTION,
     STATUS_FUNCTION,
@@ -114,8 +114,10 @@ pub struct JobOutput<J: MapReduceJob> {
     pub report: JobReport,
 }
 
+/// A once-cell every map chunk takes as an input: it adds the cell to a graph.
+type CellAdder = std::sync::Arc<dyn Fn(&mut Graph) -> drover_graph::Handle<Untyped> + Send + Sync>;
+
 /// A map-reduce job over a list of inputs (see the module docs).
-#[derive(Debug)]
 pub struct MapReduce<J: MapReduceJob> {
     name: String,
     inputs: Vec<J::Input>,
@@ -130,6 +132,19 @@ pub struct MapReduce<J: MapReduceJob> {
     pool: Option<String>,
     parallelism: usize,
     progress_bar: bool,
+    cells: Vec<CellAdder>,
+}
+
+impl<J: MapReduceJob> std::fmt::Debug for MapReduce<J> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MapReduce")
+            .field("name", &self.name)
+            .field("inputs", &self.inputs.len())
+            .field("reduce", &self.reduce)
+            .field("version", &self.version)
+            .field("cells", &self.cells.len())
+            .finish()
+    }
 }
 
 /// What a reduce partition's task outputs.
@@ -231,6 +246,7 @@ where
             pool: None,
             parallelism: std::thread::available_parallelism().map_or(2, |n| n.get()),
             progress_bar: true,
+            cells: Vec::new(),
         }
     }
 
@@ -299,6 +315,27 @@ where
         self
     }
 
+    /// Gives every map chunk the once-cell `L` made from `params` as an input: each worker
+    /// process loads it at most once (a model, a parsed dataset) and every chunk there shares
+    /// it. The job's map reads it with `ctx.object_as::<L::Object>(i)`, `i` counting the cells
+    /// in the order they were given.
+    pub fn once_cell<L: Loader>(mut self, params: &L::Params) -> Self
+    where
+        L::Params: Serialize + Clone + Send + Sync + 'static,
+    {
+        let params = params.clone();
+        let json = serde_json::to_string(&params).unwrap_or_default();
+        let key = format!(
+            "cell/{}/{:032x}",
+            L::NAME,
+            xxhash_rust::xxh3::xxh3_128(json.as_bytes())
+        );
+        self.cells.push(std::sync::Arc::new(move |g: &mut Graph| {
+            g.once::<L>(&params).key(key.clone()).add().untyped()
+        }));
+        self
+    }
+
     /// Shows a progress bar on a terminal (default on).
     pub fn progress_bar(mut self, on: bool) -> Self {
         self.progress_bar = on;
@@ -347,12 +384,15 @@ where
     }
 
     /// Adds the chunk's map task (and nothing else) to `g`.
-    fn add_map(&self, g: &mut Graph, chunk: &Chunk, params: &str) {
+    fn add_map(&self, g: &mut Graph, chunk: &Chunk, params: &str, cells: &[Handle<Untyped>]) {
         let function = map_function(J::NAME);
         let mut t = g
             .task_json(&function, params)
             .key(chunk.map_key())
             .durable_version(self.version);
+        for c in cells {
+            t = t.input(*c);
+        }
         if let Some(p) = &self.pool {
             t = t.pool(p);
         }
@@ -370,8 +410,9 @@ where
     ) -> Result<BTreeMap<J::Key, J::Reduced>, MapReduceError> {
         let mut g = Graph::new();
         g.set_namespace(&self.name);
+        let cells: Vec<Handle<Untyped>> = self.cells.iter().map(|add| add(&mut g)).collect();
         for (chunk, params) in planned {
-            self.add_map(&mut g, chunk, params);
+            self.add_map(&mut g, chunk, params, &cells);
             for p in 0..partitions {
                 g.task(PART_FUNCTION, &p)
                     .key(chunk.part_key(p))
@@ -506,8 +547,9 @@ where
             g.set_namespace(&self.name);
             let mut wants = Vec::new();
             let mut size_of: BTreeMap<String, u64> = BTreeMap::new();
+            let cells: Vec<Handle<Untyped>> = self.cells.iter().map(|add| add(&mut g)).collect();
             for (chunk, params) in &pending {
-                self.add_map(&mut g, chunk, params);
+                self.add_map(&mut g, chunk, params, &cells);
                 size_of.insert(chunk.map_key(), chunk.numbers.len() as u64);
                 g.task_json(STATUS_FUNCTION, "null")
                     .key(chunk.status_key())

@@ -411,3 +411,73 @@ fn the_rust_api_checks_reduces_reports_and_resumes_on_a_local_cluster() {
         cluster.shutdown().await;
     });
 }
+
+/// A "model" loaded once per worker: the factor the map multiplies by.
+struct Model {
+    factor: u64,
+}
+
+struct LoadModel;
+impl drover::Loader for LoadModel {
+    const NAME: &'static str = "test.load_model";
+    type Params = u64;
+    type Object = Model;
+}
+
+static LOADS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Multiplies each input by the model's factor.
+struct Scaled;
+
+impl MapReduceJob for Scaled {
+    const NAME: &'static str = "test.scaled";
+    type Input = u64;
+    type Key = u64;
+    type Value = u64;
+    type Reduced = u64;
+    type Params = ();
+
+    fn map(&self, ctx: &TaskContext, _: &(), n: u64) -> Result<Vec<(u64, u64)>, String> {
+        let model = ctx.object_as::<Model>(0).ok_or("no model")?;
+        Ok(vec![(n % 2, n * model.factor)])
+    }
+
+    fn reduce(&self, _: &TaskContext, _: &(), _: &u64, v: Vec<u64>) -> Result<u64, String> {
+        Ok(v.into_iter().sum())
+    }
+}
+
+#[test]
+fn a_map_that_needs_a_model_loads_it_once_per_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut registry = Registry::with_builtins();
+        registry.register_job(Scaled);
+        registry.register_loader::<LoadModel, String>(|_, factor| {
+            LOADS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(Model { factor })
+        });
+        let spec = ClusterSpec::plain(2, 1).with_progress_dir(dir.path());
+        let cluster = LocalCluster::start(&spec, registry).await.unwrap();
+        let client = cluster.client().await.unwrap();
+        let out = MapReduce::<Scaled>::new("scaled", (0..200).collect())
+            .once_cell::<LoadModel>(&3)
+            .reduce()
+            .chunk_size(10)
+            .run(&client)
+            .await
+            .unwrap();
+        let even: u64 = (0..200).filter(|n| n % 2 == 0).map(|n| n * 3).sum();
+        let odd: u64 = (0..200).filter(|n| n % 2 == 1).map(|n| n * 3).sum();
+        assert_eq!(out.values, BTreeMap::from([(0, even), (1, odd)]));
+        assert_eq!(out.report.chunks, 20);
+        let loads = LOADS.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(
+            (1..=2).contains(&loads),
+            "{loads} loads for 20 chunks on 2 workers"
+        );
+        client.close();
+        cluster.shutdown().await;
+    });
+}

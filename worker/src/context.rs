@@ -56,6 +56,12 @@ impl TaskContext {
         }
     }
 
+    /// The object of input `i` as a `T`, for once-cell and shared-object inputs (`None` if
+    /// input `i` has no object or it is not a `T`).
+    pub fn object_as<T: Send + Sync + 'static>(&self, i: usize) -> Option<Arc<T>> {
+        self.object(i).and_then(|o| o.clone().downcast::<T>().ok())
+    }
+
     /// The object of input `i`, for once-cell and shared-object inputs.
     pub fn object(&self, i: usize) -> Option<&Object> {
         self.objects.get(i).and_then(Option::as_ref)
