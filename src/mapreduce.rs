@@ -171,21 +171,6 @@ impl Chunk {
     }
 }
 
-/// A seeded order of `n` places (SplitMix64 driven Fisher-Yates).
-fn shuffled(n: usize, seed: u64) -> Vec<u64> {
-    let mut order: Vec<u64> = (0..n as u64).collect();
-    let mut state = seed;
-    for i in (1..n).rev() {
-        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        order.swap(i, (z % (i as u64 + 1)) as usize);
-    }
-    order
-}
-
 /// The log file, if any: lines with a timestamp, appended.
 struct Log {
     file: Option<(std::fs::File, String)>,
@@ -511,7 +496,11 @@ where
             0
         };
         let order: Vec<u64> = match self.shuffle {
-            Some(seed) => shuffled(n, seed),
+            Some(seed) => {
+                let mut order: Vec<u64> = (0..n as u64).collect();
+                drover_progress::seeded_shuffle(&mut order, seed);
+                order
+            }
             None => (0..n as u64).collect(),
         };
         let mut report = JobReport {

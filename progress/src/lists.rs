@@ -220,18 +220,10 @@ pub struct KeyLists {
 #[derive(Debug, Default)]
 pub struct Saved(Vec<(ListId, Walk)>);
 
-/// A seeded order of `n` places (SplitMix64 driven Fisher-Yates).
+/// A seeded order of `n` places.
 fn shuffled(n: usize, seed: u64) -> Vec<u32> {
     let mut order: Vec<u32> = (0..n as u32).collect();
-    let mut state = seed;
-    for i in (1..n).rev() {
-        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        order.swap(i, (z % (i as u64 + 1)) as usize);
-    }
+    crate::seeded_shuffle(&mut order, seed);
     order
 }
 

@@ -175,22 +175,6 @@ impl Drop for Claims {
     }
 }
 
-/// A small deterministic shuffle (SplitMix64 driven Fisher-Yates).
-fn shuffle(keys: &mut [String], seed: u64) {
-    let mut state = seed;
-    let mut next = || {
-        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    };
-    for i in (1..keys.len()).rev() {
-        let j = (next() % (i as u64 + 1)) as usize;
-        keys.swap(i, j);
-    }
-}
-
 impl Claims {
     pub(super) fn new(
         progress: Progress,
@@ -214,7 +198,7 @@ impl Claims {
             }
         } else {
             if let Some(seed) = options.shuffle {
-                shuffle(&mut keys, seed);
+                drover_progress::seeded_shuffle(&mut keys, seed);
             }
             Source::Keys {
                 pending: keys.into(),
@@ -890,24 +874,5 @@ impl Drop for Claim {
             };
             self.queue(op, Settle::Failed("abandoned".to_owned()));
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::shuffle;
-
-    #[test]
-    fn shuffles_are_seeded_and_keep_every_key() {
-        let keys: Vec<String> = (0..100).map(|i| i.to_string()).collect();
-        let (mut a, mut b, mut c) = (keys.clone(), keys.clone(), keys.clone());
-        shuffle(&mut a, 1);
-        shuffle(&mut b, 1);
-        shuffle(&mut c, 2);
-        assert_eq!(a, b);
-        assert_ne!(a, c);
-        assert_ne!(a, keys);
-        a.sort_by_key(|k| k.parse::<u32>().unwrap());
-        assert_eq!(a, keys);
     }
 }
