@@ -138,6 +138,7 @@ fn main() {
             core: Default::default(),
             max_output: drover_progress::DEFAULT_MAX_OUTPUT,
             progress_store: None,
+            strict_permissions: false,
         })
         .await
         .expect("scheduler");

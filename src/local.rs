@@ -236,6 +236,7 @@ impl LocalCluster {
             core: Default::default(),
             max_output: drover_progress::DEFAULT_MAX_OUTPUT,
             progress_store,
+            strict_permissions: false,
         })
         .await?;
         let access = AccessFile::load(scheduler.access_path()).map_err(|e| LocalError::Worker {

@@ -7,3 +7,4 @@
 pub mod core;
 mod progress;
 pub mod server;
+pub mod state_lock;

@@ -36,6 +36,10 @@ struct Args {
     /// task with a larger output is kept as done without it.
     #[arg(long, default_value_t = drover_progress::DEFAULT_MAX_OUTPUT)]
     max_output_bytes: usize,
+    /// Refuse to start when a secret file of the state dir (`scheduler.key`, `token`) is
+    /// readable by other users (without it: a warning, and the file is made private).
+    #[arg(long)]
+    strict_permissions: bool,
 }
 
 /// Exit codes: 0 stopped by a signal; 1 a failure while serving; 2 bad usage or a state dir
@@ -62,6 +66,7 @@ fn main() -> std::process::ExitCode {
             },
             max_output: args.max_output_bytes,
             progress_store: None,
+            strict_permissions: args.strict_permissions,
         })
         .await;
         let scheduler = match started {

@@ -50,6 +50,9 @@ pub struct SchedulerConfig {
     /// scheduler alone. (A local cluster uses the embedded store of its directory, shared with
     /// the processes of the machine.)
     pub progress_store: Option<(PathBuf, drover_progress::Sharing)>,
+    /// Refuse to start when a secret file (`scheduler.key`, `token`) is readable by other
+    /// users, instead of warning and making it private.
+    pub strict_permissions: bool,
 }
 
 /// Errors starting the scheduler.
@@ -74,10 +77,73 @@ pub enum StartError {
 /// A running scheduler.
 #[derive(Debug)]
 pub struct Scheduler {
+    /// Held while this scheduler lives: no other one starts on its state dir.
+    _lock: crate::state_lock::StateLock,
     endpoint: quinn::Endpoint,
     addr: SocketAddr,
     access_path: PathBuf,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// The state dir's secret files (the TLS key and the token; `access.json` is written private at
+/// every start).
+const SECRET_FILES: [&str; 2] = ["scheduler.key", "token"];
+
+/// Checks that no secret file of `dir` is readable by other users: each one that is gets a
+/// warning and is made private (mode 0600), or, when `strict`, stops the start naming each.
+fn secure_secrets(dir: &Path, strict: bool) -> Result<(), StartError> {
+    let mut open = Vec::new();
+    for name in SECRET_FILES {
+        let path = dir.join(name);
+        if !readable_by_others(&path) {
+            continue;
+        }
+        let mode = file_mode(&path);
+        if strict {
+            open.push(format!("{} (mode {mode:o})", path.display()));
+            continue;
+        }
+        match make_private(&path) {
+            Ok(()) => {
+                warn!(path = %path.display(), mode = %format!("{mode:o}"), "a secret file was readable by other users; it is now private (mode 600)")
+            }
+            Err(e) => {
+                warn!(path = %path.display(), mode = %format!("{mode:o}"), error = %e, "a secret file is readable by other users and could not be made private")
+            }
+        }
+    }
+    if open.is_empty() {
+        return Ok(());
+    }
+    Err(StartError::StateDir {
+        dir: dir.display().to_string(),
+        error: format!(
+            "secret files readable by other users: {}; make them private (chmod 600) or start without --strict-permissions",
+            open.join(", ")
+        ),
+    })
+}
+
+#[cfg(unix)]
+fn file_mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).map_or(0, |m| m.permissions().mode() & 0o777)
+}
+
+#[cfg(not(unix))]
+fn file_mode(_: &Path) -> u32 {
+    0
+}
+
+#[cfg(unix)]
+fn make_private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+}
+
+#[cfg(not(unix))]
+fn make_private(_: &Path) -> std::io::Result<()> {
+    Ok(())
 }
 
 /// Loads or makes the identity and token kept in the state dir. Each is made only when its
@@ -152,6 +218,14 @@ enum Input {
 impl Scheduler {
     /// Starts listening, writes `access.json`, and runs until [`Scheduler::shutdown`].
     pub async fn start(config: SchedulerConfig) -> Result<Scheduler, StartError> {
+        // One scheduler per state dir: taken before anything in it is read or written.
+        let mut lock = crate::state_lock::StateLock::acquire(&config.state_dir).map_err(|e| {
+            StartError::StateDir {
+                dir: config.state_dir.display().to_string(),
+                error: e,
+            }
+        })?;
+        secure_secrets(&config.state_dir, config.strict_permissions)?;
         let (identity, token) = load_state(&config.state_dir)?;
         let endpoint = server_endpoint(&identity, config.listen, config.idle_timeout)?;
         let addr = endpoint.local_addr().map_err(|e| StartError::StateDir {
@@ -168,6 +242,7 @@ impl Scheduler {
             address,
             ..AccessFile::new(addr, &identity.cert, &token)
         };
+        lock.note_address(&access.address);
         let access_path = config.state_dir.join("access.json");
         access
             .save(&access_path)
@@ -218,6 +293,7 @@ impl Scheduler {
             lifelines,
         ));
         Ok(Scheduler {
+            _lock: lock,
             endpoint,
             addr,
             access_path,

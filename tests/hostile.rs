@@ -1,0 +1,83 @@
+//! Hostile neighbours and hostile files, with real processes: a second scheduler on a state dir
+//! in use, secret files readable by others.
+
+mod common;
+
+use common::{binary, Cluster, Proc};
+
+/// A second scheduler on the same state dir is refused, naming the first (its pid and
+/// address), and leaves `access.json` pointing at the first.
+#[test]
+fn a_second_scheduler_on_a_state_dir_in_use_is_refused_naming_the_first() {
+    let cluster = Cluster::start();
+    let state = cluster.dir.path().to_str().unwrap().to_owned();
+    let before = std::fs::read_to_string(cluster.access()).unwrap();
+    let second = Proc::start(
+        "second",
+        &binary("scheduler"),
+        &["--state-dir", &state, "--listen", "127.0.0.1:0"],
+    );
+    let (code, lines) = second.finish();
+    assert_eq!(code, Some(2), "{lines:?}");
+    let text = lines.join("\n");
+    let pid = cluster.scheduler.child.id();
+    assert!(
+        text.contains("another scheduler holds it")
+            && text.contains(&format!("pid {pid}, listening at 127.0.0.1:")),
+        "{text}"
+    );
+    assert_eq!(std::fs::read_to_string(cluster.access()).unwrap(), before);
+}
+
+#[cfg(unix)]
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[cfg(unix)]
+fn chmod(path: &std::path::Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// Secret files readable by others: a restart warns naming each and makes them private;
+/// with `--strict-permissions` it refuses to start, naming them.
+#[cfg(unix)]
+#[test]
+fn secret_files_readable_by_others_are_named_and_made_private_or_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().to_str().unwrap().to_owned();
+    let start = |extra: &[&str]| {
+        let mut args = vec!["--state-dir", state.as_str(), "--listen", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        Proc::start("scheduler", &binary("scheduler"), &args)
+    };
+    // The first start makes them private.
+    let mut first = start(&[]);
+    first.wait_for("scheduler listening");
+    first.kill();
+    let (key, token) = (dir.path().join("scheduler.key"), dir.path().join("token"));
+    assert_eq!((mode(&key), mode(&token)), (0o600, 0o600));
+    chmod(&key, 0o644);
+    chmod(&token, 0o644);
+    // Strict: refused, both named, nothing changed.
+    let (code, lines) = start(&["--strict-permissions"]).finish();
+    assert_eq!(code, Some(2), "{lines:?}");
+    let text = lines.join("\n");
+    assert!(
+        text.contains("secret files readable by other users")
+            && text.contains("scheduler.key (mode 644)")
+            && text.contains("token (mode 644)"),
+        "{text}"
+    );
+    assert_eq!(mode(&key), 0o644);
+    // Default: a warning naming each, and the modes fixed.
+    let mut again = start(&[]);
+    let warned = again.wait_for_all(&["readable by other users", "scheduler.key"]);
+    assert!(warned.contains("644"), "{warned}");
+    again.wait_for_all(&["readable by other users", "token"]);
+    again.wait_for("scheduler listening");
+    assert_eq!((mode(&key), mode(&token)), (0o600, 0o600));
+    assert_eq!(mode(&dir.path().join("access.json")), 0o600);
+}
