@@ -81,3 +81,45 @@ fn secret_files_readable_by_others_are_named_and_made_private_or_refused() {
     assert_eq!((mode(&key), mode(&token)), (0o600, 0o600));
     assert_eq!(mode(&dir.path().join("access.json")), 0o600);
 }
+
+/// `--outputs` writes one file per sink whatever the keys (spaces, underscores, slashes, a
+/// 65,535-character key), and an index of which key is in which file.
+#[test]
+fn outputs_of_keys_that_look_alike_or_are_huge_never_overwrite_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let long = "k".repeat(65_535);
+    let keys = ["a b", "a_b", "a/b", "index.json", long.as_str()];
+    let tasks: Vec<serde_json::Value> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| serde_json::json!({"key": k, "function": "bytes", "params": {"n": i + 1}}))
+        .collect();
+    let graph = common::graph_file(dir.path(), "g.json", &serde_json::json!({ "tasks": tasks }));
+    let out = dir.path().join("out");
+    let run = Proc::start(
+        "drover run",
+        &binary("drover"),
+        &[
+            "run",
+            &graph,
+            "--local",
+            "1",
+            "--outputs",
+            out.to_str().unwrap(),
+        ],
+    );
+    let (code, lines) = run.finish();
+    assert_eq!(code, Some(0), "{lines:?}");
+    let index: std::collections::BTreeMap<String, String> =
+        serde_json::from_str(&std::fs::read_to_string(out.join("index.json")).unwrap()).unwrap();
+    assert_eq!(index.len(), keys.len());
+    for (i, k) in keys.iter().enumerate() {
+        let file = &index[*k];
+        assert_eq!(
+            std::fs::read(out.join(file)).unwrap(),
+            vec![b'x'; i + 1],
+            "{k:.20}"
+        );
+    }
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), keys.len() + 1);
+}

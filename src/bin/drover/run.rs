@@ -23,8 +23,9 @@ pub struct Args {
     /// Threads per local worker.
     #[arg(long, default_value_t = 1)]
     nthreads: u32,
-    /// Write each sink task's raw output to DIR/KEY (characters outside [A-Za-z0-9._-] in the
-    /// key become '_').
+    /// Write each sink task's raw output to a file of DIR named for its key (bytes other than
+    /// [A-Za-z0-9.-] become _ and two hex digits, so names never clash; long ones end with a
+    /// hash) and DIR/index.json mapping each key to its file.
     #[arg(long)]
     outputs: Option<PathBuf>,
     /// Write the run's report as JSON to this file.
@@ -45,23 +46,52 @@ pub struct Args {
     store: PathBuf,
 }
 
-/// A file name for a task key.
+/// Longest output file name, in bytes.
+const MAX_FILE_NAME: usize = 200;
+
+/// The file name of a task key under `--outputs`, one to one: ASCII letters, digits, `.` and
+/// `-` stay; every other byte of the key (and a leading `.`) becomes `_` and its two hex digits
+/// (`a b` is `a_20b`, `a_b` is `a_5fb`, `a/b` is `a_2fb`); an empty key is `_`, and the key
+/// `index.json` is `_69ndex.json` (the index has that name). A name longer
+/// than 200 bytes keeps its first 160 and ends with `~` and a 128-bit hash of the key.
 fn file_name(key: &str) -> String {
-    let s: String = key
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    if s.is_empty() || s == "." || s == ".." {
-        format!("_{s}")
-    } else {
-        s
+    use std::fmt::Write;
+    let mut s = String::with_capacity(key.len());
+    for (i, b) in key.bytes().enumerate() {
+        if b.is_ascii_alphanumeric() || b == b'-' || (b == b'.' && i > 0) {
+            s.push(b as char);
+        } else {
+            let _ = write!(s, "_{b:02x}");
+        }
     }
+    if s.is_empty() {
+        s.push('_');
+    }
+    if s == "index.json" {
+        // The index's own name (still one to one: a key's `_` is always escaped).
+        s = "_69ndex.json".to_owned();
+    }
+    if s.len() > MAX_FILE_NAME {
+        s.truncate(160);
+        let _ = write!(s, "~{:032x}", xxhash_rust::xxh3::xxh3_128(key.as_bytes()));
+    }
+    s
+}
+
+/// The file names of `keys` under `--outputs`; a clash (two keys, one name) is refused.
+fn output_names(keys: &[String]) -> Result<Vec<(String, String)>, Failure> {
+    let mut by_name: std::collections::HashMap<String, &str> = std::collections::HashMap::new();
+    let mut names = Vec::with_capacity(keys.len());
+    for k in keys {
+        let name = file_name(k);
+        if let Some(other) = by_name.insert(name.clone(), k) {
+            return Err(Failure::Usage(format!(
+                "--outputs: keys {other:?} and {k:?} would both be written to {name:?}"
+            )));
+        }
+        names.push((k.clone(), name));
+    }
+    Ok(names)
 }
 
 /// Output shown on the terminal: text as text, anything else by size.
@@ -109,6 +139,11 @@ pub fn run(args: Args) -> Result<(), Failure> {
             .map(|t| t.key.clone())
             .filter(|k| is_sink.contains(k.as_str()))
             .collect()
+    };
+    // Each sink's file under --outputs, decided (and clashes refused) before anything runs.
+    let names: std::collections::HashMap<String, String> = match &args.outputs {
+        Some(_) => output_names(&sinks)?.into_iter().collect(),
+        None => Default::default(),
     };
     let text = std::fs::read_to_string(&args.graph).map_err(|e| Failure::Usage(e.to_string()))?;
     let rt = tokio::runtime::Runtime::new()
@@ -199,6 +234,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
         // Outputs stream in batches (one request per worker per batch), printed and written
         // in the graph's order as they arrive.
         let mut write_error: Option<Failure> = None;
+        let mut written: std::collections::BTreeMap<String, String> = Default::default();
         {
             use std::io::Write;
             let stdout = std::io::stdout();
@@ -207,12 +243,18 @@ pub fn run(args: Args) -> Result<(), Failure> {
                 Ok(bytes) => {
                     let _ = writeln!(out, "{key}: {}", show(&bytes));
                     if let (Some(dir), None) = (&args.outputs, &write_error) {
-                        let path = dir.join(file_name(key));
-                        if let Err(e) = std::fs::write(&path, &bytes) {
-                            write_error = Some(Failure::Usage(format!(
-                                "cannot write {}: {e}",
-                                path.display()
-                            )));
+                        let name = names.get(key).cloned().unwrap_or_else(|| file_name(key));
+                        let path = dir.join(&name);
+                        match std::fs::write(&path, &bytes) {
+                            Ok(()) => {
+                                written.insert(key.to_owned(), name);
+                            }
+                            Err(e) => {
+                                write_error = Some(Failure::Usage(format!(
+                                    "cannot write {}: {e}",
+                                    path.display()
+                                )))
+                            }
                         }
                     }
                 }
@@ -225,6 +267,11 @@ pub fn run(args: Args) -> Result<(), Failure> {
             .await
             .map_err(|e| Failure::Lost(format!("the run did not complete: {e}")))?;
             let _ = out.flush();
+        }
+        if let Some(dir) = &args.outputs {
+            // Which file holds which key's output.
+            let index = serde_json::to_string_pretty(&written).expect("an index serialises") + "\n";
+            crate::write_output(&dir.join("index.json"), &index)?;
         }
         if let Some(e) = write_error {
             return Err(e);
@@ -268,9 +315,22 @@ mod tests {
 
     #[test]
     fn keys_become_safe_file_names() {
-        assert_eq!(file_name("a.mean()"), "a.mean__");
-        assert_eq!(file_name("../x"), ".._x");
-        assert_eq!(file_name(".."), "_..");
+        assert_eq!(file_name("a.mean()"), "a.mean_28_29");
+        assert_eq!(file_name("../x"), "_2e._2fx");
+        assert_eq!(file_name(".."), "_2e.");
+        assert_eq!(file_name(""), "_");
+        assert_eq!(file_name("é"), "_c3_a9");
+        let names: Vec<String> = ["a b", "a_b", "a/b", "a_20b"]
+            .iter()
+            .map(|k| file_name(k))
+            .collect();
+        assert_eq!(names, ["a_20b", "a_5fb", "a_2fb", "a_5f20b"]);
+        let long = "k".repeat(65_535);
+        let name = file_name(&long);
+        assert!(name.len() <= MAX_FILE_NAME && name.contains('~'), "{name}");
+        assert_ne!(file_name(&"k".repeat(65_534)), name);
+        assert_eq!(file_name("index.json"), "_69ndex.json");
+        assert!(output_names(&["a".into(), "b".into()]).is_ok());
         assert_eq!(show(b"hello\n"), "hello\n");
         assert_eq!(show(&[0, 159, 146]), "<3 bytes>");
     }
