@@ -123,3 +123,64 @@ fn outputs_of_keys_that_look_alike_or_are_huge_never_overwrite_each_other() {
     }
     assert_eq!(std::fs::read_dir(&out).unwrap().count(), keys.len() + 1);
 }
+
+/// Odd graph files: a 65,536-character key is checked and printed, a file that is not UTF-8
+/// is a bad graph (exit 1) like any other, huge size hints saturate; a command's missing
+/// working directory is named.
+#[test]
+fn odd_graph_files_get_answers_not_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let drover = binary("drover");
+    let check = |path: &std::path::Path| {
+        let out = std::process::Command::new(&drover)
+            .args(["check", path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let long = "k".repeat(65_536);
+    let mut tasks = vec![serde_json::json!({"key": long, "function": "bytes"})];
+    tasks.push(
+        serde_json::json!({"key": "sink", "function": "concat", "pool": "B",
+        "inputs": ["a0", "a1", "a2", "a3", "a4"]}),
+    );
+    for i in 0..5 {
+        tasks.push(
+            serde_json::json!({"key": format!("a{i}"), "function": "bytes", "pool": "A",
+            "size_hint": u64::MAX}),
+        );
+    }
+    let g = common::graph_file(dir.path(), "g.json", &serde_json::json!({ "tasks": tasks }));
+    let (code, out, err) = check(std::path::Path::new(&g));
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains(&long), "the long key is printed whole");
+    assert!(
+        out.contains(&format!("without the pass {}", u64::MAX)),
+        "{}",
+        &out[out.len().saturating_sub(300)..]
+    );
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, b"{\"tasks\": [\xff]}").unwrap();
+    let (code, _, err) = check(&bad);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("not UTF-8"), "{err}");
+    // A command in a directory that is not there: the directory is named.
+    let missing = dir.path().join("nowhere");
+    let g = common::graph_file(
+        dir.path(),
+        "cwd.json",
+        &serde_json::json!({"tasks": [{"key": "p", "function": "command",
+            "params": {"argv": ["pwd"], "cwd": missing.to_str().unwrap()}}]}),
+    );
+    let (code, lines) = Proc::start("drover run", &drover, &["run", &g, "--local", "1"]).finish();
+    assert_eq!(code, Some(1), "{lines:?}");
+    let text = lines.join("\n");
+    assert!(
+        text.contains(&format!("its cwd {:?}", missing.to_str().unwrap())),
+        "{text}"
+    );
+}

@@ -64,7 +64,7 @@ pub(crate) fn for_each_distinct_input(
 
 /// Estimated bytes moved between pools if each task ran in `pools[task]`: the sum over distinct
 /// edges of the input's size where the ends' pools differ or either has none (a task with no
-/// pool shares a pool with nothing).
+/// pool shares a pool with nothing). Sums saturate at `u64::MAX` (size hints may be huge).
 pub fn cross_pool_bytes(graph: &Graph, pools: &[Option<PoolId>]) -> u64 {
     let mut mark = vec![u32::MAX; graph.len()];
     let mut total = 0u64;
@@ -73,7 +73,7 @@ pub fn cross_pool_bytes(graph: &Graph, pools: &[Option<PoolId>]) -> u64 {
         for_each_distinct_input(graph, t, &mut mark, |input| {
             let there = pools[input.index()];
             if here.is_none() || here != there {
-                total += estimated_size(graph, input);
+                total = total.saturating_add(estimated_size(graph, input));
             }
         });
     }

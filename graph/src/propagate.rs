@@ -202,9 +202,15 @@ impl Scratch {
             for_each_distinct_input(graph, t, &mut self.mark, |input| {
                 let there = at(input);
                 let size = sizes.0[input.index()];
-                est.without += size * u64::from(crosses(there.0, here.0));
-                est.forward += size * u64::from(crosses(there.1, here.1));
-                est.full += size * u64::from(crosses(there.2, here.2));
+                est.without = est
+                    .without
+                    .saturating_add(size * u64::from(crosses(there.0, here.0)));
+                est.forward = est
+                    .forward
+                    .saturating_add(size * u64::from(crosses(there.1, here.1)));
+                est.full = est
+                    .full
+                    .saturating_add(size * u64::from(crosses(there.2, here.2)));
             });
         }
         est
@@ -232,7 +238,7 @@ fn forward(
                 if votes[p.index()] == 0 && !voted.contains(&p) {
                     voted.push(p);
                 }
-                votes[p.index()] += sizes.0[input.index()];
+                votes[p.index()] = votes[p.index()].saturating_add(sizes.0[input.index()]);
             }
         });
         if voted.is_empty() {

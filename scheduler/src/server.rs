@@ -243,18 +243,6 @@ impl Scheduler {
             ..AccessFile::new(addr, &identity.cert, &token)
         };
         lock.note_address(&access.address);
-        let access_path = config.state_dir.join("access.json");
-        access
-            .save(&access_path)
-            .map_err(|e| StartError::StateDir {
-                dir: config.state_dir.display().to_string(),
-                error: e.to_string(),
-            })?;
-        if readable_by_others(&access_path) {
-            warn!(path = %access_path.display(), "access.json is readable by other users: it holds the cluster's secret token");
-        }
-        info!(%addr, advertised = %access.address, access_file = %access_path.display(), "scheduler listening");
-
         // Lifelines (a TCP port beside the QUIC one): a dead process is noticed at once.
         let lifelines = match LifelineServer::bind(addr.ip()).await {
             Ok(l) => Some(Arc::new(l)),
@@ -280,6 +268,19 @@ impl Scheduler {
             );
         }
         let progress = ProgressService::start(Box::new(store), config.max_output);
+        // Only now, ready to serve: the access file and the word.
+        let access_path = config.state_dir.join("access.json");
+        access
+            .save(&access_path)
+            .map_err(|e| StartError::StateDir {
+                dir: config.state_dir.display().to_string(),
+                error: e.to_string(),
+            })?;
+        if readable_by_others(&access_path) {
+            warn!(path = %access_path.display(), "access.json is readable by other users: it holds the cluster's secret token");
+        }
+        info!(%addr, advertised = %access.address, access_file = %access_path.display(), "scheduler listening");
+
         let (tx, rx) = mpsc::unbounded_channel();
         let core = CoreConfig {
             max_output: config.max_output as u64,

@@ -157,6 +157,16 @@ fn run_command(ctx: &TaskContext, p: Option<&str>, _: &[Bytes]) -> Result<Vec<u8
         .envs(&p.env)
         .stdin(std::process::Stdio::null());
     if let Some(cwd) = &p.cwd {
+        // Checked first: a missing directory would read as a missing program.
+        match std::fs::metadata(cwd) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(format!(
+                    "cannot start {program:?}: its cwd {cwd:?} is not a directory"
+                ))
+            }
+            Err(e) => return Err(format!("cannot start {program:?}: its cwd {cwd:?}: {e}")),
+        }
         cmd.current_dir(cwd);
     }
     die_with_worker(&mut cmd);

@@ -256,7 +256,8 @@ fn grouped_view(
         crate::cost::for_each_distinct_input(graph, t, &mut mark, |input: TaskId| {
             let from = task_group[input.index()];
             if from != to {
-                *edge_bytes.entry((from, to)).or_default() += estimated_size(graph, input);
+                let e = edge_bytes.entry((from, to)).or_default();
+                *e = e.saturating_add(estimated_size(graph, input));
             }
         });
     }

@@ -29,6 +29,37 @@ struct Report<'a> {
     transfer_estimate: drover::TransferEstimate,
 }
 
+/// Columns wider than this are not padded further: a longer key or pool pushes its row's
+/// next column right instead of widening every row.
+const MAX_COLUMN: usize = 60;
+
+/// `text` padded with spaces to `width` characters.
+fn padded(out: &mut String, text: &str, width: usize) {
+    out.push_str(text);
+    let n = text.chars().count();
+    out.extend(std::iter::repeat_n(' ', width.saturating_sub(n)));
+}
+
+/// The table of tasks: key, pool, reason.
+fn table(rows: &[TaskRow]) -> String {
+    let width =
+        |f: &dyn Fn(&TaskRow) -> usize| rows.iter().map(f).max().unwrap_or(0).clamp(4, MAX_COLUMN);
+    let key_w = width(&|r| r.key.chars().count());
+    let pool_w = width(&|r| r.pool.map_or(1, |p| p.chars().count()));
+    let mut out = String::new();
+    padded(&mut out, "TASK", key_w);
+    out.push_str("  ");
+    padded(&mut out, "POOL", pool_w);
+    out.push_str("  REASON\n");
+    for r in rows {
+        padded(&mut out, r.key, key_w);
+        out.push_str("  ");
+        padded(&mut out, r.pool.unwrap_or("-"), pool_w);
+        out.push_str(&format!("  {}\n", r.reason));
+    }
+    out
+}
+
 /// Runs the command.
 pub fn run(args: Args) -> Result<(), Failure> {
     let (file, planned) = load(&args.graph)?;
@@ -57,30 +88,9 @@ pub fn run(args: Args) -> Result<(), Failure> {
         let text = serde_json::to_string_pretty(&report).expect("report serialises") + "\n";
         return crate::write_output(&"-".into(), &text);
     }
-    let key_w = report
-        .tasks
-        .iter()
-        .map(|r| r.key.len())
-        .max()
-        .unwrap_or(0)
-        .max(4);
-    let pool_w = report
-        .tasks
-        .iter()
-        .map(|r| r.pool.map_or(1, str::len))
-        .max()
-        .unwrap_or(0)
-        .max(4);
-    let mut out = format!("{:key_w$}  {:pool_w$}  REASON\n", "TASK", "POOL");
-    for r in &report.tasks {
-        out.push_str(&format!(
-            "{:key_w$}  {:pool_w$}  {}\n",
-            r.key,
-            r.pool.unwrap_or("-"),
-            r.reason
-        ));
-    }
+    let out = table(&report.tasks);
     let e = report.transfer_estimate;
+    let mut out = out;
     out.push_str(&format!(
         "\nestimated bytes crossing pools: without the pass {}, forward only {}, full pass {}\n",
         e.without, e.forward, e.full

@@ -60,8 +60,16 @@ pub(crate) enum Failure {
 
 /// Reads, validates and propagates a graph file. Returns the file too (for its task order).
 pub(crate) fn load(path: &Path) -> Result<(GraphFile, Planned), Failure> {
-    let text = std::fs::read_to_string(path)
+    let bytes = std::fs::read(path)
         .map_err(|e| Failure::Usage(format!("cannot read graph file {}: {e}", path.display())))?;
+    // Not text is a malformed graph, like any other.
+    let text = String::from_utf8(bytes).map_err(|e| {
+        Failure::BadGraph(format!(
+            "{}: not UTF-8 text (at byte {})",
+            path.display(),
+            e.utf8_error().valid_up_to()
+        ))
+    })?;
     let file: GraphFile = serde_json::from_str(&text).map_err(|e| {
         Failure::BadGraph(format!(
             "{}: {}",
