@@ -418,10 +418,11 @@ fn a_task_that_kills_its_workers_is_failed_as_suspicious() {
     }
     let dir = tempfile::tempdir().unwrap();
     let g = dir.path().join("g.json");
+    // The command's parent is its guard; the guard's parent is the worker.
     std::fs::write(
         &g,
         r#"{"tasks": [
-            {"key": "killer", "function": "command", "params": {"argv": ["sh", "-c", "kill -9 $PPID; sleep 5"]}},
+            {"key": "killer", "function": "command", "params": {"argv": ["sh", "-c", "kill -9 $(cut -d' ' -f4 /proc/$PPID/stat); sleep 5"]}},
             {"key": "fine", "function": "bytes", "params": {"n": 1}, "priority": -1}
         ]}"#,
     )

@@ -184,3 +184,76 @@ fn odd_graph_files_get_answers_not_panics() {
         "{text}"
     );
 }
+
+/// Whether a process whose command line contains `pattern` runs.
+#[cfg(target_os = "linux")]
+fn running(pattern: &str) -> bool {
+    std::process::Command::new("pgrep")
+        .args(["-f", pattern])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Waits (with a deadline) until `running(pattern)` is `want`.
+#[cfg(target_os = "linux")]
+fn wait_running(pattern: &str, want: bool) {
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while running(pattern) != want {
+        assert!(
+            std::time::Instant::now() < end,
+            "{pattern:?} still {}",
+            if want { "absent" } else { "running" }
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// A command's children die with it: at its timeout, when it ends leaving a background job,
+/// and when its worker is killed with SIGKILL.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_command_leaves_no_process_behind_whatever_ends_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let drover = binary("drover");
+    // Unique durations name this test's processes.
+    let g = common::graph_file(
+        dir.path(),
+        "timeout.json",
+        &serde_json::json!({"tasks": [{"key": "o", "function": "command", "timeout": 1,
+            "params": {"argv": ["sh", "-c", "sleep 30.123 & sleep 30.124; echo done"]}}]}),
+    );
+    let (code, lines) = Proc::start("timeout", &drover, &["run", &g, "--local", "1"]).finish();
+    assert_eq!(code, Some(1), "{lines:?}");
+    assert!(
+        lines.iter().any(|l| l.contains("process killed")),
+        "{lines:?}"
+    );
+    wait_running("sleep 30.12", false);
+    // It ends, leaving a background job: the job goes with it.
+    let g = common::graph_file(
+        dir.path(),
+        "leftover.json",
+        &serde_json::json!({"tasks": [{"key": "o", "function": "command",
+            "params": {"argv": ["sh", "-c", "sleep 31.125 & echo started"]}}]}),
+    );
+    let (code, lines) = Proc::start("leftover", &drover, &["run", &g, "--local", "1"]).finish();
+    assert_eq!(code, Some(0), "{lines:?}");
+    assert!(lines.iter().any(|l| l == "stdout: o: started"), "{lines:?}");
+    wait_running("sleep 31.125", false);
+    // Its worker killed with SIGKILL: the command and its children go.
+    let mut cluster = Cluster::start();
+    cluster.add_worker(&binary("worker"), &[], "w", "");
+    let marker = dir.path().join("STARTED");
+    let g = common::graph_file(
+        dir.path(),
+        "killed.json",
+        &serde_json::json!({"tasks": [{"key": "o", "function": "command",
+            "params": {"argv": ["sh", "-c", format!("sleep 32.126 & touch '{}'; sleep 32.127", marker.display())]}}]}),
+    );
+    let run = common::start_drover_run(&g, &cluster.access(), &[]);
+    common::wait_for_file(&marker);
+    assert!(running("sleep 32.126") && running("sleep 32.127"));
+    cluster.workers[0].kill();
+    wait_running("sleep 32.12", false);
+    drop(run);
+}

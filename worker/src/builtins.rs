@@ -169,7 +169,7 @@ fn run_command(ctx: &TaskContext, p: Option<&str>, _: &[Bytes]) -> Result<Vec<u8
         }
         cmd.current_dir(cwd);
     }
-    die_with_worker(&mut cmd);
+    crate::guard::guard(&mut cmd);
     let out = match ctx.deadline {
         None => cmd
             .output()
@@ -205,26 +205,6 @@ fn run_command(ctx: &TaskContext, p: Option<&str>, _: &[Bytes]) -> Result<Vec<u8
         "command {program:?} failed with {how}; stderr: {}",
         tail.trim_end()
     ))
-}
-
-/// Makes the command's process die with the worker (Linux): a worker that is killed, or exits
-/// while a command runs, leaves no orphan behind.
-fn die_with_worker(cmd: &mut std::process::Command) {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::unix::process::CommandExt;
-        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = cmd;
 }
 
 /// Why [`output_until`] gave no output.
@@ -264,8 +244,8 @@ fn output_until(
         }
         let now = std::time::Instant::now();
         if now >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
+            // The command and everything it started.
+            crate::guard::stop(&mut child);
             return Err(Killed::AtDeadline);
         }
         std::thread::sleep((deadline - now).min(std::time::Duration::from_millis(10)));

@@ -24,6 +24,7 @@ mod cells;
 pub mod context;
 pub mod core;
 mod exec;
+mod guard;
 pub mod local;
 pub mod mapreduce;
 pub mod peer;

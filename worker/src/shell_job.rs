@@ -32,15 +32,15 @@ pub struct ShellJob;
 /// its standard output, or why it failed (exit code and the tail of stderr).
 fn run(command: &str, input: &str, stdin: &[u8]) -> Result<String, String> {
     let script = command.replace("{}", "\"$DROVER_INPUT\"");
-    let mut child = Command::new("sh")
-        .arg("-c")
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
         .arg(&script)
         .env("DROVER_INPUT", input)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot start sh: {e}"))?;
+        .stderr(Stdio::piped());
+    crate::guard::guard(&mut cmd);
+    let mut child = cmd.spawn().map_err(|e| format!("cannot start sh: {e}"))?;
     let mut pipe = child.stdin.take().expect("piped");
     let data = stdin.to_vec();
     // Written from a thread: a command that does not read its input must not block us.
