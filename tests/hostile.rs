@@ -257,3 +257,60 @@ fn a_command_leaves_no_process_behind_whatever_ends_it() {
     wait_running("sleep 32.12", false);
     drop(run);
 }
+
+/// Timeouts free their threads: four 8-second sleeps timing out at 0.5 s on 2 workers x 1
+/// thread, and one asking to sleep for ever (timeout 1 s), do not hold up the small tasks
+/// queued behind them.
+#[test]
+fn timed_out_tasks_free_their_threads_for_the_tasks_behind_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..4 {
+        tasks.push(
+            serde_json::json!({"key": format!("slow{i}"), "function": "sleep",
+            "params": {"ms": 8000}, "timeout": 0.5, "priority": 1}),
+        );
+    }
+    tasks.push(serde_json::json!({"key": "forever", "function": "sleep",
+        "params": {"ms": u64::MAX}, "timeout": 1, "priority": 1}));
+    for i in 0..10 {
+        tasks.push(serde_json::json!({"key": format!("small{i}"), "function": "bytes", "params": {"n": 1}}));
+    }
+    let g = common::graph_file(dir.path(), "g.json", &serde_json::json!({ "tasks": tasks }));
+    let report = dir.path().join("r.json");
+    let started = std::time::Instant::now();
+    let (code, lines) = Proc::start(
+        "drover run",
+        &binary("drover"),
+        &[
+            "run",
+            &g,
+            "--local",
+            "2",
+            "--report",
+            report.to_str().unwrap(),
+        ],
+    )
+    .finish();
+    let took = started.elapsed();
+    assert_eq!(code, Some(1), "{lines:?}");
+    let r = common::read_report(&report);
+    for t in r["tasks"].as_array().unwrap() {
+        let key = t["key"].as_str().unwrap();
+        if key.starts_with("small") {
+            assert_eq!(t["status"], "finished", "{t}");
+        } else {
+            assert_eq!(
+                t["error"].as_str().unwrap().split(';').next().unwrap(),
+                if key == "forever" {
+                    "task timed out after 1 s"
+                } else {
+                    "task timed out after 0.5 s"
+                },
+                "{t}"
+            );
+        }
+    }
+    // With the sleeps holding their threads this took 16 s or never ended.
+    assert!(took < std::time::Duration::from_secs(8), "{took:?}");
+}

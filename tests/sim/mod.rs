@@ -1200,6 +1200,7 @@ impl World {
                 },
                 lifespan_tasks: machine.lifespan,
                 memory_limit: None,
+                max_lost_threads: 0,
             },
         );
         self.sessions.insert(
@@ -1450,7 +1451,8 @@ impl World {
                 let t = (self.now + lat).max(hold).max(peer_hold);
                 self.at(t, Ev::FetchArrive(w, fetch, peer.id, ids));
             }
-            WCommand::ForgetPeer(_) => {}
+            // Simulated threads are not counted: a replacement is free.
+            WCommand::ForgetPeer(_) | WCommand::ThreadLost(_) => {}
             WCommand::Cell(spec) => {
                 let load_now = spec.load_now;
                 let (id, key, params) = (spec.id, spec.key.clone(), spec.params.clone());

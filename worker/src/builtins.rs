@@ -98,9 +98,20 @@ fn no_params(params: Option<&str>) -> Result<(), String> {
 pub fn register(r: &mut Registry) {
     r.register_job(crate::shell_job::ShellJob);
     r.register_raw("noop", |_, p, _| no_params(p).map(|_| Vec::new()));
-    r.register_raw("sleep", |_, p, _| {
+    r.register_raw("sleep", |ctx, p, _| {
         let p: SleepParams = parse_params(p)?;
-        std::thread::sleep(std::time::Duration::from_millis(p.ms));
+        let want = std::time::Duration::from_millis(p.ms);
+        // Stops at the task's deadline: its thread is free for the next task.
+        if let Some(deadline) = ctx.deadline {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if want > left {
+                std::thread::sleep(left);
+                return Err(crate::context::timeout_message(
+                    ctx.timeout.unwrap_or_default(),
+                ));
+            }
+        }
+        std::thread::sleep(want);
         Ok(Vec::new())
     });
     r.register_raw("bytes", |ctx, p, _| {

@@ -20,9 +20,12 @@
 //!   [`FromWorker::Fetched`], [`FromWorker::Replicated`]), and dropped when the scheduler says
 //!   [`ToWorker::Free`], except that a task queued here keeps the inputs it needs until it
 //!   starts. A fetched result nobody here needs any more is not kept.
-//! * **Timeouts.** A task running past its timeout is reported failed at its deadline; its
-//!   thread and resources stay taken until the function returns, and its late result is
-//!   dropped.
+//! * **Timeouts.** A task running past its timeout is reported failed at its deadline and its
+//!   late result is dropped. A function that has not returned [`THREAD_GRACE`] after its
+//!   deadline ignored it: its thread is given up ([`Command::ThreadLost`]: the shell starts a
+//!   replacement, so it no longer counts against the threads) and logged; its resources stay
+//!   taken until it returns. Past [`CoreConfig::max_lost_threads`] given up, the worker retires
+//!   to be replaced by a fresh process.
 //! * **Start reports.** A start is reported only if the task still runs [`START_REPORT_DELAY`]
 //!   later, so a short task costs one message.
 //! * **Retirement.** SIGTERM, the task lifespan or the memory limit retire the worker: it says
@@ -58,7 +61,13 @@ pub struct CoreConfig {
     pub lifespan_tasks: Option<u64>,
     /// Retire when the process's resident memory passes this many bytes.
     pub memory_limit: Option<u64>,
+    /// Retire when more threads than this were given up (their functions ignored their
+    /// timeouts); 0 means `max(4, nthreads)`.
+    pub max_lost_threads: u32,
 }
+
+/// How long after its deadline a function may take to return before its thread is given up.
+pub const THREAD_GRACE: Duration = Duration::from_millis(500);
 
 /// Something that happened, fed to [`WorkerCore::handle`].
 #[derive(Debug)]
@@ -159,6 +168,9 @@ pub enum Command {
     Cell(CellSpec),
     /// Drop these once-cells' objects (a later use loads them again).
     DropCells(Vec<TaskIdx>),
+    /// The function of this job ignored its timeout: give up its thread (start another in its
+    /// place; the stuck one ends when the function returns, without taking more work).
+    ThreadLost(JobId),
     /// Tell the supervisor to start this worker's successor now.
     Recycling,
     /// End the session.
@@ -219,6 +231,8 @@ struct Running {
     deadline: Option<Instant>,
     /// Reported as timed out already: its result is dropped when it comes.
     abandoned: bool,
+    /// Its thread was given up (see [`Command::ThreadLost`]).
+    lost: bool,
     /// Its start is to be reported (it began and was not reported yet).
     unreported: bool,
 }
@@ -251,6 +265,10 @@ pub struct WorkerCore {
     report_due: Option<Instant>,
     tasks_done: u64,
     retiring: bool,
+    /// Jobs whose threads were given up and that still run.
+    lost_running: usize,
+    /// Threads given up since the worker began.
+    lost_total: u64,
     recycle: bool,
     /// Filled during one `handle`.
     out: Vec<FromWorker>,
@@ -284,6 +302,8 @@ impl WorkerCore {
             report_due: None,
             tasks_done: 0,
             retiring: false,
+            lost_running: 0,
+            lost_total: 0,
             recycle: false,
             out: Vec::new(),
             cmds: Vec::new(),
@@ -353,8 +373,11 @@ impl WorkerCore {
     pub fn next_wakeup(&self) -> Option<Instant> {
         self.jobs
             .values()
-            .filter(|r| !r.abandoned)
-            .filter_map(|r| r.deadline)
+            .filter(|r| !r.lost)
+            .filter_map(|r| match r.abandoned {
+                false => r.deadline,
+                true => r.deadline.map(|d| d + THREAD_GRACE),
+            })
             .chain(self.report_due)
             .min()
     }
@@ -839,12 +862,31 @@ impl WorkerCore {
         let Some(r) = self.jobs.remove(&job) else {
             return;
         };
+        if r.lost {
+            self.lost_running -= 1;
+        }
         self.release(&r.resources);
-        if r.abandoned {
-            tracing::debug!(
+        if r.lost {
+            tracing::info!(
                 task = r.task,
-                "a timed-out task returned; its result is dropped"
+                "the function of a task whose thread was given up returned at last"
             );
+            return;
+        }
+        if r.abandoned {
+            // Stopped after its deadline (and before its thread was given up): failed with
+            // its own timeout error if it has one, its result dropped.
+            let timeout = timeout_message(Duration::from_millis(r.timeout_ms.unwrap_or(0)));
+            let error = match result {
+                Err(e) if e.starts_with(&timeout) => e,
+                _ => timeout,
+            };
+            self.out.push(FromWorker::Failed {
+                id: r.task,
+                error,
+                duration_us: r.timeout_ms.unwrap_or(0) * 1000,
+            });
+            self.count_done();
             return;
         }
         match result {
@@ -903,17 +945,60 @@ impl WorkerCore {
             .map(|(&j, r)| (j, r.task, r.timeout_ms.unwrap_or(0)))
             .collect();
         expired.sort_unstable();
-        for (job, task, timeout_ms) in expired {
+        // Past the deadline: failed once the function stops, or once its thread is given up.
+        for (job, _, _) in expired {
             if let Some(r) = self.jobs.get_mut(&job) {
                 r.abandoned = true;
                 r.unreported = false;
             }
+        }
+        let mut stuck: Vec<(JobId, TaskIdx)> = self
+            .jobs
+            .iter()
+            .filter(|(_, r)| {
+                r.abandoned && !r.lost && r.deadline.is_some_and(|d| d + THREAD_GRACE <= now)
+            })
+            .map(|(&j, r)| (j, r.task))
+            .collect();
+        stuck.sort_unstable();
+        for (job, task) in stuck {
+            let mut timeout_ms = 0;
+            if let Some(r) = self.jobs.get_mut(&job) {
+                r.lost = true;
+                timeout_ms = r.timeout_ms.unwrap_or(0);
+            }
+            self.lost_running += 1;
+            self.lost_total += 1;
             self.out.push(FromWorker::Failed {
                 id: task,
-                error: timeout_message(Duration::from_millis(timeout_ms)),
+                error: format!(
+                    "{}; its function did not stop, so its thread was given up ({} on this worker)",
+                    timeout_message(Duration::from_millis(timeout_ms)),
+                    self.lost_total
+                ),
                 duration_us: timeout_ms * 1000,
             });
             self.count_done();
+            tracing::warn!(
+                worker = self.id,
+                task,
+                given_up = self.lost_total,
+                "a task's function ignored its timeout: its thread is given up and replaced"
+            );
+            self.cmds.push(Command::ThreadLost(job));
+            let limit = match self.config.max_lost_threads {
+                0 => self.config.nthreads.max(4),
+                n => n,
+            };
+            if self.lost_total > u64::from(limit) && !self.retiring {
+                tracing::warn!(
+                    worker = self.id,
+                    given_up = self.lost_total,
+                    limit,
+                    "too many threads given up: retiring to be replaced by a fresh process"
+                );
+                self.recycle();
+            }
         }
         if self.report_due.is_some_and(|d| d <= now) {
             self.report_due = None;
@@ -939,7 +1024,8 @@ impl WorkerCore {
                 self.queue.pop(); // given up since
                 continue;
             };
-            let running = self.jobs.len() as u32;
+            // Jobs whose threads were given up run on threads of their own.
+            let running = (self.jobs.len() - self.lost_running) as u32;
             let limit = if p.task.resources.is_empty() {
                 self.config.nthreads * THREAD_QUEUE
             } else {
@@ -983,6 +1069,7 @@ impl WorkerCore {
                     timeout_ms: p.task.timeout_ms,
                     deadline: None,
                     abandoned: false,
+                    lost: false,
                     unreported: false,
                 },
             );

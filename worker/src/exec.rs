@@ -90,38 +90,96 @@ pub(crate) fn load_cell(
     })
 }
 
-/// Starts `n` executor threads; returns where to send them work.
-pub(crate) fn spawn_executors(
-    n: u32,
-    local: &Arc<WorkerLocal>,
+/// The executor threads: where to send work, and how to replace a thread given up on.
+#[derive(Clone)]
+pub(crate) struct Executors {
+    tx: std::sync::mpsc::Sender<Work>,
+    rx: Arc<Mutex<std::sync::mpsc::Receiver<Work>>>,
     out: mpsc::UnboundedSender<ThreadMsg>,
-) -> std::sync::mpsc::Sender<Work> {
-    let (tx, rx) = std::sync::mpsc::channel::<Work>();
-    let rx = Arc::new(Mutex::new(rx));
-    for i in 0..n {
-        let (rx, out, local) = (rx.clone(), out.clone(), local.clone());
+    local: Arc<WorkerLocal>,
+    jobs: Arc<Mutex<JobsOnThreads>>,
+    next: Arc<std::sync::atomic::AtomicU32>,
+}
+
+/// Which jobs run on the threads, and which of those threads were given up.
+#[derive(Default)]
+struct JobsOnThreads {
+    running: std::collections::HashSet<JobId>,
+    given_up: std::collections::HashSet<JobId>,
+}
+
+impl Executors {
+    /// Starts `n` executor threads.
+    pub(crate) fn start(
+        n: u32,
+        local: &Arc<WorkerLocal>,
+        out: mpsc::UnboundedSender<ThreadMsg>,
+    ) -> Executors {
+        let (tx, rx) = std::sync::mpsc::channel::<Work>();
+        let e = Executors {
+            tx,
+            rx: Arc::new(Mutex::new(rx)),
+            out,
+            local: local.clone(),
+            jobs: Arc::default(),
+            next: Arc::default(),
+        };
+        for _ in 0..n {
+            e.spawn_thread();
+        }
+        e
+    }
+
+    /// Hands `work` to a thread.
+    pub(crate) fn send(&self, work: Work) -> Result<(), String> {
+        self.tx
+            .send(work)
+            .map_err(|_| "the executor threads are gone".to_owned())
+    }
+
+    /// The thread running `job` is given up: another takes its place, and it ends once its
+    /// function returns. `false` if the job had returned meanwhile (nothing to replace).
+    pub(crate) fn give_up(&self, job: JobId) -> bool {
+        let mut j = self.jobs.lock().expect("executor lock");
+        if !j.running.contains(&job) {
+            return false;
+        }
+        j.given_up.insert(job);
+        drop(j);
+        self.spawn_thread();
+        true
+    }
+
+    fn spawn_thread(&self) {
+        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let e = self.clone();
         std::thread::Builder::new()
             .name(format!("drover-exec-{i}"))
             .spawn(move || loop {
-                let work = match rx.lock().map(|r| r.recv()) {
+                let work = match e.rx.lock().map(|r| r.recv()) {
                     Ok(Ok(work)) => work,
                     _ => return,
                 };
-                let (job, result, duration_us) = run(work, &local, &out);
-                if out
-                    .send(ThreadMsg::Done {
-                        job,
-                        result,
-                        duration_us,
-                    })
-                    .is_err()
-                {
+                let id = work.job.job;
+                e.jobs.lock().expect("executor lock").running.insert(id);
+                let (job, result, duration_us) = run(work, &e.local, &e.out);
+                let given_up = {
+                    let mut j = e.jobs.lock().expect("executor lock");
+                    j.running.remove(&id);
+                    j.given_up.remove(&id)
+                };
+                let sent = e.out.send(ThreadMsg::Done {
+                    job,
+                    result,
+                    duration_us,
+                });
+                if sent.is_err() || given_up {
+                    // Replaced already: this thread ends here.
                     return;
                 }
             })
             .expect("spawn executor thread");
     }
-    tx
 }
 
 fn run(

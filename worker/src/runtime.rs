@@ -22,7 +22,7 @@ use tracing::{info, warn};
 
 pub use crate::context::timeout_message;
 use crate::core::{Command, CoreConfig, Event, Exit, FetchId, WorkerCore};
-use crate::exec::{load_cell, spawn_executors, CellInput, ThreadMsg, Work};
+use crate::exec::{load_cell, CellInput, Executors, ThreadMsg, Work};
 use crate::local::WorkerLocal;
 use crate::peer::{serve, Fetcher};
 use crate::registry::Registry;
@@ -263,7 +263,7 @@ async fn session(
     tokio::spawn(batch_writer(session.send, out_rx));
     let (thread_tx, mut thread_rx) = mpsc::unbounded_channel::<ThreadMsg>();
     let nthreads = config.nthreads.max(1);
-    let jobs = spawn_executors(nthreads, &me, thread_tx.clone());
+    let jobs = Executors::start(nthreads, &me, thread_tx.clone());
     let fetcher = Arc::new(Fetcher::new(
         endpoint.clone(),
         config.access.token.clone(),
@@ -282,6 +282,7 @@ async fn session(
                 .collect(),
             lifespan_tasks: config.lifespan_tasks,
             memory_limit: config.memory_limit,
+            max_lost_threads: 0,
         },
     );
     let mut shell = Shell {
@@ -426,7 +427,7 @@ struct Shell {
     registry: Registry,
     store: Arc<Store>,
     fetcher: Arc<Fetcher>,
-    jobs: std::sync::mpsc::Sender<Work>,
+    jobs: Executors,
     thread_tx: mpsc::UnboundedSender<ThreadMsg>,
     fetch_tx: mpsc::UnboundedSender<FetchResult>,
     out_tx: mpsc::UnboundedSender<Vec<drover_protocol::FromWorker>>,
@@ -530,6 +531,11 @@ impl Shell {
                                 info!(worker = self.id, cell = %spec.key, "dropped once-cell");
                             }
                         }
+                    }
+                }
+                Command::ThreadLost(job) => {
+                    if self.jobs.give_up(job) {
+                        tracing::warn!(job, "started a thread in place of one given up");
                     }
                 }
                 Command::Recycling => announce_recycling(),

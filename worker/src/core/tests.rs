@@ -314,7 +314,7 @@ fn resources_and_threads_bound_what_runs() {
 }
 
 #[test]
-fn a_timeout_fails_the_task_at_its_deadline_and_its_late_result_is_dropped() {
+fn a_timeout_fails_the_task_when_its_function_stops_and_its_result_is_dropped() {
     let mut c = core(1);
     let mut t = task(1, &[], &[]);
     t.timeout_ms = Some(500);
@@ -326,22 +326,80 @@ fn a_timeout_fails_the_task_at_its_deadline_and_its_late_result_is_dropped() {
     assert!(matches!(sent(&cmds)[..], [FromWorker::Started(1)]));
     assert_eq!(c.next_wakeup(), Some(at(600)));
     let cmds = c.handle(Event::Tick, at(600));
-    assert!(matches!(
-        sent(&cmds)[..],
-        [FromWorker::Failed { id: 1, error, .. }] if error == "task timed out after 0.5 s"
-    ));
-    assert_eq!(c.busy().0, 1, "its thread stays taken");
+    assert!(
+        sent(&cmds).is_empty(),
+        "the function gets its grace: {cmds:?}"
+    );
+    assert_eq!(c.next_wakeup(), Some(at(1100)));
+    // It stops in time (with the result it had): failed as timed out, the result dropped.
     let cmds = c.handle(
         Event::JobDone {
             job,
             result: Ok(9),
             duration_us: 9,
         },
-        at(9000),
+        at(700),
     );
-    assert!(cmds.is_empty(), "{cmds:?}");
+    assert!(matches!(
+        sent(&cmds)[..],
+        [FromWorker::Failed { id: 1, error, .. }] if error == "task timed out after 0.5 s"
+    ));
     assert!(c.held().is_empty());
     assert_eq!(c.busy().0, 0);
+}
+
+#[test]
+fn a_function_that_ignores_its_timeout_loses_its_thread_and_too_many_retire_the_worker() {
+    let mut c = core(1);
+    let mut lost = Vec::new();
+    for id in 1..=5 {
+        let mut t = task(id, &[], &[]);
+        t.timeout_ms = Some(100);
+        let cmds = sched(&mut c, vec![ToWorker::Compute(t)]);
+        let (job, _) = runs(&cmds)[0];
+        let base = 1000 * u64::from(id);
+        c.handle(Event::JobStarted { job }, at(base));
+        c.handle(Event::Tick, at(base + 100));
+        // Still running at the deadline plus the grace: its thread is given up, and the
+        // next task runs (on the replacement).
+        let cmds = c.handle(Event::Tick, at(base + 700));
+        assert!(
+            cmds.iter()
+                .any(|c| matches!(c, Command::ThreadLost(j) if *j == job)),
+            "{cmds:?}"
+        );
+        let failed: Vec<&FromWorker> = sent(&cmds)
+            .into_iter()
+            .filter(|m| matches!(m, FromWorker::Failed { .. }))
+            .collect();
+        assert!(
+            matches!(failed[..], [FromWorker::Failed { id: i, error, .. }]
+                if *i == id && error.starts_with("task timed out after 0.1 s; its function did not stop, so its thread was given up")),
+            "{failed:?}"
+        );
+        lost.push((job, cmds));
+    }
+    // Four given up (max(4, 1 thread)) is the limit; the fifth retires the worker.
+    let retired: Vec<bool> = lost
+        .iter()
+        .map(|(_, cmds)| {
+            sent(cmds)
+                .iter()
+                .any(|m| matches!(m, FromWorker::Retiring { successor: true }))
+        })
+        .collect();
+    assert_eq!(retired, [false, false, false, false, true]);
+    // A stuck function that returns at last changes nothing but its resources.
+    let (job, _) = lost[0];
+    let cmds = c.handle(
+        Event::JobDone {
+            job,
+            result: Ok(1),
+            duration_us: 1,
+        },
+        at(99_000),
+    );
+    assert!(sent(&cmds).is_empty(), "{cmds:?}");
 }
 
 #[test]
