@@ -15,6 +15,7 @@ pub mod codec;
 pub mod endpoint;
 pub mod lifeline;
 pub mod logging;
+pub mod memory;
 pub mod messages;
 pub mod tls;
 

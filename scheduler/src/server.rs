@@ -510,6 +510,8 @@ async fn core_loop(
     let mut clients: HashMap<ClientId, mpsc::UnboundedSender<Vec<ToClient>>> = HashMap::new();
     let mut commands: Vec<Command> = Vec::new();
     let mut held = HeldClients::start();
+    // Clients that left take their graphs' memory with them.
+    let trimmer = drover_protocol::memory::Trimmer::start(Duration::from_secs(1));
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);
         // Handle everything already queued before sending: one frame per peer per round.
@@ -539,6 +541,7 @@ async fn core_loop(
                             Event::ClientLeft { id } => {
                                 clients.remove(id);
                                 progress.client_left(u64::from(*id));
+                                trimmer.freed();
                             }
                             _ => {}
                         }
@@ -558,6 +561,10 @@ async fn core_loop(
             &input,
             &mut held,
         );
+        // A burst's room goes back once it is sent.
+        if commands.capacity() > 4096 && commands.is_empty() {
+            commands.shrink_to_fit();
+        }
     }
 }
 

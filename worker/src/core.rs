@@ -497,6 +497,7 @@ impl WorkerCore {
                         }
                     }
                 }
+                self.shrink();
             }
             ToWorker::Peers(list) => {
                 for p in list {
@@ -927,6 +928,23 @@ impl WorkerCore {
                 "lifespan reached: retiring to be replaced by a fresh process"
             );
             self.recycle();
+        }
+    }
+
+    /// Gives back the room of tables that emptied (at most a quarter full).
+    fn shrink(&mut self) {
+        fn map<K: std::hash::Hash + Eq, V>(m: &mut HashMap<K, V>) {
+            if m.capacity() > 4 * m.len() + 64 {
+                m.shrink_to_fit();
+            }
+        }
+        map(&mut self.store);
+        map(&mut self.pending);
+        map(&mut self.wanted);
+        map(&mut self.fetches);
+        map(&mut self.jobs);
+        if self.queue.capacity() > 4 * self.queue.len() + 64 {
+            self.queue.shrink_to_fit();
         }
     }
 

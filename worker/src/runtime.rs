@@ -286,6 +286,7 @@ async fn session(
         },
     );
     let mut shell = Shell {
+        trimmer: drover_protocol::memory::Trimmer::start(Duration::from_secs(1)),
         id,
         me: me.clone(),
         registry,
@@ -422,6 +423,8 @@ struct FetchResult {
 
 /// What carries out the core's commands.
 struct Shell {
+    /// Freed results give their memory back.
+    trimmer: drover_protocol::memory::Trimmer,
     id: WorkerId,
     me: Arc<WorkerLocal>,
     registry: Registry,
@@ -470,7 +473,10 @@ impl Shell {
                         }
                     }
                 }
-                Command::Drop(ids) => ids.into_iter().for_each(|i| self.store.remove(i)),
+                Command::Drop(ids) => {
+                    ids.into_iter().for_each(|i| self.store.remove(i));
+                    self.trimmer.freed();
+                }
                 Command::Run(job) => {
                     let inputs: Result<Vec<Bytes>, String> = job
                         .task
@@ -543,6 +549,9 @@ impl Shell {
             }
         }
         self.bytes.clear();
+        if self.bytes.capacity() > 1024 {
+            self.bytes.shrink_to_fit();
+        }
         exit
     }
 

@@ -36,6 +36,9 @@ impl Store {
     /// Drops `id`.
     pub fn remove(&self, id: TaskIdx) {
         self.data.remove(&id);
+        if self.data.capacity() > 4 * self.data.len() + 1024 {
+            self.data.shrink_to_fit();
+        }
     }
 
     /// How many results are held.

@@ -123,11 +123,36 @@ impl Core {
         let len = self.tasks.len() as u32;
         self.free_slots.retain(|&t| t < len);
         self.free_slots.sort_unstable_by(|a, b| b.cmp(a)); // pop() takes the lowest first
+        self.shrink();
         tracing::debug!(
             forgotten,
             tasks = self.tasks.len(),
             "forgot tasks of departed clients"
         );
+    }
+
+    /// Gives back the room of tables that emptied (a table at most a quarter full is cut down
+    /// to its contents), so memory returns when clients leave.
+    fn shrink(&mut self) {
+        fn vec<T>(v: &mut Vec<T>) {
+            if v.capacity() > 4 * v.len() + 64 {
+                v.shrink_to_fit();
+            }
+        }
+        fn map<K: std::hash::Hash + Eq, V>(m: &mut std::collections::HashMap<K, V>) {
+            if m.capacity() > 4 * m.len() + 64 {
+                m.shrink_to_fit();
+            }
+        }
+        vec(&mut self.tasks);
+        vec(&mut self.free_slots);
+        vec(&mut self.forget_candidates);
+        map(&mut self.keys);
+        map(&mut self.extra_runs);
+        map(&mut self.deaths);
+        map(&mut self.moved);
+        map(&mut self.clients);
+        map(&mut self.stored);
     }
 
     /// A free task slot, or a new one.
