@@ -2,7 +2,7 @@
 //! committing each key when CMD exits 0 and failing it (exit code, stderr tail) otherwise. Any
 //! number of copies may run on any machines at once: each key is committed once.
 
-use std::io::{BufRead, IsTerminal};
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -55,39 +55,15 @@ pub struct Args {
 const STDERR_TAIL: usize = 2048;
 
 /// Reads the keys: one per line, in order, each once.
-fn read_keys(path: &PathBuf) -> Result<Vec<String>, Failure> {
-    let reader: Box<dyn BufRead> = if path.as_os_str() == "-" {
-        Box::new(std::io::stdin().lock())
-    } else {
-        let f = std::fs::File::open(path).map_err(|e| {
-            Failure::Usage(format!("cannot read keys file {}: {e}", path.display()))
-        })?;
-        Box::new(std::io::BufReader::new(f))
-    };
+fn read_keys(path: &std::path::Path) -> Result<Vec<String>, Failure> {
     let mut seen = std::collections::HashSet::new();
     let mut keys = Vec::new();
-    for (n, line) in reader.split(b'\n').enumerate() {
-        let line = line.map_err(|e| Failure::Usage(format!("cannot read keys: {e}")))?;
-        let line = line.strip_suffix(b"\r").unwrap_or(&line);
-        let key = std::str::from_utf8(line).map_err(|e| {
-            Failure::Usage(format!(
-                "{} line {}: a key must be UTF-8 text: {e}",
-                path.display(),
-                n + 1
-            ))
-        })?;
-        if key.is_empty() {
-            continue;
+    for (n, key) in crate::read_lines(path, "a key")? {
+        if let Err(e) = drover_progress::check_names("x", &key) {
+            return Err(Failure::Usage(format!("{} line {n}: {e}", path.display())));
         }
-        if let Err(e) = drover_progress::check_names("x", key) {
-            return Err(Failure::Usage(format!(
-                "{} line {}: {e}",
-                path.display(),
-                n + 1
-            )));
-        }
-        if seen.insert(key.to_owned()) {
-            keys.push(key.to_owned());
+        if seen.insert(key.clone()) {
+            keys.push(key);
         }
     }
     Ok(keys)

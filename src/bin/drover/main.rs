@@ -88,6 +88,52 @@ pub(crate) fn load(path: &Path) -> Result<(GraphFile, Planned), Failure> {
     Ok((file, planned))
 }
 
+/// The non-empty lines of `path` (`-` for standard input) with their line numbers (from 1),
+/// a trailing carriage return not part of a line; each must be UTF-8 text (`what` names a line
+/// in the error: "a key", "an input").
+pub(crate) fn read_lines(path: &Path, what: &str) -> Result<Vec<(usize, String)>, Failure> {
+    use std::io::BufRead;
+    let reader: Box<dyn BufRead> = if path.as_os_str() == "-" {
+        Box::new(std::io::stdin().lock())
+    } else {
+        let f = std::fs::File::open(path)
+            .map_err(|e| Failure::Usage(format!("cannot read {}: {e}", path.display())))?;
+        Box::new(std::io::BufReader::new(f))
+    };
+    let mut lines = Vec::new();
+    for (n, line) in reader.split(b'\n').enumerate() {
+        let line =
+            line.map_err(|e| Failure::Usage(format!("cannot read {}: {e}", path.display())))?;
+        let line = line.strip_suffix(b"\r").unwrap_or(&line);
+        if line.is_empty() {
+            continue;
+        }
+        let text = std::str::from_utf8(line).map_err(|e| {
+            Failure::Usage(format!(
+                "{} line {}: {what} must be UTF-8 text: {e}",
+                path.display(),
+                n + 1
+            ))
+        })?;
+        lines.push((n + 1, text.to_owned()));
+    }
+    Ok(lines)
+}
+
+/// Starts a local cluster of the stock workers and a client of it.
+pub(crate) async fn start_local(
+    spec: &drover::ClusterSpec,
+) -> Result<(drover::LocalCluster, drover::Client), Failure> {
+    let cluster = drover::LocalCluster::start(spec, drover::Registry::with_builtins())
+        .await
+        .map_err(|e| Failure::Usage(format!("cannot start the local cluster: {e}")))?;
+    let client = cluster
+        .client()
+        .await
+        .map_err(|e| Failure::Usage(e.to_string()))?;
+    Ok((cluster, client))
+}
+
 /// Writes `text` to `path`, or to stdout when `path` is `-`.
 pub(crate) fn write_output(path: &PathBuf, text: &str) -> Result<(), Failure> {
     if path.as_os_str() == "-" {

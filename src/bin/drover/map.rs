@@ -5,12 +5,11 @@
 //! writes its result. Rerunning the same command maps only what is not done.
 
 use std::collections::BTreeMap;
-use std::io::BufRead;
 use std::path::PathBuf;
 
 use drover::mapreduce::MapReduce;
 use drover::progress::DEFAULT_DIR;
-use drover::{Client, ClusterSpec, LocalCluster, Registry};
+use drover::{Client, ClusterSpec};
 use drover_worker::shell_job::{ShellCommands, ShellJob};
 
 use crate::Failure;
@@ -68,35 +67,6 @@ pub struct Args {
     output: Option<PathBuf>,
 }
 
-/// Reads the inputs: one per line.
-fn read_inputs(path: &PathBuf) -> Result<Vec<String>, Failure> {
-    let reader: Box<dyn BufRead> = if path.as_os_str() == "-" {
-        Box::new(std::io::stdin().lock())
-    } else {
-        let f = std::fs::File::open(path).map_err(|e| {
-            Failure::Usage(format!("cannot read inputs file {}: {e}", path.display()))
-        })?;
-        Box::new(std::io::BufReader::new(f))
-    };
-    let mut inputs = Vec::new();
-    for (n, line) in reader.split(b'\n').enumerate() {
-        let line = line.map_err(|e| Failure::Usage(format!("cannot read inputs: {e}")))?;
-        let line = line.strip_suffix(b"\r").unwrap_or(&line);
-        if line.is_empty() {
-            continue;
-        }
-        let text = std::str::from_utf8(line).map_err(|e| {
-            Failure::Usage(format!(
-                "{} line {}: an input must be UTF-8 text: {e}",
-                path.display(),
-                n + 1
-            ))
-        })?;
-        inputs.push(text.to_owned());
-    }
-    Ok(inputs)
-}
-
 /// The output text: lines, or JSON.
 fn render(values: &BTreeMap<String, Vec<String>>, json: bool, reduced: bool) -> String {
     if json {
@@ -135,7 +105,10 @@ pub fn run(args: Args) -> Result<(), Failure> {
     if args.chunk_size == Some(0) {
         return Err(Failure::Usage("--chunk-size must be at least 1".into()));
     }
-    let inputs = read_inputs(&args.inputs_file)?;
+    let inputs: Vec<String> = crate::read_lines(&args.inputs_file, "an input")?
+        .into_iter()
+        .map(|(_, l)| l)
+        .collect();
     let name = match &args.name {
         Some(n) => n.clone(),
         None => args
@@ -160,13 +133,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
             ),
             None => {
                 let spec = ClusterSpec::plain(1, parallelism as u32).with_progress_dir(&args.store);
-                let cluster = LocalCluster::start(&spec, Registry::with_builtins())
-                    .await
-                    .map_err(|e| Failure::Usage(format!("cannot start the local cluster: {e}")))?;
-                let client = cluster
-                    .client()
-                    .await
-                    .map_err(|e| Failure::Usage(e.to_string()))?;
+                let (cluster, client) = crate::start_local(&spec).await?;
                 (Some(cluster), client)
             }
         };

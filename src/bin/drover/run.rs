@@ -4,7 +4,7 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
-use drover::{Client, ClientOptions, ClusterSpec, LocalCluster, Registry, RunEvent, TaskStatus};
+use drover::{Client, ClientOptions, ClusterSpec, RunEvent, TaskStatus};
 
 use crate::{load, Failure};
 
@@ -151,13 +151,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
     rt.block_on(async {
         let (cluster, client) = match (&spec, &args.access_file) {
             (Some(spec), _) => {
-                let cluster = LocalCluster::start(spec, Registry::with_builtins())
-                    .await
-                    .map_err(|e| Failure::Usage(format!("cannot start the local cluster: {e}")))?;
-                let client = cluster
-                    .client()
-                    .await
-                    .map_err(|e| Failure::Usage(e.to_string()))?;
+                let (cluster, client) = crate::start_local(spec).await?;
                 (Some(cluster), client)
             }
             (None, Some(path)) => (None, {
