@@ -1,11 +1,11 @@
 //! Memory under load and after it, with real processes: the release binaries (`cargo build
 //! --release --workspace` first) run a scheduler and 2 workers on 127.0.0.1; 20 `drover run`
-//! clients at once submit 5,000 no-op tasks each (half the keys shared by all), three rounds.
+//! clients at once submit 5,000 no-op tasks each (half the keys shared by all), three rounds (or N).
 //! Printed: each process's resident memory (VmRSS) before, during the first round, and after
 //! each round once every client left.
 //!
 //! ```text
-//! cargo bench --bench memory
+//! cargo bench --bench memory [-- --rounds N]
 //! ```
 
 #[path = "../tests/common/mod.rs"]
@@ -26,6 +26,12 @@ fn rss(pid: u32) -> f64 {
 }
 
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let rounds: u32 = args
+        .iter()
+        .position(|a| a == "--rounds")
+        .and_then(|i| args.get(i + 1)?.parse().ok())
+        .unwrap_or(3);
     let mut cluster = Cluster::start_with(&["--idle-timeout-secs", "10"]);
     for w in ["w1", "w2"] {
         cluster.add_worker(&binary("worker"), &[], w, "");
@@ -63,7 +69,7 @@ fn main() {
     };
     show("before");
     let access = cluster.access();
-    for round in 1..=3 {
+    for round in 1..=rounds {
         let start = Instant::now();
         let runs: Vec<_> = graphs
             .iter()

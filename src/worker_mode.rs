@@ -80,6 +80,7 @@ pub fn run_as_worker_if_asked(registry: impl FnOnce() -> Registry) -> Option<Exi
             return Some(ExitCode::from(2));
         }
     };
+    drover_protocol::memory::tune_for_long_life();
     let access = match drover_protocol::AccessFile::load(&parsed.access_file) {
         Ok(a) => a,
         Err(e) => {

@@ -314,3 +314,82 @@ fn timed_out_tasks_free_their_threads_for_the_tasks_behind_them() {
     // With the sleeps holding their threads this took 16 s or never ended.
     assert!(took < std::time::Duration::from_secs(8), "{took:?}");
 }
+
+/// Random graph files through `drover check` (its table printer) and `drover export`: exit 0
+/// or 1 with a message, never a panic (exit 101) or a hang.
+#[test]
+fn random_graph_files_get_exit_0_or_1_from_check_and_export() {
+    let dir = tempfile::tempdir().unwrap();
+    let drover = binary("drover");
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move |n: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % n
+    };
+    let texts = ["a", "b", "c", "ключ", "a b", "", "k\u{0}", "pool-A"];
+    for case in 0..40 {
+        let n = next(6) + 1;
+        let mut tasks = Vec::new();
+        for i in 0..n {
+            let key = if next(10) == 0 {
+                "x".repeat(70_000)
+            } else {
+                format!("{}{}", texts[next(8) as usize], i % 3)
+            };
+            let mut t = serde_json::json!({"key": key, "function": texts[next(8) as usize]});
+            if next(2) == 0 {
+                let inputs: Vec<String> = (0..next(3))
+                    .map(|j| format!("{}{}", texts[next(8) as usize], j))
+                    .collect();
+                t["inputs"] = serde_json::json!(inputs);
+            }
+            match next(5) {
+                0 => t["size_hint"] = serde_json::json!(u64::MAX),
+                1 => t["size_hint"] = serde_json::json!(-3),
+                2 => t["pool"] = serde_json::json!(texts[next(8) as usize]),
+                3 => t["any_pool"] = serde_json::json!(true),
+                _ => {
+                    t["resources"] =
+                        serde_json::json!({texts[next(8) as usize]: next(3) as f64 - 1.0})
+                }
+            }
+            tasks.push(t);
+        }
+        let mut text = serde_json::json!({ "tasks": tasks }).to_string();
+        if next(8) == 0 {
+            text.truncate(next(text.len() as u64) as usize); // malformed
+        }
+        let path = dir.path().join(format!("g{case}.json"));
+        std::fs::write(&path, &text).unwrap();
+        for args in [
+            vec!["check", path.to_str().unwrap()],
+            vec![
+                "export",
+                path.to_str().unwrap(),
+                "--format",
+                "svg",
+                "-o",
+                "-",
+            ],
+        ] {
+            let out = std::process::Command::new(&drover)
+                .args(&args)
+                .output()
+                .unwrap();
+            let code = out.status.code();
+            assert!(
+                matches!(code, Some(0 | 1)),
+                "{args:?} on {text:.300}: {code:?} {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            if code == Some(1) {
+                assert!(
+                    !out.stderr.is_empty(),
+                    "exit 1 with no message: {text:.300}"
+                );
+            }
+        }
+    }
+}

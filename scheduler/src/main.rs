@@ -45,6 +45,7 @@ struct Args {
 /// Exit codes: 0 stopped by a signal; 1 a failure while serving; 2 bad usage or a state dir
 /// (or progress store) that cannot be used.
 fn main() -> std::process::ExitCode {
+    drover_protocol::memory::tune_for_long_life();
     drover_protocol::logging::init("info");
     let args = Args::parse();
     let rt = match tokio::runtime::Runtime::new() {

@@ -122,6 +122,7 @@ fn child_args(args: &Args) -> Vec<String> {
 }
 
 fn main() -> ExitCode {
+    drover_protocol::memory::tune_for_long_life();
     drover_protocol::logging::init("info");
     let args = Args::parse();
     let access = match AccessFile::load(&args.access_file) {

@@ -147,6 +147,7 @@ pub(crate) fn write_output(path: &PathBuf, text: &str) -> Result<(), Failure> {
 }
 
 fn main() -> ExitCode {
+    drover_protocol::memory::tune_for_long_life();
     // Warnings from the client library (e.g. scheduler warnings while fetching) go to stderr;
     // RUST_LOG adjusts.
     drover_protocol::logging::init("warn");
