@@ -212,3 +212,98 @@ fn export_writes_dot_json_and_svg() {
     let svg = std::fs::read_to_string(out("g.svg")).unwrap();
     assert!(svg.contains("<svg") && svg.contains("run_in_b") && svg.contains("pool A"));
 }
+
+/// Every error at once: a cycle is reported beside a bad pool name.
+#[test]
+fn a_cycle_and_a_bad_pool_are_both_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = write_temp(
+        &dir,
+        "g.json",
+        r#"{"tasks": [{"key": "a", "function": "len", "inputs": ["b"], "pool": "bad pool!"},
+                      {"key": "b", "function": "len", "inputs": ["a"]}]}"#,
+    );
+    let o = drover(&["check", &g]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(
+        err.contains("2 errors")
+            && err.contains("pool name \"bad pool!\"")
+            && err.contains("cycle: "),
+        "{err}"
+    );
+}
+
+/// `drover export g.json -o g.json` is refused; the graph stays as it was.
+#[test]
+fn export_refuses_to_overwrite_its_graph_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(data("pools.json")).unwrap();
+    let g = write_temp(&dir, "g.json", &text);
+    let same = dir.path().join(".").join("g.json");
+    let o = drover(&[
+        "export",
+        &g,
+        "--format",
+        "dot",
+        "-o",
+        same.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("is the graph file itself"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(std::fs::read_to_string(&g).unwrap(), text);
+}
+
+/// A missing access file is named once, without a stutter.
+#[test]
+fn a_missing_access_file_is_named_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = write_temp(
+        &dir,
+        "g.json",
+        r#"{"tasks": [{"key": "a", "function": "noop"}]}"#,
+    );
+    let o = drover(&["run", &g, "--access-file", "/nonexistent/access.json"]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    assert!(
+        err.contains("access file /nonexistent/access.json"),
+        "{err}"
+    );
+    assert_eq!(err.matches("access file").count(), 1, "{err}");
+}
+
+/// Report times are whole microseconds (no float noise such as 4.4772240000000005).
+#[test]
+fn report_times_are_whole_microseconds() {
+    let dir = tempfile::tempdir().unwrap();
+    let tasks: Vec<String> = (0..20)
+        .map(|i| format!(r#"{{"key": "t{i}", "function": "bytes", "params": {{"n": {i}}}}}"#))
+        .collect();
+    let g = write_temp(
+        &dir,
+        "g.json",
+        &format!(r#"{{"tasks": [{}]}}"#, tasks.join(",")),
+    );
+    let report = dir.path().join("r.json");
+    let o = drover(&[
+        "run",
+        &g,
+        "--local",
+        "1",
+        "--report",
+        report.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let text = std::fs::read_to_string(&report).unwrap();
+    let r: serde_json::Value = serde_json::from_str(&text).unwrap();
+    for t in r["tasks"].as_array().unwrap() {
+        let shown = t["at_ms"].to_string();
+        let decimals = shown.split('.').nth(1).map_or(0, str::len);
+        assert!(decimals <= 3, "{shown}");
+    }
+}

@@ -59,15 +59,22 @@ impl Graph {
             }
             self.check_once_cells(id, &mut errors);
         }
-        if !errors.is_empty() {
+        // A cycle is found whatever else is wrong (with every input defined), so that all the
+        // errors come at once.
+        let structural = errors
+            .iter()
+            .any(|e| matches!(e, GraphError::UnknownInput { .. }));
+        if structural {
             return Err(InvalidGraph { errors });
         }
         let topo = self.topology();
         if topo.order.len() < self.len() {
-            return Err(GraphError::Cycle {
+            errors.push(GraphError::Cycle {
                 keys: self.find_cycle(&topo),
-            }
-            .into());
+            });
+        }
+        if !errors.is_empty() {
+            return Err(InvalidGraph { errors });
         }
         Ok(topo)
     }

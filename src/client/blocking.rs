@@ -40,7 +40,11 @@ impl BlockingClient {
                 .worker_threads(1)
                 .enable_all()
                 .build()
-                .map_err(|e| ClientError::Access(format!("cannot start a runtime: {e}")))?,
+                .map_err(|e| {
+                    ClientError::Access(format!(
+                        "cannot start a runtime for the blocking client: {e}"
+                    ))
+                })?,
         );
         let inner = rt.block_on(super::Client::connect_with_options(&access, options))?;
         Ok(BlockingClient { rt, inner })

@@ -29,8 +29,8 @@ pub use report::{Report, TaskReport};
 /// Client errors.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// The access file is unusable.
-    #[error("access file: {0}")]
+    /// The access file is unusable (the message names it).
+    #[error("{0}")]
     Access(String),
     /// Connecting or the handshake failed, or the scheduler refused us.
     #[error(transparent)]

@@ -147,7 +147,8 @@ impl Report {
                 duration_ms: e.duration_us as f64 / 1000.0,
                 error: e.error.clone(),
                 moved_bytes: e.moved_bytes,
-                at_ms: times_ms.get(n).copied().unwrap_or(0.0),
+                // Whole microseconds: no float noise in reports.
+                at_ms: (times_ms.get(n).copied().unwrap_or(0.0) * 1000.0).round() / 1000.0,
                 reruns: if e.load {
                     0
                 } else {

@@ -26,9 +26,23 @@ pub struct Args {
 /// Runs the command.
 pub fn run(args: Args) -> Result<(), Failure> {
     let format: Format = args.format.parse().map_err(Failure::Usage)?;
+    if same_file(&args.graph, &args.output) {
+        return Err(Failure::Usage(format!(
+            "-o {} is the graph file itself: it would be overwritten; write the export elsewhere",
+            args.output.display()
+        )));
+    }
     let (_, planned) = load(&args.graph)?;
     let options = ExportOptions {
         summarise_above: (args.summarise_above > 0).then_some(args.summarise_above),
     };
     crate::write_output(&args.output, &planned.export(format, options))
+}
+
+/// Whether `a` and `b` name the same existing file (through links and relative paths).
+fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
 }

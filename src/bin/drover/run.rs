@@ -155,8 +155,8 @@ pub fn run(args: Args) -> Result<(), Failure> {
                 (Some(cluster), client)
             }
             (None, Some(path)) => (None, {
-                let access = drover::AccessFile::load(path)
-                    .map_err(|e| Failure::Usage(format!("access file: {e}")))?;
+                let access =
+                    drover::AccessFile::load(path).map_err(|e| Failure::Usage(e.to_string()))?;
                 let options = ClientOptions {
                     reconnect: std::time::Duration::from_secs(args.reconnect_secs),
                     idle_timeout: std::time::Duration::from_secs(args.idle_timeout_secs.max(1)),
