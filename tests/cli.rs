@@ -307,3 +307,27 @@ fn report_times_are_whole_microseconds() {
         assert!(decimals <= 3, "{shown}");
     }
 }
+
+/// A task placed anywhere reports the pool of the worker it ran on.
+#[test]
+fn report_rows_name_the_pool_a_task_ran_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = write_temp(
+        &dir,
+        "g.json",
+        r#"{"tasks": [{"key": "free", "function": "noop", "any_pool": true}]}"#,
+    );
+    let report = dir.path().join("r.json");
+    let o = drover(&[
+        "run",
+        &g,
+        "--local",
+        "A=1",
+        "--report",
+        report.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(r["tasks"][0]["pool"], "A", "{r}");
+}

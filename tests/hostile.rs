@@ -393,3 +393,27 @@ fn random_graph_files_get_exit_0_or_1_from_check_and_export() {
         }
     }
 }
+
+/// `worker --reconnect-secs 3` with its scheduler gone gives up after about 3 s (its
+/// connection attempts are cut short), not after the attempts' own timeouts.
+#[test]
+fn a_worker_gives_up_when_its_patience_ends() {
+    let mut cluster = Cluster::start();
+    let access = cluster.access();
+    cluster.scheduler.kill();
+    let started = std::time::Instant::now();
+    let worker = Proc::start(
+        "worker",
+        &binary("worker"),
+        &["--access-file", &access, "--reconnect-secs", "3"],
+    );
+    let (code, lines) = worker.finish();
+    let took = started.elapsed();
+    assert_eq!(code, Some(1), "{lines:?}");
+    assert!(
+        lines.iter().any(|l| l.contains("gave up after 3 s")),
+        "{lines:?}"
+    );
+    // The attempts' own timeouts would make it 10-20 s.
+    assert!(took < std::time::Duration::from_secs(8), "{took:?}");
+}

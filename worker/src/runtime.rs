@@ -168,16 +168,49 @@ async fn reconnecting(
     local: &Arc<WorkerLocal>,
     patience: Duration,
 ) -> Result<Stopped, WorkerError> {
-    let mut lost_since: Option<Instant> = None;
+    // Patience counts from the start (never connected yet) or from the loss of a connection;
+    // a connection attempt is cut short when it runs out.
+    let mut lost_since: Option<Instant> = Some(Instant::now());
     let mut backoff = Duration::from_millis(500);
+    let give_up = |error: &dyn std::fmt::Display| {
+        WorkerError::Lost(format!(
+            "gave up after {:.0} s without the scheduler at {}: {error}",
+            patience.as_secs_f64(),
+            config.access.address
+        ))
+    };
     loop {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let result = session(config.clone(), registry.clone(), local.clone(), Some(tx)).await;
-        if rx.await.is_ok() {
-            // It was connected: the outage starts now.
-            lost_since = None;
-            backoff = Duration::from_millis(500);
-        }
+        let (tx, mut rx) = tokio::sync::oneshot::channel();
+        let mut attempt = Box::pin(session(
+            config.clone(),
+            registry.clone(),
+            local.clone(),
+            Some(tx),
+        ));
+        // With no patience, one attempt runs its course.
+        let deadline = lost_since
+            .filter(|_| !patience.is_zero())
+            .map(|s| s + patience)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600 * 24 * 365));
+        let result = tokio::select! {
+            r = &mut attempt => {
+                if rx.try_recv().is_ok() {
+                    lost_since = None; // it was connected: the outage starts now
+                    backoff = Duration::from_millis(500);
+                }
+                r
+            }
+            joined = &mut rx => {
+                if joined.is_ok() {
+                    lost_since = None;
+                    backoff = Duration::from_millis(500);
+                }
+                attempt.await
+            }
+            _ = tokio::time::sleep_until(deadline.into()) => {
+                return Err(give_up(&"no answer in time"));
+            }
+        };
         let error = match result {
             Ok(stopped) => return Ok(stopped),
             Err(e @ WorkerError::Access(_)) => return Err(e),
@@ -188,15 +221,12 @@ async fn reconnecting(
             Err(e) => e,
         };
         let since = *lost_since.get_or_insert_with(Instant::now);
-        if since.elapsed() >= patience {
-            return Err(WorkerError::Lost(format!(
-                "gave up after {:.0} s without the scheduler at {}: {error}",
-                patience.as_secs_f64(),
-                config.access.address
-            )));
+        let left = patience.saturating_sub(since.elapsed());
+        if left.is_zero() {
+            return Err(give_up(&error));
         }
-        warn!(%error, retry_in = ?backoff, "scheduler unreachable; retrying");
-        tokio::time::sleep(backoff).await;
+        warn!(%error, retry_in = ?backoff.min(left), "scheduler unreachable; retrying");
+        tokio::time::sleep(backoff.min(left)).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }

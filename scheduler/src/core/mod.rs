@@ -614,7 +614,19 @@ impl Core {
             worker: worker
                 .and_then(|w| self.workers.get(&w))
                 .map(|w| w.name.to_string()),
-            pool: task.placed_pool.map(|p| self.pools[p as usize].to_string()),
+            // Where it was placed, or else the pool of the worker it ran on (the first, for a
+            // worker of several).
+            pool: task
+                .placed_pool
+                .or_else(|| {
+                    worker.and_then(|w| self.workers.get(&w)).and_then(|w| {
+                        w.pools
+                            .iter()
+                            .min_by_key(|p| &self.pools[**p as usize])
+                            .copied()
+                    })
+                })
+                .map(|p| self.pools[p as usize].to_string()),
             output_bytes: if status == TaskStatus::Finished {
                 task.size
             } else {
