@@ -163,6 +163,8 @@ impl Core {
             }
         }
         if self.tasks[t as usize].waiters > 0 {
+            // Computed again because it was lost: every run hears of it (a rerun).
+            self.tasks[t as usize].told_below = 0;
             self.activate(t);
         } else {
             self.tasks[t as usize].state = State::Released;

@@ -193,6 +193,7 @@ impl Task {
             size: 0,
             run: 0,
             placed_pool: None,
+            told_below: 0,
             attempts: 0,
             started: false,
             assigned_seq: 0,

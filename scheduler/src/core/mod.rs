@@ -181,6 +181,10 @@ pub(crate) struct Task {
     pub run: u32,
     /// Where it was placed when assigned (for events).
     pub placed_pool: Option<PoolIdx>,
+    /// Runs below this number were told it finished: a later computation of its freed result
+    /// (for a newer run) is news to the newer runs only. 0 after a loss, so every run hears of
+    /// the recomputation (a rerun).
+    pub told_below: u32,
     /// How many times its current computation started (re-runs after a lost worker, a lost
     /// input or a retry count; a task bounced before it started does not). Computing a freed
     /// result again for a new run starts from zero.
@@ -599,10 +603,15 @@ impl Core {
         cross_pool_bytes: u64,
         error: Option<String>,
     ) {
+        let told_below = self.tasks[t as usize].told_below;
         let runs: Vec<u32> = self
             .runs_of(t)
+            .filter(|&r| r >= told_below)
             .filter(|&r| !self.runs[r as usize].ended && self.run_connected(r))
             .collect();
+        if status == TaskStatus::Finished {
+            self.tasks[t as usize].told_below = self.runs.len() as u32;
+        }
         if runs.is_empty() {
             return;
         }

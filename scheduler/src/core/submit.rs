@@ -455,6 +455,7 @@ impl Core {
             size: 0,
             run: run_idx,
             placed_pool: None,
+            told_below: 0,
             attempts: 0,
             started: false,
             assigned_seq: 0,

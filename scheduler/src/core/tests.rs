@@ -1120,3 +1120,56 @@ fn a_copy_under_way_keeps_its_result_needed_until_it_is_answered() {
 }
 
 mod durable;
+
+/// A freed result computed again for a newer run is news to the newer run only: the run that
+/// saw it finish does not hear of it again (its report would count a rerun).
+#[test]
+fn a_result_computed_again_for_a_new_run_is_not_reported_to_older_runs() {
+    const G: &str = r#"{"tasks": [
+      {"key": "x", "function": "bytes"},
+      {"key": "y", "function": "len", "inputs": ["x"]}
+    ]}"#;
+    let mut s = Sim::new(&[("w0", "", 1)]);
+    let cmds = s.submit(G, &["y"]);
+    let seen = run_everything(&mut s, cmds, 3);
+    let first: Vec<String> = events(&seen).into_iter().map(|e| e.key).collect();
+    assert!(first.contains(&"x".to_owned()), "{first:?}");
+    // x was freed once y had it; a second client needs x again through another consumer.
+    s.handle(Event::ClientJoined { id: 1 });
+    let cmds = s.handle(Event::Client(
+        1,
+        FromClient::Submit {
+            run: 1,
+            graph_json: r#"{"tasks": [
+              {"key": "x", "function": "bytes"},
+              {"key": "z", "function": "concat", "inputs": ["x"]}
+            ]}"#
+            .to_owned(),
+            wants: vec!["z".to_owned()],
+        },
+    ));
+    let seen = run_everything(&mut s, cmds, 3);
+    let to = |client: u32| -> Vec<String> {
+        seen.iter()
+            .filter_map(|c| match c {
+                Command::Client(c, ToClient::Events(e)) if *c == client => Some(e.clone()),
+                _ => None,
+            })
+            .flatten()
+            .map(|e| e.key)
+            .collect()
+    };
+    let recomputed = computes(&seen).iter().any(|(_, k)| k == "x");
+    if recomputed {
+        assert!(
+            to(1).contains(&"x".to_owned()),
+            "the new run hears of x: {:?}",
+            to(1)
+        );
+    }
+    assert!(
+        !to(0).contains(&"x".to_owned()),
+        "the first run does not: {:?}",
+        to(0)
+    );
+}
