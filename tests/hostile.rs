@@ -417,3 +417,31 @@ fn a_worker_gives_up_when_its_patience_ends() {
     // The attempts' own timeouts would make it 10-20 s.
     assert!(took < std::time::Duration::from_secs(8), "{took:?}");
 }
+
+/// The README's main job ends cleanly: its results check out and no warning is printed (a
+/// finished run's client does not warn when its local cluster shuts down).
+#[test]
+fn the_main_job_ends_without_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let pools = common::target_dir().join("examples").join("pools");
+    assert!(
+        pools.exists(),
+        "{} is missing: cargo test builds the examples",
+        pools.display()
+    );
+    let out = std::process::Command::new(&pools)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("plan (propagate-pools):")
+            && stdout.contains("results and placements check out"),
+        "{stdout}"
+    );
+    assert!(!stderr.contains("WARN"), "{stderr}");
+}

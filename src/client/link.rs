@@ -62,6 +62,8 @@ pub(super) struct RunRoute {
     pub events: mpsc::UnboundedSender<RunEvent>,
     pub graph_json: Arc<str>,
     pub wants: Vec<String>,
+    /// Every task of the run is done: losing the scheduler cuts nothing short.
+    pub complete: bool,
 }
 
 /// Everything the driver and the client share.
@@ -202,7 +204,7 @@ async fn drive(
             };
             let mut s = shared.lock().expect("link lock");
             // Worth a warning only when it cuts a run short.
-            if s.runs.is_empty() {
+            if s.runs.values().all(|r| r.complete) {
                 info!("{why}");
             } else {
                 warn!("{why}");

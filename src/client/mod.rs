@@ -235,6 +235,7 @@ impl Client {
                     events: ev_tx,
                     graph_json: graph_json.clone(),
                     wants: wants.to_vec(),
+                    complete: false,
                 },
             );
             s.send(FromClient::Submit {
@@ -388,7 +389,11 @@ impl Run {
     fn end(&mut self) {
         if !self.ended {
             self.ended = true;
-            let _ = self.client.lock().send(FromClient::EndRun { run: self.id });
+            let mut s = self.client.lock();
+            if let Some(r) = s.runs.get_mut(&self.id) {
+                r.complete = true;
+            }
+            let _ = s.send(FromClient::EndRun { run: self.id });
         }
     }
 
