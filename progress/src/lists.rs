@@ -552,11 +552,6 @@ impl KeyLists {
         self.lists.is_empty()
     }
 
-    /// Whether `request` needs the store's transaction (an ask) or not.
-    pub fn needs_pass(request: &ListRequest) -> bool {
-        matches!(request, ListRequest::Ask(_))
-    }
-
     /// Answers an attach or an upload (an ask goes to [`KeyLists::ask`]).
     pub fn answer(
         &mut self,
