@@ -29,6 +29,28 @@ fn a_second_scheduler_on_a_state_dir_in_use_is_refused_naming_the_first() {
     assert_eq!(std::fs::read_to_string(cluster.access()).unwrap(), before);
 }
 
+/// A port already taken stops the scheduler before it writes anything: no certificate, key,
+/// token or access file is left in a fresh state dir, and the error names the address.
+#[test]
+fn a_port_in_use_is_found_before_any_secret_is_written() {
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let scheduler = Proc::start(
+        "scheduler",
+        &binary("scheduler"),
+        &["--state-dir", state.to_str().unwrap(), "--listen", &addr],
+    );
+    let (code, lines) = scheduler.finish();
+    assert_eq!(code, Some(2), "{lines:?}");
+    let text = lines.join("\n");
+    assert!(text.contains(&format!("cannot bind {addr}")), "{text}");
+    for file in ["scheduler.crt", "scheduler.key", "token", "access.json"] {
+        assert!(!state.join(file).exists(), "{file} was written: {text}");
+    }
+}
+
 #[cfg(unix)]
 fn mode(path: &std::path::Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;

@@ -67,8 +67,31 @@ pub fn server_endpoint(
     bind: SocketAddr,
     idle_timeout: Duration,
 ) -> Result<quinn::Endpoint, EndpointError> {
+    server_endpoint_on(identity, bind_udp(bind)?, idle_timeout)
+}
+
+/// Binds the UDP socket a server endpoint will use. Separate from [`server_endpoint_on`] so a
+/// server can find its port taken before it writes anything (certificates, tokens).
+pub fn bind_udp(bind: SocketAddr) -> Result<std::net::UdpSocket, EndpointError> {
+    std::net::UdpSocket::bind(bind).map_err(|error| EndpointError::Bind { addr: bind, error })
+}
+
+/// A server endpoint (as [`server_endpoint`]) on a socket already bound by [`bind_udp`].
+pub fn server_endpoint_on(
+    identity: &Identity,
+    socket: std::net::UdpSocket,
+    idle_timeout: Duration,
+) -> Result<quinn::Endpoint, EndpointError> {
+    let addr = socket
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     let config = server_config(identity, idle_timeout)?;
-    quinn::Endpoint::server(config, bind).map_err(|error| EndpointError::Bind { addr: bind, error })
+    let runtime = quinn::default_runtime().ok_or_else(|| EndpointError::Bind {
+        addr,
+        error: std::io::Error::other("no async runtime to drive the endpoint"),
+    })?;
+    quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(config), socket, runtime)
+        .map_err(|error| EndpointError::Bind { addr, error })
 }
 
 /// An endpoint that only connects out.

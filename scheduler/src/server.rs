@@ -17,7 +17,7 @@ use drover_protocol::access::{readable_by_others, write_private};
 use drover_protocol::codec::{
     batch_writer, read_frame, write_frame, CodecError, MAX_BATCH, MAX_CONTROL_FRAME,
 };
-use drover_protocol::endpoint::{read_hello, server_endpoint};
+use drover_protocol::endpoint::read_hello;
 use drover_protocol::lifeline::LifelineServer;
 use drover_protocol::tls::Identity;
 use drover_protocol::{
@@ -225,9 +225,12 @@ impl Scheduler {
                 error: e,
             }
         })?;
+        // The port next: a port already taken stops the start before anything is written.
+        let socket = drover_protocol::endpoint::bind_udp(config.listen)?;
         secure_secrets(&config.state_dir, config.strict_permissions)?;
         let (identity, token) = load_state(&config.state_dir)?;
-        let endpoint = server_endpoint(&identity, config.listen, config.idle_timeout)?;
+        let endpoint =
+            drover_protocol::endpoint::server_endpoint_on(&identity, socket, config.idle_timeout)?;
         let addr = endpoint.local_addr().map_err(|e| StartError::StateDir {
             dir: config.state_dir.display().to_string(),
             error: e.to_string(),
