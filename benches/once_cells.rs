@@ -39,9 +39,9 @@ impl TaskFn for Plain {
 
 fn registry() -> Registry {
     let mut r = Registry::new();
-    r.register_loader::<LoadModel, String>(|_, bias| Ok(Model { bias }));
-    r.register::<WithModel, String>(|_, x, (m,)| Ok(x + m.bias));
-    r.register::<Plain, String>(|_, x, ()| Ok(x + 1));
+    r.register_loader::<LoadModel>(|_, bias| Ok(Model { bias }));
+    r.register::<WithModel>(|_, x, (m,)| Ok(x + m.bias));
+    r.register::<Plain>(|_, x, ()| Ok(x + 1));
     r
 }
 

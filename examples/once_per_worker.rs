@@ -64,8 +64,8 @@ const NAMES: [&str; 6] = ["Jerry", "Patricia", "Bob", "Edith", "Ray", "Ingrid"];
 
 fn registry() -> Registry {
     let mut r = Registry::with_builtins();
-    r.register_loader::<LoadSlowData, String>(|_, (x, millis)| Ok(SlowDataLoader::new(x, millis)));
-    r.register::<MapPartition, String>(|_, partition, (loader,)| {
+    r.register_loader::<LoadSlowData>(|_, (x, millis)| Ok(SlowDataLoader::new(x, millis)));
+    r.register::<MapPartition>(|_, partition, (loader,)| {
         let x = loader.value();
         Ok((0..3)
             .map(|row| format!("{}{x}", NAMES[(partition as usize + row) % NAMES.len()]))
@@ -110,7 +110,7 @@ fn main() -> ExitCode {
     if let Some(code) = drover::run_as_worker_if_asked(registry) {
         return code;
     }
-    drover_protocol::logging::init("warn");
+    drover::init_logging("warn");
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {

@@ -89,16 +89,16 @@ fn random(shape: &Shape) -> Vec<f64> {
 /// This program's task functions.
 fn registry() -> Registry {
     let mut r = Registry::with_builtins();
-    r.register::<RandomArray, String>(|_: &TaskContext, shape, ()| Ok(random(&shape)));
-    r.register::<SubScalar, String>(|_, k, (a,)| Ok(a.iter().map(|x| x - k).collect()));
-    r.register::<Sum, String>(|_, (), (a,)| Ok(a.iter().sum()));
-    r.register::<Mean, String>(|_, (), (a,)| {
+    r.register::<RandomArray>(|_: &TaskContext, shape, ()| Ok(random(&shape)));
+    r.register::<SubScalar>(|_, k, (a,)| Ok(a.iter().map(|x| x - k).collect()));
+    r.register::<Sum>(|_, (), (a,)| Ok(a.iter().sum()));
+    r.register::<Mean>(|_, (), (a,)| {
         if a.is_empty() {
-            return Err("mean of an empty array".to_owned());
+            return Err("mean of an empty array".into());
         }
         Ok(a.iter().sum::<f64>() / a.len() as f64)
     });
-    r.register::<SubArrayScalar, String>(|_, (), (a, m)| Ok(a.iter().map(|x| x - m).collect()));
+    r.register::<SubArrayScalar>(|_, (), (a, m)| Ok(a.iter().map(|x| x - m).collect()));
     r
 }
 
@@ -149,7 +149,7 @@ fn parse_args() -> Result<Args, String> {
 }
 
 fn main() -> ExitCode {
-    drover_protocol::logging::init("warn");
+    drover::init_logging("warn");
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {

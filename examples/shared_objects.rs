@@ -32,7 +32,7 @@ impl TaskFn for SquareWithIndex {
 
 fn registry() -> Registry {
     let mut r = Registry::with_builtins();
-    r.register::<SquareWithIndex, String>(|_, (idx, x), (table,)| {
+    r.register::<SquareWithIndex>(|_, (idx, x), (table,)| {
         let offset = table.get(idx).ok_or(format!("index {idx} out of range"))?;
         Ok(x * x + offset)
     });

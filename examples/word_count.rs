@@ -116,7 +116,7 @@ fn main() -> ExitCode {
     if let Some(code) = drover::run_as_worker_if_asked(registry) {
         return code;
     }
-    drover_protocol::logging::init("warn");
+    drover::init_logging("warn");
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {

@@ -84,7 +84,7 @@ fn registry() -> Registry {
             );
         });
     });
-    r.register::<Predict, String>(|ctx, x, ()| {
+    r.register::<Predict>(|ctx, x, ()| {
         let model = ctx.worker.with_state(|s: &mut State| {
             s.predictions += 1;
             s.model
@@ -93,7 +93,7 @@ fn registry() -> Registry {
         });
         Ok(model.predict(&x))
     });
-    r.register::<SquareSum, String>(|ctx, x, ()| {
+    r.register::<SquareSum>(|ctx, x, ()| {
         let sq = x * x;
         ctx.worker
             .with_state(|s: &mut State| s.sum_of_squares += sq);

@@ -46,11 +46,18 @@ pub use drover_graph::{
 pub use drover_graph::{Lifetime, Loader, OnceCell, PerWorker, Shared};
 pub use drover_protocol::{AccessFile, TaskEvent, TaskStatus};
 pub use drover_worker::{
-    retire_on_sigterm, run_worker, Raw, Registry, TaskContext, WorkerConfig, WorkerLocal,
+    retire_on_sigterm, run_worker, Raw, Registry, TaskContext, TaskError, TaskResult, WorkerConfig,
+    WorkerLocal,
 };
 pub use local::{ClusterSpec, LocalCluster};
 pub use mapreduce::{JobOutput, JobReport, MapReduce, MapReduceJob};
 pub use worker_mode::run_as_worker_if_asked;
+
+/// Logs to stderr: `RUST_LOG` when set (e.g. `RUST_LOG=drover=debug`), else `default_filter`
+/// (e.g. `"warn"` or `"info"`). Calling it twice keeps the first.
+pub fn init_logging(default_filter: &str) {
+    drover_protocol::logging::init(default_filter)
+}
 
 /// A graph that has been validated and propagated: everything a picture or a scheduler needs.
 #[derive(Debug, Clone)]
@@ -101,3 +108,9 @@ impl Planned {
         self.propagation.reason(task.id())
     }
 }
+
+/// The README's Rust snippets, compiled (and, unless marked `no_run`, run) as doctests so the
+/// README cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -89,6 +89,34 @@ impl ClusterSpec {
     }
 }
 
+impl std::str::FromStr for ClusterSpec {
+    type Err = String;
+    /// `N` or `POOL=N[,POOL=N...]`, one thread per worker.
+    fn from_str(spec: &str) -> Result<ClusterSpec, String> {
+        ClusterSpec::parse(spec, 1)
+    }
+}
+
+impl TryFrom<&str> for ClusterSpec {
+    type Error = String;
+    fn try_from(spec: &str) -> Result<ClusterSpec, String> {
+        spec.parse()
+    }
+}
+
+impl From<usize> for ClusterSpec {
+    /// `n` plain workers, one thread each.
+    fn from(n: usize) -> ClusterSpec {
+        ClusterSpec::plain(n, 1)
+    }
+}
+
+impl From<&ClusterSpec> for ClusterSpec {
+    fn from(spec: &ClusterSpec) -> ClusterSpec {
+        spec.clone()
+    }
+}
+
 /// Errors starting a local cluster.
 #[derive(Debug, thiserror::Error)]
 pub enum LocalError {
@@ -103,6 +131,9 @@ pub enum LocalError {
         /// Why.
         error: String,
     },
+    /// The cluster spec is malformed.
+    #[error("{0}")]
+    Spec(String),
     /// The temporary state dir could not be made.
     #[error("temporary directory: {0}")]
     Io(#[from] std::io::Error),
@@ -129,8 +160,24 @@ impl std::fmt::Debug for LocalCluster {
 
 impl LocalCluster {
     /// Starts a scheduler on loopback and the workers of `spec`, each with `registry`, and waits
-    /// until every worker has joined.
-    pub async fn start(spec: &ClusterSpec, registry: Registry) -> Result<LocalCluster, LocalError> {
+    /// until every worker has joined. `spec` is a [`ClusterSpec`] (or a reference to one), a
+    /// spec text such as `"A=2,B=1"` (two workers in pool A, one in B, one thread each) or a
+    /// number of plain workers.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cluster = drover::LocalCluster::start("A=2,B=1", drover::Registry::with_builtins()).await?;
+    /// let client = cluster.client().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn start<S>(spec: S, registry: Registry) -> Result<LocalCluster, LocalError>
+    where
+        S: TryInto<ClusterSpec>,
+        S::Error: std::fmt::Display,
+    {
+        let spec = &spec
+            .try_into()
+            .map_err(|e| LocalError::Spec(e.to_string()))?;
         let mut cluster = LocalCluster::scheduler_only(spec).await?;
         let idle = Duration::from_secs(10);
         let access = cluster.access.clone();
@@ -166,11 +213,18 @@ impl LocalCluster {
     /// calls [`run_as_worker_if_asked`](crate::run_as_worker_if_asked) first, usually
     /// `std::env::current_exe()`), and waits until every worker has joined. Each process is its
     /// own worker with its own once-cells and state. Their stdout is passed through.
-    pub async fn start_processes(
-        spec: &ClusterSpec,
+    pub async fn start_processes<S>(
+        spec: S,
         program: &std::path::Path,
-    ) -> Result<LocalCluster, LocalError> {
+    ) -> Result<LocalCluster, LocalError>
+    where
+        S: TryInto<ClusterSpec>,
+        S::Error: std::fmt::Display,
+    {
         use tokio::io::AsyncBufReadExt;
+        let spec = &spec
+            .try_into()
+            .map_err(|e| LocalError::Spec(e.to_string()))?;
         let mut cluster = LocalCluster::scheduler_only(spec).await?;
         let access_path = cluster.dir.path().join("access.json");
         for (name, resources) in spec.workers() {

@@ -69,7 +69,18 @@ pub fn parse_worker_args(args: &[String]) -> Result<Option<WorkerArgs>, String> 
 
 /// When this program was started as `PROGRAM worker ...`, runs it as a worker with the registry
 /// `registry()` makes until the scheduler shuts down (or SIGTERM retires it) and returns the
-/// exit code (0 done, 1 lost the scheduler, 2 bad arguments); otherwise `None`.
+/// exit code (0 done, 1 lost the scheduler, 2 bad arguments); otherwise `None`. Call it first
+/// in `main`, plain or `#[tokio::main]` (the worker then runs on a runtime of its own).
+///
+/// ```no_run
+/// fn main() -> std::process::ExitCode {
+///     if let Some(code) = drover::run_as_worker_if_asked(drover::Registry::with_builtins) {
+///         return code; // started as `PROGRAM worker --access-file F ...`
+///     }
+///     // ... the program's own work: build a graph, start a cluster, submit ...
+///     std::process::ExitCode::SUCCESS
+/// }
+/// ```
 pub fn run_as_worker_if_asked(registry: impl FnOnce() -> Registry) -> Option<ExitCode> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let parsed = match parse_worker_args(&args) {
@@ -95,30 +106,51 @@ pub fn run_as_worker_if_asked(registry: impl FnOnce() -> Registry) -> Option<Exi
             return Some(ExitCode::from(2));
         }
     };
-    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
-    let result = rt.block_on(async {
-        let config = WorkerConfig {
-            access,
-            resources,
-            nthreads: parsed.nthreads,
-            name: parsed
-                .name
-                .unwrap_or_else(|| format!("worker-{}", std::process::id())),
-            idle_timeout: std::time::Duration::from_secs(10),
-            retire: Some(retire_on_sigterm()),
-            lifespan_tasks: None,
-            memory_limit: None,
-        };
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        tokio::spawn(async move {
-            if let Ok(id) = rx.await {
-                println!("{JOINED_LINE} {id}");
-            }
-        });
-        run_worker_notify(config, registry(), Some(tx)).await
-    });
+    let registry = registry();
+    let work = move || -> Result<(), String> {
+        let rt =
+            tokio::runtime::Runtime::new().map_err(|e| format!("cannot start the runtime: {e}"))?;
+        rt.block_on(async {
+            let config = WorkerConfig {
+                access,
+                resources,
+                nthreads: parsed.nthreads,
+                name: parsed
+                    .name
+                    .unwrap_or_else(|| format!("worker-{}", std::process::id())),
+                idle_timeout: std::time::Duration::from_secs(10),
+                retire: Some(retire_on_sigterm()),
+                lifespan_tasks: None,
+                memory_limit: None,
+            };
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            tokio::spawn(async move {
+                if let Ok(id) = rx.await {
+                    println!("{JOINED_LINE} {id}");
+                }
+            });
+            run_worker_notify(config, registry, Some(tx))
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+    };
+    // Called from inside an async runtime (`#[tokio::main]`): that runtime cannot be blocked
+    // on, so the worker gets its own on a thread of its own, and this thread waits for it.
+    let result = if tokio::runtime::Handle::try_current().is_ok() {
+        std::thread::Builder::new()
+            .name("drover-worker".into())
+            .spawn(work)
+            .map_err(|e| format!("cannot start the worker thread: {e}"))
+            .and_then(|t| {
+                t.join()
+                    .unwrap_or_else(|_| Err("the worker thread panicked".into()))
+            })
+    } else {
+        work()
+    };
     Some(match result {
-        Ok(_) => ExitCode::SUCCESS,
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::from(1)

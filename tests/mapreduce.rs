@@ -454,7 +454,7 @@ fn a_map_that_needs_a_model_loads_it_once_per_worker() {
     rt.block_on(async {
         let mut registry = Registry::with_builtins();
         registry.register_job(Scaled);
-        registry.register_loader::<LoadModel, String>(|_, factor| {
+        registry.register_loader::<LoadModel>(|_, factor| {
             LOADS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             Ok(Model { factor })
         });

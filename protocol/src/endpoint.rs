@@ -90,8 +90,13 @@ pub fn server_endpoint_on(
         addr,
         error: std::io::Error::other("no async runtime to drive the endpoint"),
     })?;
-    quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(config), socket, runtime)
-        .map_err(|error| EndpointError::Bind { addr, error })
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(config),
+        socket,
+        runtime,
+    )
+    .map_err(|error| EndpointError::Bind { addr, error })
 }
 
 /// An endpoint that only connects out.

@@ -35,7 +35,7 @@ pub mod store;
 pub mod supervise;
 
 pub use local::WorkerLocal;
-pub use registry::{Raw, Registry, TaskContext};
+pub use registry::{Raw, Registry, TaskContext, TaskError, TaskResult};
 pub use runtime::{
     resident_memory, retire_on_sigterm, run_worker, run_worker_notify, run_worker_reconnecting,
     Stopped, WorkerConfig, WorkerError,

@@ -6,7 +6,6 @@
 //! bytes. Raw functions see bytes in and return bytes out.
 
 use std::collections::BTreeMap;
-use std::fmt::Display;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -19,6 +18,14 @@ use serde::Serialize;
 use crate::local::{Hook, WorkerLocal};
 
 pub use crate::context::{LoaderFn, RawFn, TaskContext};
+
+/// The error a typed task function or loader returns: any error (`?` converts a
+/// `std::error::Error`, a `String` or a `&str`), reported as the task's message. A body that
+/// never fails writes `Ok(value)` and needs no annotation.
+pub type TaskError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// What a typed task function or loader returns.
+pub type TaskResult<T> = Result<T, TaskError>;
 
 /// Named task functions and once-cell loaders, and the worker's start and exit hooks.
 #[derive(Clone, Default)]
@@ -88,11 +95,25 @@ impl Registry {
 
     /// Registers the body of the typed function `F`. It receives its inputs decoded: serde
     /// types as themselves, [`PerWorker<T>`](drover_graph::PerWorker) and
-    /// [`Shared<T>`](drover_graph::Shared) as `Arc<T>`.
+    /// [`Shared<T>`](drover_graph::Shared) as `Arc<T>`, and returns a [`TaskResult`]: an error
+    /// fails the task with the error's message.
+    ///
+    /// ```
+    /// # use drover_graph::TaskFn;
+    /// struct Halve;
+    /// impl TaskFn for Halve {
+    ///     const NAME: &'static str = "halve";
+    ///     type Params = f64;
+    ///     type Inputs = ();
+    ///     type Output = f64;
+    /// }
+    /// let mut registry = drover_worker::Registry::new();
+    /// registry.register::<Halve>(|_ctx, x, ()| Ok(x / 2.0));
+    /// ```
     #[allow(clippy::type_complexity)]
-    pub fn register<F, E>(
+    pub fn register<F>(
         &mut self,
-        f: impl Fn(&TaskContext, F::Params, <F::Inputs as DecodeInputs>::Value) -> Result<F::Output, E>
+        f: impl Fn(&TaskContext, F::Params, <F::Inputs as DecodeInputs>::Value) -> TaskResult<F::Output>
             + Send
             + Sync
             + 'static,
@@ -102,7 +123,6 @@ impl Registry {
         F::Params: DeserializeOwned,
         F::Inputs: DecodeInputs,
         F::Output: Serialize,
-        E: Display,
     {
         self.register_raw(F::NAME, move |ctx, params, inputs| {
             let params = parse_params::<F::Params>(params)?;
@@ -113,15 +133,15 @@ impl Registry {
     }
 
     /// Registers the body of the typed once-cell loader `L`: it makes the object from the
-    /// params; each worker process runs it at most once per cell.
-    pub fn register_loader<L, E>(
+    /// params; each worker process runs it at most once per cell (an error fails that load
+    /// with its message).
+    pub fn register_loader<L>(
         &mut self,
-        f: impl Fn(&TaskContext, L::Params) -> Result<L::Object, E> + Send + Sync + 'static,
+        f: impl Fn(&TaskContext, L::Params) -> TaskResult<L::Object> + Send + Sync + 'static,
     ) -> &mut Registry
     where
         L: Loader,
         L::Params: DeserializeOwned,
-        E: Display,
     {
         self.register_loader_raw(L::NAME, move |ctx, params| {
             let params = parse_params::<L::Params>(params)?;
@@ -220,7 +240,7 @@ mod tests {
     #[test]
     fn typed_functions_decode_params_and_inputs() {
         let mut r = Registry::new();
-        r.register::<Add, String>(|_, p, (x, raw)| Ok(p + x + raw.0.len() as f64));
+        r.register::<Add>(|_, p, (x, raw)| Ok(p + x + raw.0.len() as f64));
         let f = r.get("add").unwrap();
         let x = Bytes::from(encode_output(&2.0f64).unwrap());
         let out = f(
