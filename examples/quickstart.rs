@@ -61,7 +61,9 @@ async fn main() -> ExitCode {
 
 async fn run() -> Result<u64, Box<dyn std::error::Error>> {
     let mut g = Graph::new();
-    let squares: Vec<_> = (1..=10u64).map(|n| g.call::<Square, _>(&n, ()).add()).collect();
+    let squares: Vec<_> = (1..=10u64)
+        .map(|n| g.call::<Square, _>(&n, ()).add())
+        .collect();
     let total = g.call::<Total, _>(&(), squares).key("total").add();
 
     let cluster = LocalCluster::start_processes(2, &std::env::current_exe()?).await?;

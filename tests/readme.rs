@@ -172,7 +172,10 @@ fn check_command(command: &str) -> Option<()> {
     if !matches!(name, "drover" | "scheduler" | "worker") {
         if let Some(example) = name.strip_prefix("examples/") {
             assert!(
-                repo().join("examples").join(format!("{example}.rs")).exists(),
+                repo()
+                    .join("examples")
+                    .join(format!("{example}.rs"))
+                    .exists(),
                 "README: `{command}`: no example {example}"
             );
         }
@@ -182,7 +185,10 @@ fn check_command(command: &str) -> Option<()> {
     // The subcommand path: leading words its parent's help lists as subcommands.
     let mut path: Vec<&str> = Vec::new();
     for word in &words[1..] {
-        if subcommands(&help(&program, &path)).iter().any(|s| s == word) {
+        if subcommands(&help(&program, &path))
+            .iter()
+            .any(|s| s == word)
+        {
             path.push(word);
         } else {
             break;

@@ -24,7 +24,7 @@ pub use codec::{read_frame, write_frame, CodecError, MAX_CONTROL_FRAME};
 pub use messages::*;
 
 /// The protocol version; a peer speaking another one is refused.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// The reason a scheduler closes every connection with when it shuts down on purpose: workers
 /// exit 0 and clients end their runs, rather than retrying as after a loss.

@@ -290,6 +290,108 @@ pub enum FromClient {
         /// What is asked.
         request: ProgressRequest,
     },
+    /// A request about detached runs (runs that outlive their client), answered by
+    /// [`ToClient::Runs`] with the same `req`.
+    Runs {
+        /// The client's request number.
+        req: u32,
+        /// What is asked.
+        request: RunsRequest,
+    },
+}
+
+/// What a client asks about detached runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum RunsRequest {
+    /// Submit a graph as a detached run: it runs on whether or not its client stays, and
+    /// keeps its sinks' outputs until fetched and released (or the scheduler's retention time
+    /// after it ends). Answered with [`RunsReply::Submitted`] or [`RunsReply::Refused`].
+    Submit {
+        /// The graph in the JSON graph format.
+        graph_json: String,
+        /// Keys whose outputs are kept (usually the sinks).
+        wants: Vec<String>,
+        /// A name to list it by (default: empty).
+        name: String,
+        /// Who submitted it, as `drover runs` shows it (e.g. `user@host`).
+        by: String,
+    },
+    /// Follow a detached run as the client's run `run`: answered with
+    /// [`RunsReply::Attached`], then its task events from the `from`th on (earlier ones
+    /// included) as [`ToClient::Events`] of `run`, as they happen.
+    Attach {
+        /// The client's run number for it.
+        run: u32,
+        /// The run's id.
+        id: String,
+        /// Events already seen (after a reconnect): skip this many.
+        from: u32,
+    },
+    /// List the detached runs the scheduler knows: [`RunsReply::List`].
+    List,
+    /// Cancel a run: its tasks not started are dropped (those another run shares go on), its
+    /// outputs released; clients following it hear [`ToClient::RunEnded`].
+    Cancel {
+        /// The run's id.
+        id: String,
+    },
+    /// The outputs were fetched: release them (the run stays listed until the retention time).
+    Release {
+        /// The run's id.
+        id: String,
+    },
+}
+
+/// A detached run as listed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunInfo {
+    /// Its id, e.g. `3-1f2a`.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// `running`, `finished` (every task succeeded), `failed` (some task failed),
+    /// `cancelled`, `released` (outputs fetched and released) or `expired` (outputs dropped
+    /// at the retention time).
+    pub state: String,
+    /// Tasks in the run.
+    pub tasks: u32,
+    /// Tasks done (finished, failed or skipped).
+    pub done: u32,
+    /// Tasks failed.
+    pub failed: u32,
+    /// When it was submitted, ms since the Unix epoch (the scheduler's clock).
+    pub submitted_ms: u64,
+    /// When it ended (every task done, cancelled), if it did.
+    pub ended_ms: Option<u64>,
+    /// Who submitted it.
+    pub by: String,
+    /// When its outputs go if nobody fetches them, ms since the Unix epoch.
+    pub expires_ms: Option<u64>,
+}
+
+/// The scheduler's answer to a [`RunsRequest`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum RunsReply {
+    /// The run was accepted as a detached run.
+    Submitted {
+        /// Its id.
+        id: String,
+        /// Tasks in it.
+        tasks: u32,
+    },
+    /// Attached: events follow.
+    Attached {
+        /// The run as listed.
+        info: RunInfo,
+        /// The keys whose outputs it keeps, in the graph's order.
+        wants: Vec<String>,
+    },
+    /// The detached runs, oldest first.
+    List(Vec<RunInfo>),
+    /// Cancelled or released: the run as it is now.
+    Done(RunInfo),
+    /// Refused (an invalid graph, an unknown id, a run whose outputs are gone), and why.
+    Refused(String),
 }
 
 pub use drover_progress::service::{ProgressReply, ProgressRequest};
@@ -369,6 +471,21 @@ pub enum ToClient {
         req: u32,
         /// The answer.
         reply: ProgressReply,
+    },
+    /// The answer to [`FromClient::Runs`].
+    Runs {
+        /// The request answered.
+        req: u32,
+        /// The answer.
+        reply: RunsReply,
+    },
+    /// A detached run followed as the client's run `run` ended before its tasks did
+    /// (cancelled); no more events come for it.
+    RunEnded {
+        /// The client's run.
+        run: u32,
+        /// Why.
+        why: String,
     },
     /// Where results are: key, and its id with the holder (none if not held).
     Located {

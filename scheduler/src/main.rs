@@ -36,6 +36,10 @@ struct Args {
     /// task with a larger output is kept as done without it.
     #[arg(long, default_value_t = drover_progress::DEFAULT_MAX_OUTPUT)]
     max_output_bytes: usize,
+    /// How long a detached run's outputs are kept after it ended when nobody fetches and
+    /// releases them (`drover wait` does), in seconds; its record is listed as long again.
+    #[arg(long, default_value_t = 24 * 3600)]
+    retention_secs: u64,
     /// Refuse to start when a secret file of the state dir (`scheduler.key`, `token`) is
     /// readable by other users (without it: a warning, and the file is made private).
     #[arg(long)]
@@ -63,6 +67,7 @@ fn main() -> std::process::ExitCode {
             idle_timeout: Duration::from_secs(args.idle_timeout_secs.max(1)),
             core: drover_scheduler::core::CoreConfig {
                 max_worker_deaths: args.max_worker_deaths.max(1),
+                retention_ms: args.retention_secs.saturating_mul(1000),
                 ..Default::default()
             },
             max_output: args.max_output_bytes,

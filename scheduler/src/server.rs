@@ -285,11 +285,30 @@ impl Scheduler {
         info!(%addr, advertised = %access.address, access_file = %access_path.display(), "scheduler listening");
 
         let (tx, rx) = mpsc::unbounded_channel();
+        let now_ms = drover_progress::now_ms();
         let core = CoreConfig {
             max_output: config.max_output as u64,
+            // Detached run ids of this scheduler differ from an earlier one's.
+            instance: (now_ms ^ (now_ms >> 16) ^ u64::from(std::process::id())) as u16,
             ..config.core
         };
         let core_task = tokio::spawn(core_loop(rx, tx.clone(), core, progress));
+        // The core's clock (detached runs' times and retention).
+        let ticks = tx.clone();
+        let ticker = tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(1));
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                let now_ms = drover_progress::now_ms();
+                if ticks
+                    .send(Input::Events(vec![Event::Tick { now_ms }]))
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
         let accept_task = tokio::spawn(accept_loop(
             endpoint.clone(),
             Arc::from(token.as_str()),
@@ -301,7 +320,7 @@ impl Scheduler {
             endpoint,
             addr,
             access_path,
-            tasks: vec![core_task, accept_task],
+            tasks: vec![core_task, accept_task, ticker],
         })
     }
 

@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 use drover_protocol::codec::{batch_writer, read_frame, MAX_CONTROL_FRAME};
 use drover_protocol::endpoint::{connect, say_hello, EndpointError, Session};
 use drover_protocol::{
-    FromClient, Hello, PeerInfo, ProgressReply, ProgressRequest, ToClient, SHUTDOWN_REASON,
+    FromClient, Hello, PeerInfo, ProgressReply, ProgressRequest, RunsReply, RunsRequest, ToClient,
+    SHUTDOWN_REASON,
 };
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
@@ -60,10 +61,22 @@ pub(super) enum Link {
 /// A submitted run as the link remembers it, to resubmit after an outage.
 pub(super) struct RunRoute {
     pub events: mpsc::UnboundedSender<RunEvent>,
-    pub graph_json: Arc<str>,
+    /// What the run is: a graph this client submitted (resubmitted after an outage), or a
+    /// detached run it follows (attached again after an outage, from the events it has).
+    pub source: RunSource,
     pub wants: Vec<String>,
     /// Every task of the run is done: losing the scheduler cuts nothing short.
     pub complete: bool,
+    /// Task events routed to it so far.
+    pub seen: u32,
+}
+
+/// Where a run of the client comes from.
+pub(super) enum RunSource {
+    /// A graph submitted by this client.
+    Graph(Arc<str>),
+    /// A detached run followed by its id.
+    Detached(String),
 }
 
 /// Everything the driver and the client share.
@@ -77,6 +90,11 @@ pub(super) struct Shared {
     /// same holder, and commits and failures of the same claim, may be applied twice).
     pub progress: HashMap<u32, (ProgressRequest, oneshot::Sender<ProgressReply>)>,
     pub next_progress: u32,
+    /// Requests about detached runs waiting for their answers (replayed after an outage).
+    pub runs_requests: HashMap<u32, (RunsRequest, oneshot::Sender<RunsReply>)>,
+    /// Attachments sent again after an outage: request number to the client's run.
+    pub reattached: HashMap<u32, u32>,
+    pub next_runs_request: u32,
 }
 
 impl Shared {
@@ -97,6 +115,9 @@ impl Shared {
             next_locate: 0,
             progress: HashMap::new(),
             next_progress: 0,
+            runs_requests: HashMap::new(),
+            reattached: HashMap::new(),
+            next_runs_request: 0,
         }
     }
 
@@ -135,6 +156,8 @@ impl Shared {
         self.runs.clear();
         self.locates.clear();
         self.progress.clear();
+        self.runs_requests.clear();
+        self.reattached.clear();
     }
 
     /// Ends the link at the user's request.
@@ -235,7 +258,7 @@ async fn drive(
                     c.close(quinn::VarInt::from_u32(0), b"client closed");
                     return;
                 }
-                let resent = replay(&s, &tx);
+                let resent = replay(&mut s, &tx);
                 s.link = Link::Up {
                     send: tx,
                     conn: c.clone(),
@@ -260,19 +283,44 @@ async fn drive(
     }
 }
 
-/// Resends every live run, then every pending lookup, on the new connection. Returns the
-/// number of runs.
-fn replay(s: &Shared, tx: &mpsc::UnboundedSender<Vec<FromClient>>) -> usize {
-    let mut runs: Vec<(&u32, &RunRoute)> = s.runs.iter().collect();
-    runs.sort_unstable_by_key(|(id, _)| **id);
-    let mut batch: Vec<FromClient> = runs
+/// Resends every live run (detached runs followed: attached again from the events already
+/// seen), then every pending lookup and request, on the new connection. Returns the number
+/// of runs.
+fn replay(s: &mut Shared, tx: &mpsc::UnboundedSender<Vec<FromClient>>) -> usize {
+    let mut runs: Vec<(u32, &RunRoute)> = s.runs.iter().map(|(id, r)| (*id, r)).collect();
+    runs.sort_unstable_by_key(|(id, _)| *id);
+    let mut reattach = Vec::new();
+    let mut batch: Vec<FromClient> = Vec::with_capacity(runs.len());
+    for (run, r) in &runs {
+        match &r.source {
+            RunSource::Graph(graph_json) => batch.push(FromClient::Submit {
+                run: *run,
+                graph_json: graph_json.to_string(),
+                wants: r.wants.clone(),
+            }),
+            RunSource::Detached(id) => reattach.push((*run, id.clone(), r.seen)),
+        }
+    }
+    let count = runs.len();
+    for (run, id, from) in reattach {
+        s.next_runs_request = s.next_runs_request.wrapping_add(1);
+        let req = s.next_runs_request;
+        s.reattached.insert(req, run);
+        batch.push(FromClient::Runs {
+            req,
+            request: RunsRequest::Attach { run, id, from },
+        });
+    }
+    let mut pending: Vec<(&u32, &RunsRequest)> = s
+        .runs_requests
         .iter()
-        .map(|(id, r)| FromClient::Submit {
-            run: **id,
-            graph_json: r.graph_json.to_string(),
-            wants: r.wants.clone(),
-        })
+        .map(|(req, (r, _))| (req, r))
         .collect();
+    pending.sort_unstable_by_key(|(req, _)| **req);
+    batch.extend(pending.into_iter().map(|(req, r)| FromClient::Runs {
+        req: *req,
+        request: r.clone(),
+    }));
     batch.extend(s.locates.iter().map(|(req, (keys, _))| FromClient::Locate {
         req: *req,
         keys: keys.clone(),
@@ -285,7 +333,7 @@ fn replay(s: &Shared, tx: &mpsc::UnboundedSender<Vec<FromClient>>) -> usize {
         request: r.clone(),
     }));
     let _ = tx.send(batch);
-    runs.len()
+    count
 }
 
 /// Dials with backoff until connected, refused, or out of patience.
@@ -357,9 +405,27 @@ async fn route_incoming(recv: &mut quinn::RecvStream, shared: &Mutex<Shared>) {
                 }
                 ToClient::Events(events) => {
                     for e in events {
-                        if let Some(r) = s.runs.get(&e.run) {
+                        if let Some(r) = s.runs.get_mut(&e.run) {
+                            r.seen += 1;
                             let _ = r.events.send(RunEvent::Task(e));
                         }
+                    }
+                }
+                ToClient::Runs { req, reply } => {
+                    if let Some((_, tx)) = s.runs_requests.remove(&req) {
+                        let _ = tx.send(reply);
+                    } else if let Some(run) = s.reattached.remove(&req) {
+                        if let RunsReply::Refused(why) = reply {
+                            // Followed again after an outage, and gone (a restarted scheduler).
+                            if let Some(r) = s.runs.remove(&run) {
+                                let _ = r.events.send(RunEvent::Ended(why));
+                            }
+                        }
+                    }
+                }
+                ToClient::RunEnded { run, why } => {
+                    if let Some(r) = s.runs.remove(&run) {
+                        let _ = r.events.send(RunEvent::Ended(why));
                     }
                 }
                 ToClient::Warning(w) => {

@@ -2,6 +2,7 @@
 //! fetch outputs straight from the workers holding them, and build the run's [`Report`].
 
 mod blocking;
+mod detached;
 mod link;
 mod report;
 
@@ -11,7 +12,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use link::{Dialer, Located, RunRoute, Shared, Where};
+use link::{Dialer, Located, RunRoute, RunSource, Shared, Where};
 
 use bytes::Bytes;
 use drover_graph::{Graph, Handle};
@@ -24,6 +25,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, oneshot};
 
 pub use blocking::{BlockingClient, BlockingRun};
+pub use drover_protocol::RunInfo;
 pub use report::{Report, TaskReport};
 
 /// Client errors.
@@ -67,6 +69,13 @@ pub enum ClientError {
         /// Why.
         error: String,
     },
+    /// A detached run ended before its tasks did (cancelled), or is gone (the message says).
+    #[error("{0}")]
+    RunEnded(String),
+    /// The scheduler refused a request about detached runs (an unknown id, a run whose
+    /// outputs are gone); the message says why.
+    #[error("{0}")]
+    Refused(String),
     /// An output could not be decoded as the requested type.
     #[error("output of {key:?} is not a {ty}: {error}")]
     Decode {
@@ -86,6 +95,8 @@ pub enum RunEvent {
     Task(TaskEvent),
     /// A warning from the scheduler, e.g. a pool with no workers.
     Warning(String),
+    /// A detached run ended before its tasks did (cancelled) or is gone; no events follow.
+    Ended(String),
 }
 
 /// A client's default name: `client-HOST-PID`, unique among the processes of a cluster.
@@ -233,9 +244,10 @@ impl Client {
                 run,
                 RunRoute {
                     events: ev_tx,
-                    graph_json: graph_json.clone(),
+                    source: RunSource::Graph(graph_json.clone()),
                     wants: wants.to_vec(),
                     complete: false,
+                    seen: 0,
                 },
             );
             s.send(FromClient::Submit {
@@ -265,6 +277,9 @@ impl Client {
             submitted,
             warnings: Vec::new(),
             wants: wants.iter().cloned().collect(),
+            ended_why: None,
+            detached: None,
+            kept: wants.to_vec(),
         })
     }
 
@@ -366,6 +381,12 @@ pub struct Run {
     warnings: Vec<String>,
     /// Keys whose outputs the run keeps.
     wants: std::collections::HashSet<String>,
+    /// Why the run ended before its tasks did (a detached run cancelled or gone).
+    ended_why: Option<String>,
+    /// The id of the detached run this follows.
+    detached: Option<String>,
+    /// The keys whose outputs it keeps, in the order given (the graph's, for sinks).
+    kept: Vec<String>,
 }
 
 impl std::fmt::Debug for Run {
@@ -397,6 +418,12 @@ impl Run {
         }
     }
 
+    /// The keys whose outputs the run keeps for fetching, in order (its sinks, in the
+    /// graph's order, unless `wants` were given).
+    pub fn kept_keys(&self) -> &[String] {
+        &self.kept
+    }
+
     /// The number of tasks in the run.
     pub fn task_count(&self) -> u32 {
         self.tasks
@@ -417,9 +444,10 @@ impl Run {
         &self.warnings
     }
 
-    /// The next event, or `None` once every task is done (or the scheduler is gone).
+    /// The next event, or `None` once every task is done (or the scheduler is gone, or a
+    /// detached run followed ended).
     pub async fn next_event(&mut self) -> Option<RunEvent> {
-        if self.is_complete() {
+        if self.is_complete() || self.ended_why.is_some() {
             return None;
         }
         let ev = self.events.recv().await?;
@@ -433,6 +461,7 @@ impl Run {
                     .push(self.submitted.elapsed().as_secs_f64() * 1000.0);
             }
             RunEvent::Warning(w) => self.warnings.push(w.clone()),
+            RunEvent::Ended(why) => self.ended_why = Some(why.clone()),
         }
         if self.is_complete() {
             self.end();
@@ -444,10 +473,18 @@ impl Run {
     pub async fn wait(&mut self) -> Result<Report, ClientError> {
         while !self.is_complete() {
             if self.next_event().await.is_none() && !self.is_complete() {
-                return Err(self.client.lost());
+                return Err(self.stopped());
             }
         }
         Ok(self.report())
+    }
+
+    /// Why events stopped before the run was complete.
+    fn stopped(&self) -> ClientError {
+        match &self.ended_why {
+            Some(why) => ClientError::RunEnded(why.clone()),
+            None => self.client.lost(),
+        }
     }
 
     /// The report of what has happened so far.
@@ -464,7 +501,7 @@ impl Run {
                 return Err(ClientError::UnknownKey(key.to_owned()));
             }
             if self.next_event().await.is_none() && !self.is_complete() {
-                return Err(self.client.lost());
+                return Err(self.stopped());
             }
         }
     }

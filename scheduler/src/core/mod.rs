@@ -23,6 +23,7 @@
 mod cells;
 mod clients;
 mod demand;
+pub mod detached;
 mod forget;
 mod invariants;
 mod placement;
@@ -75,6 +76,12 @@ pub enum Event {
     ClientLeft {
         /// Its id.
         id: ClientId,
+    },
+    /// The clock: ms since the Unix epoch (the server ticks every second; detached runs'
+    /// times and retention use it).
+    Tick {
+        /// Now.
+        now_ms: u64,
     },
     /// Messages from a worker.
     Worker(WorkerId, FromWorker),
@@ -347,6 +354,8 @@ pub struct Core {
     /// Whether some connected worker of a pool can run tasks of a requirement: cleared when
     /// workers join, leave or retire.
     pub(crate) pool_can: std::cell::RefCell<HashMap<(PoolIdx, ReqIdx), bool>>,
+    /// Runs that outlive their clients.
+    pub(crate) detached: detached::DetachedRuns,
 }
 
 /// Limits of the scheduler's rules.
@@ -360,6 +369,12 @@ pub struct CoreConfig {
     pub max_fetch_failures: u32,
     /// A durable task's output is kept in the progress store when at most this many bytes.
     pub max_output: u64,
+    /// A detached run's outputs are kept this long after it ended when nobody fetches and
+    /// releases them; its record as long again after that.
+    pub retention_ms: u64,
+    /// This scheduler's tag, the second half of detached run ids (`3-1f2a`), so that a run id
+    /// of an earlier scheduler is not taken for another run after a restart.
+    pub instance: u16,
 }
 
 impl Default for CoreConfig {
@@ -368,6 +383,8 @@ impl Default for CoreConfig {
             max_worker_deaths: 3,
             max_fetch_failures: 5,
             max_output: drover_progress::DEFAULT_MAX_OUTPUT as u64,
+            retention_ms: 24 * 3600 * 1000,
+            instance: 0,
         }
     }
 }
@@ -421,7 +438,11 @@ impl Core {
             Event::ClientJoined { id } => {
                 self.clients.entry(id).or_default();
             }
-            Event::ClientLeft { id } => self.client_left(id),
+            Event::ClientLeft { id } => {
+                self.detached_client_left(id);
+                self.client_left(id);
+            }
+            Event::Tick { now_ms } => self.detached_tick(now_ms),
             Event::Worker(w, msg) => self.worker_message(w, msg),
             Event::Looked { id, found } => self.looked(id, found),
             Event::Client(c, msg) => match msg {
@@ -436,6 +457,7 @@ impl Core {
                 FromClient::Release { keys } => self.release_wants(c, &keys),
                 FromClient::EndRun { run } => self.end_run(c, run),
                 FromClient::ReleaseCells { keys } => self.release_cells(&keys),
+                FromClient::Runs { req, request } => self.runs_request(c, req, request),
                 // The progress store is the shell's: the server routes these around the core.
                 FromClient::Progress { .. } => {}
             },
@@ -448,7 +470,12 @@ impl Core {
         if !self.forget_candidates.is_empty() {
             self.forget_noted();
         }
-        std::mem::take(&mut self.out)
+        let out = std::mem::take(&mut self.out);
+        if self.detached.is_empty() {
+            out
+        } else {
+            self.route_detached(out)
+        }
     }
 
     /// A line on the task `key` names (its state, counts, holders, inputs' states), for

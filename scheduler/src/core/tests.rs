@@ -1119,6 +1119,7 @@ fn a_copy_under_way_keeps_its_result_needed_until_it_is_answered() {
         .any(|c| matches!(c, Command::Worker(t, ToWorker::Retired) if *t == w)));
 }
 
+mod detached;
 mod durable;
 
 /// A freed result computed again for a newer run is news to the newer run only: the run that

@@ -1,6 +1,6 @@
 //! `drover check GRAPH.json [--json]`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
@@ -86,7 +86,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
     };
     if args.json {
         let text = serde_json::to_string_pretty(&report).expect("report serialises") + "\n";
-        return crate::write_output(&"-".into(), &text);
+        return crate::write_output(Path::new("-"), &text);
     }
     let out = table(&report.tasks);
     let e = report.transfer_estimate;
@@ -95,5 +95,5 @@ pub fn run(args: Args) -> Result<(), Failure> {
         "\nestimated bytes crossing pools: without the pass {}, forward only {}, full pass {}\n",
         e.without, e.forward, e.full
     ));
-    crate::write_output(&"-".into(), &out)
+    crate::write_output(Path::new("-"), &out)
 }

@@ -6,13 +6,14 @@
 //! or a scheduler that cannot be reached.
 
 mod check;
+mod detached;
 mod export;
 mod foreach;
 mod map;
 mod progress;
 mod run;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -43,6 +44,14 @@ enum Command {
     /// Map-reduce with shell commands over the lines of a file, crash-friendly: a rerun maps
     /// only the inputs not done.
     Map(map::Args),
+    /// Submit a JSON graph as a detached run, which outlives this command: prints its id.
+    Submit(detached::SubmitArgs),
+    /// List the scheduler's detached runs: id, name, state, progress, submitted, by whom.
+    Runs(detached::RunsArgs),
+    /// Follow a detached run to its end, then print and fetch its outputs like `drover run`.
+    Wait(detached::WaitArgs),
+    /// Cancel a detached run: its tasks not started are dropped, its outputs released.
+    Cancel(detached::CancelArgs),
 }
 
 /// A failure, with the exit code it maps to.
@@ -135,7 +144,7 @@ pub(crate) async fn start_local(
 }
 
 /// Writes `text` to `path`, or to stdout when `path` is `-`.
-pub(crate) fn write_output(path: &PathBuf, text: &str) -> Result<(), Failure> {
+pub(crate) fn write_output(path: &Path, text: &str) -> Result<(), Failure> {
     if path.as_os_str() == "-" {
         use std::io::Write;
         return std::io::stdout()
@@ -159,6 +168,10 @@ fn main() -> ExitCode {
         Command::Foreach(args) => foreach::run(args),
         Command::Progress(args) => progress::run(args),
         Command::Map(args) => map::run(args),
+        Command::Submit(args) => detached::submit(args),
+        Command::Runs(args) => detached::runs(args),
+        Command::Wait(args) => detached::wait(args),
+        Command::Cancel(args) => detached::cancel(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

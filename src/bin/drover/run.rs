@@ -79,7 +79,7 @@ fn file_name(key: &str) -> String {
 }
 
 /// The file names of `keys` under `--outputs`; a clash (two keys, one name) is refused.
-fn output_names(keys: &[String]) -> Result<Vec<(String, String)>, Failure> {
+pub(crate) fn output_names(keys: &[String]) -> Result<Vec<(String, String)>, Failure> {
     let mut by_name: std::collections::HashMap<String, &str> = std::collections::HashMap::new();
     let mut names = Vec::with_capacity(keys.len());
     for k in keys {
@@ -175,122 +175,14 @@ pub fn run(args: Args) -> Result<(), Failure> {
                 drover::ClientError::Rejected(m) => Failure::BadGraph(m),
                 other => Failure::Usage(other.to_string()),
             })?;
-        let tty = std::io::stderr().is_terminal();
-        let bar = if tty {
-            indicatif::ProgressBar::new(u64::from(run.task_count()))
-        } else {
-            indicatif::ProgressBar::hidden()
-        };
-        // A hidden bar drops println: write straight to stderr then.
-        let say = |line: String| {
-            if tty {
-                bar.println(line)
-            } else {
-                eprintln!("{line}")
-            }
-        };
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} tasks {elapsed} {msg}")
-                .expect("valid template"),
-        );
-        while let Some(ev) = run.next_event().await {
-            match ev {
-                RunEvent::Task(t) => {
-                    // A resubmission after an outage reports tasks again: count each once.
-                    bar.set_position(run.done_count() as u64);
-                    if t.status == TaskStatus::Failed {
-                        say(format!(
-                            "failed: {}: {}",
-                            t.key,
-                            t.error.unwrap_or_default()
-                        ));
-                    }
-                }
-                // The client library logs warnings itself (they also arrive while fetching);
-                // losing and regaining the scheduler is shown here too.
-                RunEvent::Warning(w) if w.contains("the scheduler at") => say(w),
-                RunEvent::Warning(_) => {}
-            }
-        }
-        bar.finish_and_clear();
-        if !run.is_complete() {
-            let why = match run.wait().await {
-                Err(e) => e.to_string(),
-                Ok(_) => "unknown".into(),
-            };
-            return Err(Failure::Lost(format!("the run did not complete: {why}")));
-        }
-        let report = run.report();
-        if let Some(dir) = &args.outputs {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| Failure::Usage(format!("cannot create {}: {e}", dir.display())))?;
-        }
-        // Outputs stream in batches (one request per worker per batch), printed and written
-        // in the graph's order as they arrive.
-        let mut write_error: Option<Failure> = None;
-        let mut written: std::collections::BTreeMap<String, String> = Default::default();
-        {
-            use std::io::Write;
-            let stdout = std::io::stdout();
-            let mut out = std::io::BufWriter::new(stdout.lock());
-            run.fetch_outputs(&sinks, |key, result| match result {
-                Ok(bytes) => {
-                    let _ = writeln!(out, "{key}: {}", show(&bytes));
-                    if let (Some(dir), None) = (&args.outputs, &write_error) {
-                        let name = names.get(key).cloned().unwrap_or_else(|| file_name(key));
-                        let path = dir.join(&name);
-                        match std::fs::write(&path, &bytes) {
-                            Ok(()) => {
-                                written.insert(key.to_owned(), name);
-                            }
-                            Err(e) => {
-                                write_error = Some(Failure::Usage(format!(
-                                    "cannot write {}: {e}",
-                                    path.display()
-                                )))
-                            }
-                        }
-                    }
-                }
-                Err(drover::ClientError::TaskFailed { .. }) => {}
-                Err(e) => {
-                    let _ = out.flush();
-                    eprintln!("error: {e}");
-                }
-            })
-            .await
-            .map_err(|e| Failure::Lost(format!("the run did not complete: {e}")))?;
-            let _ = out.flush();
-        }
-        if let Some(dir) = &args.outputs {
-            // Which file holds which key's output.
-            let index = serde_json::to_string_pretty(&written).expect("an index serialises") + "\n";
-            crate::write_output(&dir.join("index.json"), &index)?;
-        }
-        if let Some(e) = write_error {
-            return Err(e);
-        }
-        if let Some(path) = &args.report {
-            let text = serde_json::to_string_pretty(&report).expect("report serialises") + "\n";
-            crate::write_output(path, &text)?;
-        }
-        let mut settled = String::new();
-        if report.done_before > 0 {
-            settled += &format!(", {} done before", report.done_before);
-        }
-        if report.skipped > 0 {
-            settled += &format!(
-                ", {} skipped (they only feed tasks done before)",
-                report.skipped
-            );
-        }
-        eprintln!(
-            "{} finished, {} failed{settled}; {} bytes moved between workers, {} between pools",
-            report.finished,
-            report.failed,
-            report.bytes_between_workers,
-            report.bytes_between_pools
-        );
+        let report = follow(
+            &mut run,
+            &sinks,
+            &names,
+            args.outputs.as_deref(),
+            args.report.as_deref(),
+        )
+        .await?;
         drop(run);
         client.close();
         if let Some(c) = cluster {
@@ -301,6 +193,133 @@ pub fn run(args: Args) -> Result<(), Failure> {
         }
         Ok(())
     })
+}
+
+/// Follows `run` to its end (a progress bar on a terminal, failures as they happen), then
+/// prints (and with `outputs` writes, under `names`) the outputs of `sinks` in order, writes
+/// the report to `report_path`, and prints the summary line. Returns the report.
+pub(crate) async fn follow(
+    run: &mut drover::Run,
+    sinks: &[String],
+    names: &std::collections::HashMap<String, String>,
+    outputs: Option<&std::path::Path>,
+    report_path: Option<&std::path::Path>,
+) -> Result<drover::Report, Failure> {
+    let tty = std::io::stderr().is_terminal();
+    let bar = if tty {
+        indicatif::ProgressBar::new(u64::from(run.task_count()))
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    // A hidden bar drops println: write straight to stderr then.
+    let say = |line: String| {
+        if tty {
+            bar.println(line)
+        } else {
+            eprintln!("{line}")
+        }
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} tasks {elapsed} {msg}")
+            .expect("valid template"),
+    );
+    while let Some(ev) = run.next_event().await {
+        match ev {
+            RunEvent::Task(t) => {
+                // A resubmission after an outage reports tasks again: count each once.
+                bar.set_position(run.done_count() as u64);
+                if t.status == TaskStatus::Failed {
+                    say(format!(
+                        "failed: {}: {}",
+                        t.key,
+                        t.error.unwrap_or_default()
+                    ));
+                }
+            }
+            // The client library logs warnings itself (they also arrive while fetching);
+            // losing and regaining the scheduler is shown here too.
+            RunEvent::Warning(w) if w.contains("the scheduler at") => say(w),
+            RunEvent::Warning(_) => {}
+            RunEvent::Ended(why) => say(why),
+        }
+    }
+    bar.finish_and_clear();
+    if !run.is_complete() {
+        let why = match run.wait().await {
+            Err(e) => e.to_string(),
+            Ok(_) => "unknown".into(),
+        };
+        return Err(Failure::Lost(format!("the run did not complete: {why}")));
+    }
+    let report = run.report();
+    if let Some(dir) = outputs {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Failure::Usage(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    // Outputs stream in batches (one request per worker per batch), printed and written
+    // in the graph's order as they arrive.
+    let mut write_error: Option<Failure> = None;
+    let mut written: std::collections::BTreeMap<String, String> = Default::default();
+    {
+        use std::io::Write;
+        let stdout = std::io::stdout();
+        let mut out = std::io::BufWriter::new(stdout.lock());
+        run.fetch_outputs(sinks, |key, result| match result {
+            Ok(bytes) => {
+                let _ = writeln!(out, "{key}: {}", show(&bytes));
+                if let (Some(dir), None) = (outputs, &write_error) {
+                    let name = names.get(key).cloned().unwrap_or_else(|| file_name(key));
+                    let path = dir.join(&name);
+                    match std::fs::write(&path, &bytes) {
+                        Ok(()) => {
+                            written.insert(key.to_owned(), name);
+                        }
+                        Err(e) => {
+                            write_error = Some(Failure::Usage(format!(
+                                "cannot write {}: {e}",
+                                path.display()
+                            )))
+                        }
+                    }
+                }
+            }
+            Err(drover::ClientError::TaskFailed { .. }) => {}
+            Err(e) => {
+                let _ = out.flush();
+                eprintln!("error: {e}");
+            }
+        })
+        .await
+        .map_err(|e| Failure::Lost(format!("the run did not complete: {e}")))?;
+        let _ = out.flush();
+    }
+    if let Some(dir) = outputs {
+        // Which file holds which key's output.
+        let index = serde_json::to_string_pretty(&written).expect("an index serialises") + "\n";
+        crate::write_output(&dir.join("index.json"), &index)?;
+    }
+    if let Some(e) = write_error {
+        return Err(e);
+    }
+    if let Some(path) = report_path {
+        let text = serde_json::to_string_pretty(&report).expect("report serialises") + "\n";
+        crate::write_output(path, &text)?;
+    }
+    let mut settled = String::new();
+    if report.done_before > 0 {
+        settled += &format!(", {} done before", report.done_before);
+    }
+    if report.skipped > 0 {
+        settled += &format!(
+            ", {} skipped (they only feed tasks done before)",
+            report.skipped
+        );
+    }
+    eprintln!(
+        "{} finished, {} failed{settled}; {} bytes moved between workers, {} between pools",
+        report.finished, report.failed, report.bytes_between_workers, report.bytes_between_pools
+    );
+    Ok(report)
 }
 
 #[cfg(test)]
