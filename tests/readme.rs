@@ -149,6 +149,11 @@ fn flags(words: &[&str]) -> Vec<String> {
 /// Checks one command: its program exists and knows its flags. `None` when the command is not
 /// one of the project's (`seq`, `mkdir`, `cd fuzz && ...`).
 fn check_command(command: &str) -> Option<()> {
+    // `ID=$(drover submit ...)` is the command inside.
+    let command = match command.split_once("=$(") {
+        Some((var, inner)) if !var.contains(' ') => inner.trim_end_matches(')'),
+        _ => command,
+    };
     let words: Vec<&str> = command.split_whitespace().collect();
     let first = *words.first()?;
     if first == "cargo" {

@@ -1688,7 +1688,11 @@ impl World {
                             .insert(e.key.clone(), (e.status, e.error.clone()));
                     }
                 }
-                ToClient::Warning(_) | ToClient::Progress { .. } => {}
+                // The simulated clients submit attached runs only.
+                ToClient::Warning(_)
+                | ToClient::Progress { .. }
+                | ToClient::Runs { .. }
+                | ToClient::RunEnded { .. } => {}
                 ToClient::Located {
                     req, found, inline, ..
                 } => {
