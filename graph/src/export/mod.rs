@@ -7,6 +7,7 @@
 
 mod dot;
 mod json;
+mod layered;
 mod svg;
 
 use std::collections::HashMap;
