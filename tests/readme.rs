@@ -432,3 +432,23 @@ fn the_quickstart_example_runs_its_own_workers_under_tokio_main() {
     assert!(stdout.contains("sum of squares 1..=10 = 385"), "{stdout}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// The README's sample output of the main job is what the pools example prints: the block
+/// after "It prints:" is the start of its output, line for line.
+#[test]
+fn the_readme_shows_what_the_main_job_prints() {
+    let text = readme();
+    let at = text.find("It prints:\n\n```text\n").expect("the sample output block");
+    let block = &text[at + "It prints:\n\n```text\n".len()..];
+    let block = &block[..block.find("```").expect("its end")];
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(binary("examples/pools"))
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let printed: Vec<&str> = stdout.lines().take(block.lines().count()).collect();
+    let shown: Vec<&str> = block.lines().collect();
+    assert_eq!(printed, shown, "README.md's sample output differs from the example's");
+}
