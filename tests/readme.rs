@@ -438,7 +438,9 @@ fn the_quickstart_example_runs_its_own_workers_under_tokio_main() {
 #[test]
 fn the_readme_shows_what_the_main_job_prints() {
     let text = readme();
-    let at = text.find("It prints:\n\n```text\n").expect("the sample output block");
+    let at = text
+        .find("It prints:\n\n```text\n")
+        .expect("the sample output block");
     let block = &text[at + "It prints:\n\n```text\n".len()..];
     let block = &block[..block.find("```").expect("its end")];
     let dir = tempfile::tempdir().unwrap();
@@ -450,5 +452,8 @@ fn the_readme_shows_what_the_main_job_prints() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let printed: Vec<&str> = stdout.lines().take(block.lines().count()).collect();
     let shown: Vec<&str> = block.lines().collect();
-    assert_eq!(printed, shown, "README.md's sample output differs from the example's");
+    assert_eq!(
+        printed, shown,
+        "README.md's sample output differs from the example's"
+    );
 }
