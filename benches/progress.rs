@@ -139,6 +139,7 @@ fn main() {
             max_output: drover_progress::DEFAULT_MAX_OUTPUT,
             progress_store: None,
             strict_permissions: false,
+            dashboard: None,
         })
         .await
         .expect("scheduler");

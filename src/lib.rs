@@ -44,7 +44,7 @@ pub use drover_graph::{
     Untyped, DEFAULT_SIZE_HINT,
 };
 pub use drover_graph::{Lifetime, Loader, OnceCell, PerWorker, Shared};
-pub use drover_protocol::{AccessFile, TaskEvent, TaskStatus};
+pub use drover_protocol::{AccessFile, ClusterStatus, TaskEvent, TaskStatus};
 pub use drover_worker::{
     retire_on_sigterm, run_worker, Raw, Registry, TaskContext, TaskError, TaskResult, WorkerConfig,
     WorkerLocal,

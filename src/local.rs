@@ -291,6 +291,7 @@ impl LocalCluster {
             max_output: drover_progress::DEFAULT_MAX_OUTPUT,
             progress_store,
             strict_permissions: false,
+            dashboard: None,
         })
         .await?;
         let access = AccessFile::load(scheduler.access_path()).map_err(|e| LocalError::Worker {

@@ -15,6 +15,9 @@ pub struct AccessFile {
     pub certificate: String,
     /// The secret token clients and workers present.
     pub token: String,
+    /// The scheduler's web dashboard, `http://HOST:PORT`, when it serves one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dashboard: Option<String>,
 }
 
 /// Problems reading or writing an access file.
@@ -59,6 +62,7 @@ impl AccessFile {
             address: address.to_string(),
             certificate: hex(cert_der),
             token: token.to_owned(),
+            dashboard: None,
         }
     }
 

@@ -17,11 +17,13 @@ pub mod lifeline;
 pub mod logging;
 pub mod memory;
 pub mod messages;
+pub mod status;
 pub mod tls;
 
 pub use access::AccessFile;
 pub use codec::{read_frame, write_frame, CodecError, MAX_CONTROL_FRAME};
 pub use messages::*;
+pub use status::*;
 
 /// The protocol version; a peer speaking another one is refused.
 pub const PROTOCOL_VERSION: u32 = 6;

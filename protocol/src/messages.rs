@@ -290,6 +290,11 @@ pub enum FromClient {
         /// What is asked.
         request: ProgressRequest,
     },
+    /// The cluster at a glance, answered by [`ToClient::Status`] with the same `req`.
+    Status {
+        /// The client's request number.
+        req: u32,
+    },
     /// A request about detached runs (runs that outlive their client), answered by
     /// [`ToClient::Runs`] with the same `req`.
     Runs {
@@ -478,6 +483,13 @@ pub enum ToClient {
         req: u32,
         /// The answer.
         reply: RunsReply,
+    },
+    /// The answer to [`FromClient::Status`].
+    Status {
+        /// The request answered.
+        req: u32,
+        /// The cluster.
+        status: Box<crate::ClusterStatus>,
     },
     /// A detached run followed as the client's run `run` ended before its tasks did
     /// (cancelled); no more events come for it.

@@ -5,6 +5,8 @@
 #![warn(missing_docs, missing_debug_implementations)]
 
 pub mod core;
+pub mod dashboard;
+pub mod monitor;
 mod progress;
 pub mod server;
 pub mod state_lock;

@@ -36,6 +36,12 @@ struct Args {
     /// task with a larger output is kept as done without it.
     #[arg(long, default_value_t = drover_progress::DEFAULT_MAX_OUTPUT)]
     max_output_bytes: usize,
+    /// Serve the web dashboard and Prometheus `/metrics` at this address (HTTP), or `off`.
+    /// On loopback (the default) it is open to this machine's users; on any other address it
+    /// needs the cluster token. A taken default port falls back to a free one (logged, and
+    /// written to access.json as `dashboard`).
+    #[arg(long, default_value = drover_scheduler::dashboard::DEFAULT_ADDR)]
+    dashboard: String,
     /// How long a detached run's outputs are kept after it ended when nobody fetches and
     /// releases them (`drover wait` does), in seconds; its record is listed as long again.
     #[arg(long, default_value_t = 24 * 3600)]
@@ -59,6 +65,18 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(1);
         }
     };
+    let dashboard = match drover_scheduler::dashboard::parse_addr(&args.dashboard) {
+        Ok(a) => a.map(|a| {
+            (
+                a,
+                args.dashboard != drover_scheduler::dashboard::DEFAULT_ADDR,
+            )
+        }),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
     rt.block_on(async {
         let started = Scheduler::start(SchedulerConfig {
             listen: args.listen,
@@ -73,6 +91,7 @@ fn main() -> std::process::ExitCode {
             max_output: args.max_output_bytes,
             progress_store: None,
             strict_permissions: args.strict_permissions,
+            dashboard,
         })
         .await;
         let scheduler = match started {

@@ -53,6 +53,10 @@ pub struct SchedulerConfig {
     /// Refuse to start when a secret file (`scheduler.key`, `token`) is readable by other
     /// users, instead of warning and making it private.
     pub strict_permissions: bool,
+    /// Serve the web dashboard and `/metrics` here (`None`: no dashboard). With `named`
+    /// false (the default address) a taken address falls back to a free port; a named one
+    /// that is taken stops the start.
+    pub dashboard: Option<(SocketAddr, bool)>,
 }
 
 /// Errors starting the scheduler.
@@ -72,6 +76,9 @@ pub enum StartError {
     /// The progress store cannot be opened (corrupt, foreign, or in use by another process).
     #[error(transparent)]
     Progress(#[from] drover_progress::StoreError),
+    /// The dashboard's address cannot be bound.
+    #[error("{0}")]
+    Dashboard(String),
 }
 
 /// A running scheduler.
@@ -213,6 +220,8 @@ enum Input {
         tx: mpsc::UnboundedSender<Vec<ToClient>>,
     },
     Events(Vec<Event>),
+    /// A dashboard page's question.
+    Ask(crate::dashboard::Asking),
 }
 
 impl Scheduler {
@@ -227,6 +236,14 @@ impl Scheduler {
         })?;
         // The port next: a port already taken stops the start before anything is written.
         let socket = drover_protocol::endpoint::bind_udp(config.listen)?;
+        let dashboard = match config.dashboard {
+            Some((addr, named)) => Some(
+                crate::dashboard::bind(addr, named)
+                    .await
+                    .map_err(StartError::Dashboard)?,
+            ),
+            None => None,
+        };
         secure_secrets(&config.state_dir, config.strict_permissions)?;
         let (identity, token) = load_state(&config.state_dir)?;
         let endpoint =
@@ -241,8 +258,20 @@ impl Scheduler {
         } else {
             format!("{host}:{}", addr.port())
         };
+        let dashboard_url = dashboard
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .map(|a| {
+                // An address of all interfaces is reached at the advertised host.
+                if a.ip().is_unspecified() {
+                    format!("http://{}:{}", host, a.port())
+                } else {
+                    format!("http://{a}")
+                }
+            });
         let access = AccessFile {
             address,
+            dashboard: dashboard_url.clone(),
             ..AccessFile::new(addr, &identity.cert, &token)
         };
         lock.note_address(&access.address);
@@ -282,6 +311,13 @@ impl Scheduler {
         if readable_by_others(&access_path) {
             warn!(path = %access_path.display(), "access.json is readable by other users: it holds the cluster's secret token");
         }
+        if let (Some(listener), Some(url)) = (&dashboard, &dashboard_url) {
+            if listener.local_addr().is_ok_and(|a| a.ip().is_loopback()) {
+                info!(%url, "dashboard and /metrics served (loopback: no token needed)");
+            } else {
+                info!(%url, "dashboard and /metrics served; the cluster token is needed (log in, or Authorization: Bearer TOKEN)");
+            }
+        }
         info!(%addr, advertised = %access.address, access_file = %access_path.display(), "scheduler listening");
 
         let (tx, rx) = mpsc::unbounded_channel();
@@ -293,6 +329,23 @@ impl Scheduler {
             ..config.core
         };
         let core_task = tokio::spawn(core_loop(rx, tx.clone(), core, progress));
+        let mut tasks = Vec::new();
+        if let Some(listener) = dashboard {
+            let (ask_tx, mut ask_rx) = mpsc::unbounded_channel::<crate::dashboard::Asking>();
+            let to_core = tx.clone();
+            tasks.push(tokio::spawn(async move {
+                while let Some(asking) = ask_rx.recv().await {
+                    if to_core.send(Input::Ask(asking)).is_err() {
+                        return;
+                    }
+                }
+            }));
+            tasks.push(tokio::spawn(crate::dashboard::serve(
+                listener,
+                Arc::from(token.as_str()),
+                ask_tx,
+            )));
+        }
         // The core's clock (detached runs' times and retention).
         let ticks = tx.clone();
         let ticker = tokio::spawn(async move {
@@ -320,7 +373,10 @@ impl Scheduler {
             endpoint,
             addr,
             access_path,
-            tasks: vec![core_task, accept_task, ticker],
+            tasks: {
+                tasks.extend([core_task, accept_task, ticker]);
+                tasks
+            },
         })
     }
 
@@ -528,6 +584,7 @@ async fn core_loop(
     progress: ProgressService,
 ) {
     let mut core = Core::with_config(config);
+    let mut monitor = crate::monitor::Monitor::new(drover_progress::now_ms());
     let mut workers: HashMap<u32, mpsc::UnboundedSender<Vec<ToWorker>>> = HashMap::new();
     let mut clients: HashMap<ClientId, mpsc::UnboundedSender<Vec<ToClient>>> = HashMap::new();
     let mut commands: Vec<Command> = Vec::new();
@@ -535,17 +592,29 @@ async fn core_loop(
     // Clients that left take their graphs' memory with them.
     let trimmer = drover_protocol::memory::Trimmer::start(Duration::from_secs(1));
     while let Some(first) = rx.recv().await {
+        let began = std::time::Instant::now();
         let mut next = Some(first);
         // Handle everything already queued before sending: one frame per peer per round.
         while let Some(input) = next.take() {
+            let now_ms = drover_progress::now_ms();
             match input {
                 Input::WorkerJoined { id, hello, tx } => {
                     workers.insert(id, tx);
-                    commands.extend(core.handle(Event::WorkerJoined { id, hello }));
+                    let event = Event::WorkerJoined { id, hello };
+                    monitor.observe(&core, &event, now_ms);
+                    commands.extend(core.handle(event));
                 }
                 Input::ClientJoined { id, tx } => {
                     clients.insert(id, tx);
-                    commands.extend(core.handle(Event::ClientJoined { id }));
+                    let event = Event::ClientJoined { id };
+                    monitor.observe(&core, &event, now_ms);
+                    commands.extend(core.handle(event));
+                }
+                Input::Ask((crate::dashboard::Ask::Progress, reply)) => {
+                    ask_progress(&progress, reply);
+                }
+                Input::Ask((ask, reply)) => {
+                    let _ = reply.send(answer(&core, &monitor, ask, now_ms));
                 }
                 Input::Events(events) => {
                     for e in events {
@@ -556,6 +625,15 @@ async fn core_loop(
                             }
                             continue;
                         }
+                        // The status is answered here: the core's part and the monitor's.
+                        if let Event::Client(c, FromClient::Status { req }) = e {
+                            if let Some(tx) = clients.get(&c) {
+                                let status = Box::new(monitor.status(&core, now_ms));
+                                let _ = tx.send(vec![ToClient::Status { req, status }]);
+                            }
+                            continue;
+                        }
+                        monitor.observe(&core, &e, now_ms);
                         match &e {
                             Event::WorkerLeft { id } => {
                                 workers.remove(id);
@@ -575,6 +653,12 @@ async fn core_loop(
                 next = rx.try_recv().ok();
             }
         }
+        for c in &commands {
+            if matches!(c, Command::Commit { .. }) {
+                monitor.committed();
+            }
+        }
+        monitor.loop_took(began.elapsed().as_secs_f64());
         dispatch(
             &mut commands,
             &workers,
@@ -588,6 +672,67 @@ async fn core_loop(
             commands.shrink_to_fit();
         }
     }
+}
+
+/// Answers a dashboard page's question (`None`: not found).
+fn answer(
+    core: &Core,
+    monitor: &crate::monitor::Monitor,
+    ask: crate::dashboard::Ask,
+    now_ms: u64,
+) -> Option<String> {
+    use crate::dashboard::Ask;
+    match ask {
+        Ask::Status => serde_json::to_string(&monitor.status(core, now_ms)).ok(),
+        Ask::Update { since_ms } => {
+            let since = if since_ms > 0.0 {
+                since_ms
+            } else {
+                now_ms.saturating_sub(120_000) as f64
+            };
+            let window = now_ms.saturating_sub(since as u64).max(1);
+            let bars: Vec<crate::monitor::Bar> = monitor
+                .stream(now_ms, window, 5_000)
+                .into_iter()
+                .filter(|b| b.end_ms > since)
+                .collect();
+            let latest = bars.last().map_or(since, |b| b.end_ms);
+            serde_json::to_string(&serde_json::json!({
+                "status": monitor.status(core, now_ms),
+                "bars": bars,
+                "latest_ms": latest,
+            }))
+            .ok()
+        }
+        Ask::Metrics => Some(monitor.metrics_text(&monitor.status(core, now_ms))),
+        Ask::Report { id } => core
+            .detached_report(&id)
+            .and_then(|r| serde_json::to_string_pretty(&r).ok()),
+        // Answered by `ask_progress`, off the event loop.
+        Ask::Progress => None,
+    }
+}
+
+/// Asks the progress store's thread for every namespace's counts; the answer goes to `reply`
+/// as JSON (`[[namespace, {"free", "claimed", "done", "failed"}], ...]`) when it comes.
+fn ask_progress(progress: &ProgressService, reply: tokio::sync::oneshot::Sender<Option<String>>) {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    progress.submit(
+        u64::MAX,
+        tx,
+        0,
+        drover_protocol::ProgressRequest::Counts { namespace: None },
+    );
+    tokio::spawn(async move {
+        let text = match rx.recv().await.and_then(|mut m| m.pop()) {
+            Some(ToClient::Progress {
+                reply: drover_protocol::ProgressReply::Counts(counts),
+                ..
+            }) => serde_json::to_string(&counts).ok(),
+            _ => Some("[]".to_owned()),
+        };
+        let _ = reply.send(text);
+    });
 }
 
 /// Client messages that must wait for a commit of the progress store: sent in order by one

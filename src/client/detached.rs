@@ -151,6 +151,21 @@ impl Client {
         })
     }
 
+    /// The cluster at a glance: workers, pools, live runs, detached runs, bytes moved,
+    /// insights (what `drover status` prints).
+    pub async fn status(&self) -> Result<drover_protocol::ClusterStatus, ClientError> {
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut s = self.lock();
+            s.next_runs_request = s.next_runs_request.wrapping_add(1);
+            let req = s.next_runs_request;
+            s.status_requests.insert(req, tx);
+            s.send(FromClient::Status { req })
+                .map_err(ClientError::Lost)?;
+        }
+        rx.await.map(|b| *b).map_err(|_| self.lost())
+    }
+
     /// The detached runs the scheduler knows, oldest first.
     pub async fn runs(&self) -> Result<Vec<RunInfo>, ClientError> {
         match self.runs_request(RunsRequest::List).await? {

@@ -92,6 +92,8 @@ pub(super) struct Shared {
     pub next_progress: u32,
     /// Requests about detached runs waiting for their answers (replayed after an outage).
     pub runs_requests: HashMap<u32, (RunsRequest, oneshot::Sender<RunsReply>)>,
+    /// Status requests waiting for their answers (replayed after an outage).
+    pub status_requests: HashMap<u32, oneshot::Sender<Box<drover_protocol::ClusterStatus>>>,
     /// Attachments sent again after an outage: request number to the client's run.
     pub reattached: HashMap<u32, u32>,
     pub next_runs_request: u32,
@@ -116,6 +118,7 @@ impl Shared {
             progress: HashMap::new(),
             next_progress: 0,
             runs_requests: HashMap::new(),
+            status_requests: HashMap::new(),
             reattached: HashMap::new(),
             next_runs_request: 0,
         }
@@ -157,6 +160,7 @@ impl Shared {
         self.locates.clear();
         self.progress.clear();
         self.runs_requests.clear();
+        self.status_requests.clear();
         self.reattached.clear();
     }
 
@@ -311,6 +315,11 @@ fn replay(s: &mut Shared, tx: &mpsc::UnboundedSender<Vec<FromClient>>) -> usize 
             request: RunsRequest::Attach { run, id, from },
         });
     }
+    batch.extend(
+        s.status_requests
+            .keys()
+            .map(|&req| FromClient::Status { req }),
+    );
     let mut pending: Vec<(&u32, &RunsRequest)> = s
         .runs_requests
         .iter()
@@ -421,6 +430,11 @@ async fn route_incoming(recv: &mut quinn::RecvStream, shared: &Mutex<Shared>) {
                                 let _ = r.events.send(RunEvent::Ended(why));
                             }
                         }
+                    }
+                }
+                ToClient::Status { req, status } => {
+                    if let Some(tx) = s.status_requests.remove(&req) {
+                        let _ = tx.send(status);
                     }
                 }
                 ToClient::RunEnded { run, why } => {

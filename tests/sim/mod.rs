@@ -1692,7 +1692,8 @@ impl World {
                 ToClient::Warning(_)
                 | ToClient::Progress { .. }
                 | ToClient::Runs { .. }
-                | ToClient::RunEnded { .. } => {}
+                | ToClient::RunEnded { .. }
+                | ToClient::Status { .. } => {}
                 ToClient::Located {
                     req, found, inline, ..
                 } => {

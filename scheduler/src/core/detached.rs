@@ -77,6 +77,21 @@ pub(crate) struct DetachedRuns {
 }
 
 impl DetachedRuns {
+    /// Whether `client` is a detached run's stand-in.
+    pub fn is_stand_in(&self, client: ClientId) -> bool {
+        self.runs.contains_key(&client)
+    }
+
+    /// The id of the detached run of stand-in `client`.
+    pub fn id_of(&self, client: ClientId) -> Option<&str> {
+        self.runs.get(&client).map(|r| r.id.as_str())
+    }
+
+    /// The name of the detached run of stand-in `client`.
+    pub fn name_of(&self, client: ClientId) -> Option<&str> {
+        self.runs.get(&client).map(|r| r.name.as_str())
+    }
+
     /// Whether there are none (then nothing is routed).
     pub fn is_empty(&self) -> bool {
         self.runs.is_empty()
@@ -204,13 +219,7 @@ impl Core {
                 }
             }
             RunsRequest::List => {
-                let retention = self.config.retention_ms;
-                let list = self
-                    .detached
-                    .runs
-                    .values()
-                    .map(|r| r.info(retention))
-                    .collect();
+                let list = self.detached_infos();
                 reply(self, RunsReply::List(list));
             }
             RunsRequest::Cancel { id } | RunsRequest::Release { id } => {
@@ -228,6 +237,26 @@ impl Core {
                 reply(self, RunsReply::Done(info));
             }
         }
+    }
+
+    /// Every detached run as listed, oldest first.
+    pub(crate) fn detached_infos(&self) -> Vec<RunInfo> {
+        let retention = self.config.retention_ms;
+        self.detached
+            .runs
+            .values()
+            .map(|r| r.info(retention))
+            .collect()
+    }
+
+    /// A detached run's report: the run as listed and every task event so far.
+    pub fn detached_report(&self, id: &str) -> Option<serde_json::Value> {
+        let stand_in = self.detached.by_id.get(id)?;
+        let r = self.detached.runs.get(stand_in)?;
+        Some(serde_json::json!({
+            "run": r.info(self.config.retention_ms),
+            "events": r.events,
+        }))
     }
 
     fn detached_by_id(&mut self, id: &str) -> Option<&mut DetachedRun> {

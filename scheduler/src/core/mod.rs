@@ -29,6 +29,7 @@ mod invariants;
 mod placement;
 mod retire;
 mod submit;
+mod summary;
 #[cfg(test)]
 mod tests;
 mod workers;
@@ -356,6 +357,8 @@ pub struct Core {
     pub(crate) pool_can: std::cell::RefCell<HashMap<(PoolIdx, ReqIdx), bool>>,
     /// Runs that outlive their clients.
     pub(crate) detached: detached::DetachedRuns,
+    /// The propagate-pools pass's estimates of bytes crossing pools, summed over submissions.
+    pub(crate) estimated_cross_pool: u64,
 }
 
 /// Limits of the scheduler's rules.
@@ -458,6 +461,8 @@ impl Core {
                 FromClient::EndRun { run } => self.end_run(c, run),
                 FromClient::ReleaseCells { keys } => self.release_cells(&keys),
                 FromClient::Runs { req, request } => self.runs_request(c, req, request),
+                // The status is the shell's to answer: it adds what only it sees.
+                FromClient::Status { .. } => {}
                 // The progress store is the shell's: the server routes these around the core.
                 FromClient::Progress { .. } => {}
             },

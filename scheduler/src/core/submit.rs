@@ -221,6 +221,7 @@ impl Core {
             );
         }
         let prop = propagate_pools(&graph, &topo);
+        self.estimated_cross_pool = self.estimated_cross_pool.saturating_add(prop.estimate.full);
         let run_idx = self.runs.len() as u32;
         self.runs.push(Run {
             client,

@@ -12,6 +12,7 @@ mod foreach;
 mod map;
 mod progress;
 mod run;
+mod status;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -52,6 +53,8 @@ enum Command {
     Wait(detached::WaitArgs),
     /// Cancel a detached run: its tasks not started are dropped, its outputs released.
     Cancel(detached::CancelArgs),
+    /// The cluster at a glance: workers, pools, runs, bytes moved (`--json`, `--watch`).
+    Status(status::Args),
 }
 
 /// A failure, with the exit code it maps to.
@@ -172,6 +175,7 @@ fn main() -> ExitCode {
         Command::Runs(args) => detached::runs(args),
         Command::Wait(args) => detached::wait(args),
         Command::Cancel(args) => detached::cancel(args),
+        Command::Status(args) => status::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,203 @@
+//! `drover status [--access-file F] [--json] [--watch]`: the cluster at a glance.
+
+use std::io::Write;
+
+use drover::{Client, ClientOptions, ClusterStatus};
+
+use crate::Failure;
+
+/// Arguments of `drover status`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The scheduler named in this access.json.
+    #[arg(long, default_value = "access.json")]
+    access_file: std::path::PathBuf,
+    /// Print the status as JSON (workers, pools, runs, detached runs, bytes moved, insights).
+    #[arg(long, conflicts_with = "watch")]
+    json: bool,
+    /// Refresh in place every second until interrupted.
+    #[arg(long)]
+    watch: bool,
+}
+
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
+/// Rows as aligned columns.
+fn columns(head: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = head.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<&str>| {
+        let mut l = String::new();
+        for (cell, w) in cells.iter().zip(&widths) {
+            l.push_str(&format!("{cell:<w$}  "));
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    };
+    line(head.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+/// The status as text.
+fn render(s: &ClusterStatus) -> String {
+    let t = &s.tasks;
+    let mut out = format!(
+        "tasks: {} waiting, {} ready, {} running, {} done, {} failed; moved {} between workers, {} between pools (pass estimate {})\n\n",
+        t.waiting,
+        t.ready,
+        t.running,
+        t.done,
+        t.failed,
+        bytes(s.bytes_between_workers),
+        bytes(s.bytes_between_pools),
+        bytes(s.estimated_bytes_between_pools)
+    );
+    let workers: Vec<Vec<String>> = s
+        .workers
+        .iter()
+        .map(|w| {
+            vec![
+                w.name.clone(),
+                if w.pools.is_empty() {
+                    "-".into()
+                } else {
+                    w.pools.join(",")
+                },
+                if w.resources.is_empty() {
+                    "-".into()
+                } else {
+                    w.resources.clone()
+                },
+                w.nthreads.to_string(),
+                format!("{}/{}", w.running, w.queued),
+                format!("{:.1}", w.tasks_per_s),
+                w.memory_bytes.map_or("-".into(), bytes),
+                format!("{:.1} s ago", w.last_heard_ago_ms as f64 / 1000.0),
+            ]
+        })
+        .collect();
+    out.push_str(&format!("workers ({}):\n", s.workers.len()));
+    out.push_str(&columns(
+        &[
+            "NAME",
+            "POOLS",
+            "RESOURCES",
+            "THREADS",
+            "RUNNING/QUEUED",
+            "TASKS/S",
+            "MEMORY",
+            "LAST HEARD",
+        ],
+        &workers,
+    ));
+    if !s.pools.is_empty() {
+        let pools: Vec<Vec<String>> = s
+            .pools
+            .iter()
+            .map(|p| {
+                vec![
+                    p.name.clone(),
+                    p.workers.to_string(),
+                    format!(
+                        "{}/{}/{}",
+                        p.tasks.waiting + p.tasks.ready,
+                        p.tasks.running,
+                        p.tasks.done
+                    ),
+                    p.tasks.failed.to_string(),
+                    bytes(p.bytes_in),
+                ]
+            })
+            .collect();
+        out.push_str("\npools:\n");
+        out.push_str(&columns(
+            &[
+                "POOL",
+                "WORKERS",
+                "WAITING/RUNNING/DONE",
+                "FAILED",
+                "BYTES IN",
+            ],
+            &pools,
+        ));
+    }
+    if !s.runs.is_empty() {
+        let runs: Vec<Vec<String>> = s
+            .runs
+            .iter()
+            .map(|r| {
+                let total = r.tasks.total();
+                let settled = r.tasks.done + r.tasks.failed;
+                vec![
+                    r.id.clone(),
+                    r.name.clone(),
+                    format!(
+                        "{settled}/{total} ({}%)",
+                        (settled * 100).checked_div(total).unwrap_or(100)
+                    ),
+                    r.tasks.failed.to_string(),
+                ]
+            })
+            .collect();
+        out.push_str("\nruns:\n");
+        out.push_str(&columns(&["RUN", "NAME", "PROGRESS", "FAILED"], &runs));
+    }
+    out
+}
+
+/// Runs the command.
+pub fn run(args: Args) -> Result<(), Failure> {
+    let rt = tokio::runtime::Runtime::new()
+        .map_err(|e| Failure::Usage(format!("cannot start runtime: {e}")))?;
+    rt.block_on(async {
+        let file = drover::AccessFile::load(&args.access_file)
+            .map_err(|e| Failure::Usage(e.to_string()))?;
+        let client = Client::connect_with_options(&file, ClientOptions::default())
+            .await
+            .map_err(|e| Failure::Usage(e.to_string()))?;
+        loop {
+            let status = client
+                .status()
+                .await
+                .map_err(|e| Failure::Lost(e.to_string()))?;
+            let mut out = std::io::stdout().lock();
+            if args.json {
+                let text = serde_json::to_string_pretty(&status).expect("status serialises");
+                let _ = writeln!(out, "{text}");
+                break;
+            }
+            if args.watch {
+                // Clear the screen and go home, then draw.
+                let _ = write!(out, "\x1b[2J\x1b[H");
+            }
+            let _ = write!(out, "{}", render(&status));
+            let _ = out.flush();
+            if !args.watch {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+        client.close();
+        Ok(())
+    })
+}
