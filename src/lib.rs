@@ -33,7 +33,7 @@ pub mod worker_mode;
 
 pub use client::{
     BlockingClient, BlockingRun, Client, ClientError, ClientOptions, Report, Run, RunEvent,
-    RunInfo, TaskReport,
+    RunInfo, RunInsights, TaskReport,
 };
 pub use drover_annotations::{AnnotationError, Annotations, Placement, Pool, Resources};
 pub use drover_graph::decode::{DecodeInput, DecodeInputs};

@@ -150,6 +150,40 @@ fn metrics_and_status_move_with_the_work() {
         text.contains("workers (2):") && text.contains("pools:"),
         "{text}"
     );
+    // drover run --insights: a table at the end, and the report carries it.
+    let report = c.dir.path().join("report.json");
+    let out = Command::new(binary("drover"))
+        .args([
+            "run",
+            &g,
+            "--access-file",
+            &c.access(),
+            "--insights",
+            "--report",
+        ])
+        .arg(&report)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        stderr.contains("insights: this run computed") && stderr.contains("all workers"),
+        "{stderr}"
+    );
+    let report = common::read_report(&report);
+    let insights = &report["insights"];
+    assert_eq!(
+        insights["workers"].as_array().unwrap().len(),
+        2,
+        "{insights}"
+    );
+    assert!(
+        insights["compute_us"].as_u64().unwrap() >= 20_000,
+        "{insights}"
+    );
+    assert!(insights["slowest"][0][0]
+        .as_str()
+        .unwrap()
+        .starts_with("slow"));
     // One server-sent event arrives at once, with the status.
     let ev = first_event(&addr);
     assert!(

@@ -233,6 +233,13 @@ pub enum FromWorker {
         /// Run time in microseconds.
         duration_us: u64,
     },
+    /// How the worker is doing, every few seconds: for the dashboard and `drover status`.
+    Stats {
+        /// Its resident memory, bytes.
+        rss_bytes: u64,
+        /// Microseconds spent fetching inputs since the last report.
+        fetch_us: u64,
+    },
     /// A once-cell load ended here (eager, or on a task's first need).
     Loaded {
         /// The cell.

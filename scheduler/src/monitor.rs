@@ -330,6 +330,13 @@ impl Monitor {
                     self.bar(w, loader, "load", now_ms, *duration_us, error.is_some());
                 }
             }
+            FromWorker::Stats {
+                rss_bytes,
+                fetch_us,
+            } => {
+                seen.memory = Some(*rss_bytes);
+                seen.fetch_us = seen.fetch_us.saturating_add(*fetch_us);
+            }
             FromWorker::Fetched { inputs, .. } => {
                 let pools_here = seen.pools.clone();
                 for &(_, from, bytes) in inputs {
@@ -434,20 +441,6 @@ impl Monitor {
     /// The event loop took `seconds` for a batch.
     pub fn loop_took(&mut self, seconds: f64) {
         self.metrics.loop_seconds.observe(seconds);
-    }
-
-    /// A worker reported its memory.
-    pub fn memory(&mut self, w: WorkerId, bytes: u64) {
-        if let Some(seen) = self.workers.get_mut(&w) {
-            seen.memory = Some(bytes);
-        }
-    }
-
-    /// Fetch time a worker reported.
-    pub fn fetch_time(&mut self, w: WorkerId, micros: u64) {
-        if let Some(seen) = self.workers.get_mut(&w) {
-            seen.fetch_us = seen.fetch_us.saturating_add(micros);
-        }
     }
 
     /// The cluster's status at `now_ms`: the core's part and the monitor's.

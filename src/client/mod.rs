@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use blocking::{BlockingClient, BlockingRun};
 pub use drover_protocol::RunInfo;
-pub use report::{Report, TaskReport};
+pub use report::{Report, RunInsights, TaskReport};
 
 /// Client errors.
 #[derive(Debug, thiserror::Error)]
@@ -416,6 +416,11 @@ impl Run {
             }
             let _ = s.send(FromClient::EndRun { run: self.id });
         }
+    }
+
+    /// The client this run belongs to.
+    pub fn client(&self) -> &Client {
+        &self.client
     }
 
     /// The keys whose outputs the run keeps for fetching, in order (its sinks, in the

@@ -57,9 +57,68 @@ pub struct Report {
     /// Once-cell loads (each also a row of `tasks`, kind `load`); failed ones are not counted
     /// in `failed`: the tasks that needed them are.
     pub loads: usize,
+    /// Where the time went, when asked for (`drover run --insights`, [`Report::with_insights`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub insights: Option<RunInsights>,
+}
+
+/// Where a run's time went (MPIRE's insights), and its workers'.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunInsights {
+    /// The run's tasks: microseconds computing, summed.
+    pub compute_us: u64,
+    /// The run's once-cell loads: microseconds, summed.
+    pub load_us: u64,
+    /// The run's slowest tasks (up to 10): key, worker, milliseconds.
+    pub slowest: Vec<(String, String, f64)>,
+    /// Each worker since it joined, as the scheduler saw it: computing, fetching inputs,
+    /// loading once-cells, waiting for work.
+    pub workers: Vec<(String, drover_protocol::Insights)>,
+    /// All workers together.
+    pub total: drover_protocol::Insights,
 }
 
 impl Report {
+    /// The report with its [`RunInsights`]: the run's own from its rows, the workers' from
+    /// `status` (the scheduler's, see [`crate::Client::status`]).
+    pub fn with_insights(mut self, status: &drover_protocol::ClusterStatus) -> Report {
+        let micros = |ms: f64| (ms * 1000.0).round() as u64;
+        let (mut compute_us, mut load_us) = (0, 0);
+        for t in &self.tasks {
+            if t.kind == "load" {
+                load_us += micros(t.duration_ms);
+            } else if t.status == "finished" || t.status == "failed" {
+                compute_us += micros(t.duration_ms);
+            }
+        }
+        let mut slowest: Vec<(String, String, f64)> = self
+            .tasks
+            .iter()
+            .filter(|t| t.kind == "task" && !t.reused)
+            .map(|t| {
+                (
+                    t.key.clone(),
+                    t.worker.clone().unwrap_or_default(),
+                    t.duration_ms,
+                )
+            })
+            .collect();
+        slowest.sort_by(|a, b| b.2.total_cmp(&a.2));
+        slowest.truncate(10);
+        self.insights = Some(RunInsights {
+            compute_us,
+            load_us,
+            slowest,
+            workers: status
+                .workers
+                .iter()
+                .map(|w| (w.name.clone(), w.insights))
+                .collect(),
+            total: status.insights,
+        });
+        self
+    }
+
     /// Builds the report from task events. A task reported twice (recomputed after a lost
     /// worker, or resubmitted after the scheduler was lost) has one row, from its latest event,
     /// in the order of its first; its `reruns` count every start beyond the first, over all
@@ -110,6 +169,7 @@ impl Report {
             done_before: 0,
             skipped: 0,
             loads: 0,
+            insights: None,
         };
         for row in order {
             let (n, earlier) = match row {

@@ -220,6 +220,8 @@ struct FetchState {
     peer: WorkerId,
     ids: Vec<TaskIdx>,
     purpose: Purpose,
+    /// When it was asked for (the time of the event that started it).
+    started: Option<Instant>,
 }
 
 /// A job on the threads.
@@ -245,11 +247,20 @@ struct Queued {
     task: TaskIdx,
 }
 
+/// How often a worker tells the scheduler its memory and fetch time (when sampled).
+pub const STATS_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The worker's state. See the module docs.
 #[derive(Debug)]
 pub struct WorkerCore {
     id: WorkerId,
     config: CoreConfig,
+    /// The time of the event being handled.
+    now: Option<Instant>,
+    /// Microseconds spent fetching inputs since the last [`FromWorker::Stats`].
+    fetch_us: u64,
+    /// When the last [`FromWorker::Stats`] went.
+    last_stats: Option<Instant>,
     peers: BTreeMap<WorkerId, PeerInfo>,
     cells: HashSet<TaskIdx>,
     store: HashMap<TaskIdx, Entry>,
@@ -287,6 +298,9 @@ impl WorkerCore {
                 nthreads: config.nthreads.max(1),
                 ..config
             },
+            now: None,
+            fetch_us: 0,
+            last_stats: None,
             peers: BTreeMap::new(),
             cells: HashSet::new(),
             store: HashMap::new(),
@@ -314,6 +328,7 @@ impl WorkerCore {
 
     /// Handles one event and returns what to do, in order.
     pub fn handle(&mut self, event: Event, now: Instant) -> Vec<Command> {
+        self.now = Some(now);
         match event {
             Event::Scheduler(msgs) => {
                 for m in msgs {
@@ -362,6 +377,17 @@ impl WorkerCore {
                 if self.config.memory_limit.is_some_and(|l| rss > l) && !self.retiring {
                     tracing::warn!(worker = self.id, rss, limit = ?self.config.memory_limit, "memory limit exceeded: retiring to be replaced by a fresh process");
                     self.recycle();
+                }
+                // For the dashboard and `drover status`: at most every STATS_EVERY.
+                if self
+                    .last_stats
+                    .is_none_or(|t| now.saturating_duration_since(t) >= STATS_EVERY)
+                {
+                    self.last_stats = Some(now);
+                    self.out.push(FromWorker::Stats {
+                        rss_bytes: rss,
+                        fetch_us: std::mem::take(&mut self.fetch_us),
+                    });
                 }
             }
         }
@@ -609,6 +635,7 @@ impl WorkerCore {
                         peer: holder,
                         ids: Vec::new(),
                         purpose: Purpose::Inputs { first: t },
+                        started: self.now,
                     },
                 );
                 f
@@ -703,6 +730,10 @@ impl WorkerCore {
         let Some(f) = self.fetches.remove(&fetch) else {
             return; // failed already (its peer left): what it brings is not kept
         };
+        if let (Some(started), Some(now)) = (f.started, self.now) {
+            let us = now.saturating_duration_since(started).as_micros() as u64;
+            self.fetch_us = self.fetch_us.saturating_add(us);
+        }
         match f.purpose {
             Purpose::Replicate { here } => {
                 let mut ids = here;
@@ -850,6 +881,7 @@ impl WorkerCore {
                 peer: from,
                 ids: fetch.clone(),
                 purpose: Purpose::Replicate { here },
+                started: self.now,
             },
         );
         self.cmds.push(Command::Fetch {

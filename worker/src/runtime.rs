@@ -332,7 +332,12 @@ async fn session(
         report_output: HashMap::new(),
     };
     let retire = config.retire.clone().unwrap_or_default();
-    let mut memory_check = tokio::time::interval(Duration::from_secs(1));
+    // Memory is sampled every second (with a limit) or every STATS_EVERY (for the reports).
+    let mut memory_check = tokio::time::interval(if config.memory_limit.is_some() {
+        Duration::from_secs(1)
+    } else {
+        crate::core::STATS_EVERY
+    });
     let outcome: Result<Exit, Option<String>> = loop {
         let wake = core.next_wakeup();
         let event = tokio::select! {
@@ -340,7 +345,7 @@ async fn session(
                 info!(worker = id, "retiring: finishing my tasks and handing over my results");
                 Event::Retire
             }
-            _ = memory_check.tick(), if config.memory_limit.is_some() => match resident_memory() {
+            _ = memory_check.tick() => match resident_memory() {
                 Some(rss) => Event::Memory(rss),
                 None => continue,
             },

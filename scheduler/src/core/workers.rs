@@ -45,6 +45,8 @@ impl Core {
                 bytes,
                 error,
             } => self.cell_loaded(w, id, duration_us, bytes, error),
+            // For the shell's monitor only.
+            FromWorker::Stats { .. } => {}
         }
     }
 

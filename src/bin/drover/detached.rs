@@ -52,6 +52,10 @@ pub struct WaitArgs {
     /// Write the run's report as JSON to this file.
     #[arg(long)]
     report: Option<PathBuf>,
+    /// At the end, print where the time went and put it in the report (as `drover run
+    /// --insights`).
+    #[arg(long)]
+    insights: bool,
     /// Keep the outputs on the cluster after fetching them (by default they are released,
     /// and the run is listed as `released`).
     #[arg(long)]
@@ -232,6 +236,7 @@ pub fn wait(args: WaitArgs) -> Result<(), Failure> {
             &names,
             args.outputs.as_deref(),
             args.report.as_deref(),
+            args.insights,
         )
         .await?;
         if !args.keep {

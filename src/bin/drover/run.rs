@@ -31,6 +31,11 @@ pub struct Args {
     /// Write the run's report as JSON to this file.
     #[arg(long)]
     report: Option<PathBuf>,
+    /// At the end, print where the time went (per worker: computing, fetching inputs,
+    /// loading once-cells, waiting for work; the run's slowest tasks), and put it in the
+    /// report as `insights`.
+    #[arg(long)]
+    insights: bool,
     /// After losing the scheduler (not after its shutdown), keep trying to reconnect for this
     /// many seconds, then resubmit the graph; 0 gives up at once.
     #[arg(long, default_value_t = 60)]
@@ -181,6 +186,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
             &names,
             args.outputs.as_deref(),
             args.report.as_deref(),
+            args.insights,
         )
         .await?;
         drop(run);
@@ -204,6 +210,7 @@ pub(crate) async fn follow(
     names: &std::collections::HashMap<String, String>,
     outputs: Option<&std::path::Path>,
     report_path: Option<&std::path::Path>,
+    insights: bool,
 ) -> Result<drover::Report, Failure> {
     let tty = std::io::stderr().is_terminal();
     let bar = if tty {
@@ -251,7 +258,18 @@ pub(crate) async fn follow(
         };
         return Err(Failure::Lost(format!("the run did not complete: {why}")));
     }
-    let report = run.report();
+    let mut report = run.report();
+    if insights {
+        let status = run
+            .client()
+            .status()
+            .await
+            .map_err(|e| Failure::Lost(format!("cannot ask for the insights: {e}")))?;
+        report = report.with_insights(&status);
+        if let Some(i) = &report.insights {
+            eprint!("{}", insights_table(i));
+        }
+    }
     if let Some(dir) = outputs {
         std::fs::create_dir_all(dir)
             .map_err(|e| Failure::Usage(format!("cannot create {}: {e}", dir.display())))?;
@@ -320,6 +338,58 @@ pub(crate) async fn follow(
         report.finished, report.failed, report.bytes_between_workers, report.bytes_between_pools
     );
     Ok(report)
+}
+
+/// Microseconds for people.
+fn micros(us: u64) -> String {
+    match us {
+        0..1_000 => format!("{us} us"),
+        1_000..1_000_000 => format!("{:.1} ms", us as f64 / 1e3),
+        _ => format!("{:.2} s", us as f64 / 1e6),
+    }
+}
+
+/// The insights as a table, with each part's share of the workers' thread time.
+fn insights_table(i: &drover::RunInsights) -> String {
+    let share = |part: u64, all: u64| {
+        if all == 0 {
+            String::new()
+        } else {
+            format!(" ({:.0}%)", part as f64 * 100.0 / all as f64)
+        }
+    };
+    let mut out = format!(
+        "insights: this run computed {} and loaded once-cells for {}\n",
+        micros(i.compute_us),
+        micros(i.load_us)
+    );
+    out.push_str(&format!(
+        "{:<20} {:>18} {:>18} {:>18} {:>18}\n",
+        "WORKER", "COMPUTING", "FETCHING", "LOADING", "WAITING"
+    ));
+    let rows = i
+        .workers
+        .iter()
+        .map(|(n, w)| (n.as_str(), w))
+        .chain(std::iter::once(("all workers", &i.total)));
+    for (name, w) in rows {
+        let all = w.compute_us + w.fetch_us + w.load_us + w.idle_us;
+        out.push_str(&format!(
+            "{:<20} {:>18} {:>18} {:>18} {:>18}\n",
+            name,
+            micros(w.compute_us) + &share(w.compute_us, all),
+            micros(w.fetch_us) + &share(w.fetch_us, all),
+            micros(w.load_us) + &share(w.load_us, all),
+            micros(w.idle_us) + &share(w.idle_us, all),
+        ));
+    }
+    if !i.slowest.is_empty() {
+        out.push_str("slowest tasks:\n");
+        for (key, worker, ms) in &i.slowest {
+            out.push_str(&format!("  {key}  {:.1} ms on {worker}\n", ms));
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -471,3 +471,44 @@ fn replication_copies_what_is_missing_and_counts_what_is_here() {
     ));
     assert_eq!(c.held(), vec![5, 6]);
 }
+
+/// Every STATS_EVERY a memory sample goes to the scheduler with the time spent fetching.
+#[test]
+fn memory_and_fetch_time_are_reported_every_few_seconds() {
+    let mut c = core(1);
+    sched(&mut c, vec![ToWorker::Peers(vec![peer(1)])]);
+    let cmds = sched(&mut c, vec![ToWorker::Compute(task(10, &[3], &[(3, 1)]))]);
+    let f = fetches(&cmds);
+    c.handle(
+        Event::Fetched {
+            fetch: f[0].0,
+            got: vec![(3, 30)],
+            failed: vec![],
+            error: String::new(),
+        },
+        at(7),
+    );
+    let stats = |cmds: &[Command]| -> Vec<(u64, u64)> {
+        sent(cmds)
+            .into_iter()
+            .filter_map(|m| match m {
+                FromWorker::Stats {
+                    rss_bytes,
+                    fetch_us,
+                } => Some((*rss_bytes, *fetch_us)),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(
+        stats(&c.handle(Event::Memory(1 << 20), at(10))),
+        [(1 << 20, 7_000)]
+    );
+    // Not again before STATS_EVERY; then with nothing fetched meanwhile.
+    assert!(stats(&c.handle(Event::Memory(2 << 20), at(1_000))).is_empty());
+    let later = 10 + crate::core::STATS_EVERY.as_millis() as u64;
+    assert_eq!(
+        stats(&c.handle(Event::Memory(3 << 20), at(later))),
+        [(3 << 20, 0)]
+    );
+}
