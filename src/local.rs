@@ -22,6 +22,9 @@ pub struct ClusterSpec {
     /// (`DIR/progress.redb`, shared with `drover foreach` and `drover progress` on this
     /// machine), so it outlives the cluster; `None` keeps it only while the cluster lives.
     pub progress_dir: Option<std::path::PathBuf>,
+    /// Serve the scheduler's dashboard and `/metrics` on a free loopback port (see
+    /// [`LocalCluster::access`]'s `dashboard`). Off by default.
+    pub dashboard: bool,
 }
 
 impl ClusterSpec {
@@ -31,6 +34,7 @@ impl ClusterSpec {
             groups: vec![(None, n)],
             nthreads,
             progress_dir: None,
+            dashboard: false,
         }
     }
 
@@ -39,6 +43,14 @@ impl ClusterSpec {
     pub fn with_progress_dir(self, dir: impl Into<std::path::PathBuf>) -> ClusterSpec {
         ClusterSpec {
             progress_dir: Some(dir.into()),
+            ..self
+        }
+    }
+
+    /// The same cluster, with the scheduler's dashboard on a free loopback port.
+    pub fn with_dashboard(self) -> ClusterSpec {
+        ClusterSpec {
+            dashboard: true,
             ..self
         }
     }
@@ -85,6 +97,7 @@ impl ClusterSpec {
             groups,
             nthreads,
             progress_dir: None,
+            dashboard: false,
         })
     }
 }
@@ -291,7 +304,9 @@ impl LocalCluster {
             max_output: drover_progress::DEFAULT_MAX_OUTPUT,
             progress_store,
             strict_permissions: false,
-            dashboard: None,
+            dashboard: spec
+                .dashboard
+                .then(|| ("127.0.0.1:0".parse().expect("valid address"), true)),
         })
         .await?;
         let access = AccessFile::load(scheduler.access_path()).map_err(|e| LocalError::Worker {

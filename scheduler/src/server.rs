@@ -585,6 +585,7 @@ async fn core_loop(
 ) {
     let mut core = Core::with_config(config);
     let mut monitor = crate::monitor::Monitor::new(drover_progress::now_ms());
+    let mut status_cache: Option<(u64, drover_protocol::ClusterStatus)> = None;
     let mut workers: HashMap<u32, mpsc::UnboundedSender<Vec<ToWorker>>> = HashMap::new();
     let mut clients: HashMap<ClientId, mpsc::UnboundedSender<Vec<ToClient>>> = HashMap::new();
     let mut commands: Vec<Command> = Vec::new();
@@ -614,7 +615,15 @@ async fn core_loop(
                     ask_progress(&progress, reply);
                 }
                 Input::Ask((ask, reply)) => {
-                    let _ = reply.send(answer(&core, &monitor, ask, now_ms));
+                    // Pages ask every second each: the status is made at most every 500 ms.
+                    if status_cache
+                        .as_ref()
+                        .is_none_or(|(at, _)| now_ms.saturating_sub(*at) >= 500)
+                    {
+                        status_cache = Some((now_ms, monitor.status(&core, now_ms)));
+                    }
+                    let status = &status_cache.as_ref().expect("just made").1;
+                    let _ = reply.send(answer(&core, &monitor, status, ask, now_ms));
                 }
                 Input::Events(events) => {
                     for e in events {
@@ -678,12 +687,13 @@ async fn core_loop(
 fn answer(
     core: &Core,
     monitor: &crate::monitor::Monitor,
+    status: &drover_protocol::ClusterStatus,
     ask: crate::dashboard::Ask,
     now_ms: u64,
 ) -> Option<String> {
     use crate::dashboard::Ask;
     match ask {
-        Ask::Status => serde_json::to_string(&monitor.status(core, now_ms)).ok(),
+        Ask::Status => serde_json::to_string(status).ok(),
         Ask::Update { since_ms } => {
             let since = if since_ms > 0.0 {
                 since_ms
@@ -698,13 +708,13 @@ fn answer(
                 .collect();
             let latest = bars.last().map_or(since, |b| b.end_ms);
             serde_json::to_string(&serde_json::json!({
-                "status": monitor.status(core, now_ms),
+                "status": status,
                 "bars": bars,
                 "latest_ms": latest,
             }))
             .ok()
         }
-        Ask::Metrics => Some(monitor.metrics_text(&monitor.status(core, now_ms))),
+        Ask::Metrics => Some(monitor.metrics_text(status)),
         Ask::Report { id } => core
             .detached_report(&id)
             .and_then(|r| serde_json::to_string_pretty(&r).ok()),
