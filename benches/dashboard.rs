@@ -39,8 +39,11 @@ fn watch(addr: String, stop: Arc<AtomicBool>, read: Arc<AtomicU64>) -> std::thre
             if last_scrape.elapsed() >= Duration::from_secs(1) {
                 last_scrape = Instant::now();
                 let mut m = std::net::TcpStream::connect(&addr).unwrap();
-                write!(m, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
-                    .unwrap();
+                write!(
+                    m,
+                    "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+                )
+                .unwrap();
                 let mut body = Vec::new();
                 let _ = m.read_to_end(&mut body);
                 read.fetch_add(body.len() as u64, Ordering::Relaxed);
@@ -74,7 +77,10 @@ async fn main() {
         .to_owned();
     let client = cluster.client().await.unwrap();
     // Warm up.
-    let mut run = client.submit_with(&independent(n / 10, 999), &[]).await.unwrap();
+    let mut run = client
+        .submit_with(&independent(n / 10, 999), &[])
+        .await
+        .unwrap();
     run.wait().await.unwrap();
     let (mut alone, mut watched) = (Vec::new(), Vec::new());
     let read = Arc::new(AtomicU64::new(0));

@@ -314,7 +314,22 @@ fn the_pages_work_in_a_browser() {
         "document.querySelector('.failures') !== null",
         "the failed task with its message",
     );
+    // Its graph, drawn with pools and task states.
+    b.eval(&format!(
+        "document.querySelector('.run[data-run=\"{id}\"] a.toggle').click()"
+    ));
+    b.wait_until(
+        "[...document.querySelectorAll('.picture img')].some(i => i.complete && i.naturalWidth > 100)",
+        "the run's graph",
+    );
     b.screenshot(&shots.join("runs.png"));
+    let svg = get(&addr, &format!("/api/runs/{id}/graph.svg"), &[]);
+    assert_eq!(svg.status, 200);
+    assert!(
+        svg.body.contains("state-done") && svg.body.contains("state-failed"),
+        "{}",
+        svg.body
+    );
     b.eval("document.querySelector('a[data-tab=stream]').click()");
     b.wait_until(
         "Number(document.getElementById('stream-canvas').dataset.bars) >= 5",

@@ -720,6 +720,7 @@ fn answer(
             .and_then(|r| serde_json::to_string_pretty(&r).ok()),
         // Answered by `ask_progress`, off the event loop.
         Ask::Progress => None,
+        Ask::Picture { id } => core.run_picture(&id),
     }
 }
 

@@ -95,6 +95,7 @@ pub fn to_dot(
             label,
             pool,
             reason,
+            ..
         },
     ) in view.nodes.iter().enumerate()
     {

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 
 pub use dot::to_dot;
 pub use json::{export_graph, to_json, ExportEdge, ExportGraph, ExportNode};
-pub use svg::to_svg;
+pub use svg::{to_svg, to_svg_with_states};
 
 use crate::cost::estimated_size;
 use crate::{Graph, PoolId, Propagation, Reason, TaskId, Topology};
@@ -76,6 +76,61 @@ pub fn export(
     }
 }
 
+/// Where a task is in a run, for pictures of a live run ([`svg::to_svg_with_states`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TaskState {
+    /// Waiting for inputs.
+    Waiting,
+    /// Ready, queued.
+    Ready,
+    /// Running (assigned to a worker).
+    Running,
+    /// Finished.
+    Done,
+    /// Failed.
+    Failed,
+}
+
+impl TaskState {
+    /// Every state, in the order pictures draw them.
+    pub const ALL: [TaskState; 5] = [
+        TaskState::Done,
+        TaskState::Failed,
+        TaskState::Running,
+        TaskState::Ready,
+        TaskState::Waiting,
+    ];
+
+    /// Its name.
+    pub fn name(self) -> &'static str {
+        match self {
+            TaskState::Waiting => "waiting",
+            TaskState::Ready => "ready",
+            TaskState::Running => "running",
+            TaskState::Done => "done",
+            TaskState::Failed => "failed",
+        }
+    }
+
+    /// Its colour in pictures.
+    pub fn colour(self) -> &'static str {
+        match self {
+            TaskState::Waiting => "#cbd5e0",
+            TaskState::Ready => "#90cdf4",
+            TaskState::Running => "#3182ce",
+            TaskState::Done => "#2f855a",
+            TaskState::Failed => "#c53030",
+        }
+    }
+
+    fn index(self) -> usize {
+        TaskState::ALL
+            .iter()
+            .position(|s| *s == self)
+            .expect("listed")
+    }
+}
+
 /// One node of a picture: a task, or a group of tasks when summarised.
 #[derive(Debug, Clone)]
 pub(crate) struct ViewNode {
@@ -83,6 +138,8 @@ pub(crate) struct ViewNode {
     pub label: String,
     pub pool: Option<PoolId>,
     pub reason: Reason,
+    /// Its tasks by state (in [`TaskState::ALL`]'s order), for a live run's picture.
+    pub states: Option<[u64; 5]>,
 }
 
 /// One edge of a picture, with estimated bytes (summed over grouped edges).
@@ -156,6 +213,60 @@ pub(crate) fn build_view(
     prop: &Propagation,
     options: ExportOptions,
 ) -> View {
+    build_view_with_states(graph, topo, prop, options, None)
+}
+
+/// [`build_view`], each node with its tasks' states when `states` (by task index) is given.
+pub(crate) fn build_view_with_states(
+    graph: &Graph,
+    topo: &Topology,
+    prop: &Propagation,
+    options: ExportOptions,
+    states: Option<&[TaskState]>,
+) -> View {
+    let mut view = build_view_plain(graph, topo, prop, options);
+    if let Some(states) = states {
+        let summarised = view.summary.is_some();
+        let mut counts = vec![[0u64; 5]; view.nodes.len()];
+        if summarised {
+            let groups = group_of_tasks(graph, topo, prop);
+            for t in graph.task_ids() {
+                if let Some(s) = states.get(t.index()) {
+                    counts[groups[t.index()]][s.index()] += 1;
+                }
+            }
+        } else {
+            for (i, &t) in topo.order().iter().enumerate() {
+                if let Some(s) = states.get(t.index()) {
+                    counts[i][s.index()] += 1;
+                }
+            }
+        }
+        for (n, c) in view.nodes.iter_mut().zip(counts) {
+            n.states = Some(c);
+        }
+    }
+    view
+}
+
+/// Each task's group in the summarised view (numbered as `grouped_view` numbers them).
+fn group_of_tasks(graph: &Graph, topo: &Topology, prop: &Propagation) -> Vec<usize> {
+    let mut group_of: HashMap<(&str, Option<PoolId>, Reason), usize> = HashMap::new();
+    let mut out = vec![0usize; graph.len()];
+    for &t in topo.order() {
+        let key = (graph.function(t), prop.pool(t), prop.reason(t));
+        let next = group_of.len();
+        out[t.index()] = *group_of.entry(key).or_insert(next);
+    }
+    out
+}
+
+fn build_view_plain(
+    graph: &Graph,
+    topo: &Topology,
+    prop: &Propagation,
+    options: ExportOptions,
+) -> View {
     let mut names: Vec<PoolId> = graph.pools().map(|(p, _)| p).collect();
     names.sort_by(|a, b| graph.pool_name(*a).cmp(graph.pool_name(*b)));
     let legend = names
@@ -198,6 +309,7 @@ fn task_view(
             ),
             pool: prop.pool(t),
             reason: prop.reason(t),
+            states: None,
         });
     }
     let mut edges = Vec::with_capacity(graph.edge_count());
@@ -248,6 +360,7 @@ fn grouped_view(
             ),
             pool,
             reason,
+            states: None,
         })
         .collect::<Vec<_>>();
     let mut edge_bytes: HashMap<(usize, usize), u64> = HashMap::new();

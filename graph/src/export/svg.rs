@@ -7,7 +7,7 @@
 use std::fmt::Write;
 
 use super::layered::{layout, Rect};
-use super::{build_view, human_bytes, ExportOptions, View, ANY_FILL, FREE_FILL};
+use super::{build_view, human_bytes, ExportOptions, TaskState, View, ANY_FILL, FREE_FILL};
 use crate::{Graph, Propagation, Reason, Topology};
 
 /// Font size of node labels, px.
@@ -237,6 +237,9 @@ fn legend_rows(
     rows
 }
 
+/// Height of the strip of task states at the bottom of a node of a live run's picture.
+const STRIP_H: f64 = 7.0;
+
 /// The graph as an SVG document.
 pub fn to_svg(
     graph: &Graph,
@@ -244,13 +247,64 @@ pub fn to_svg(
     prop: &Propagation,
     options: ExportOptions,
 ) -> String {
-    let view = build_view(graph, topo, prop, options);
-    let sizes: Vec<(f64, f64)> = view.nodes.iter().map(|n| label_size(&n.label)).collect();
+    render(graph, build_view(graph, topo, prop, options))
+}
+
+/// A live run's picture: [`to_svg`], each node with a strip of its tasks' states (`states`
+/// by task index: done green, failed red, running blue, ready light blue, waiting grey) and,
+/// for a group, the counts; the legend lists the states.
+pub fn to_svg_with_states(
+    graph: &Graph,
+    topo: &Topology,
+    prop: &Propagation,
+    options: ExportOptions,
+    states: &[TaskState],
+) -> String {
+    let mut view = super::build_view_with_states(graph, topo, prop, options, Some(states));
+    if view.summary.is_some() {
+        for n in &mut view.nodes {
+            if let Some(c) = n.states {
+                let parts: Vec<String> = TaskState::ALL
+                    .iter()
+                    .zip(c)
+                    .filter(|(_, k)| *k > 0)
+                    .map(|(s, k)| format!("{k} {}", s.name()))
+                    .collect();
+                n.label.push('\n');
+                n.label.push_str(&parts.join(" · "));
+            }
+        }
+    }
+    render(graph, view)
+}
+
+fn render(graph: &Graph, view: View) -> String {
+    let live = view.nodes.iter().any(|n| n.states.is_some());
+    let sizes: Vec<(f64, f64)> = view
+        .nodes
+        .iter()
+        .map(|n| {
+            let (w, h) = label_size(&n.label);
+            (w, if live { h + STRIP_H } else { h })
+        })
+        .collect();
     let edges: Vec<(usize, usize)> = view.edges.iter().map(|e| (e.from, e.to)).collect();
     let lay = layout(&sizes, &edges);
 
     // The legend, beside the graph.
-    let rows = legend_rows(graph, &view);
+    let mut rows = legend_rows(graph, &view);
+    if live {
+        for st in TaskState::ALL {
+            rows.push((
+                st.colour(),
+                st.colour(),
+                1.0,
+                0.0,
+                false,
+                format!("task {}", st.name()),
+            ));
+        }
+    }
     let mut title = "Legend".to_owned();
     if let Some((tasks, groups)) = view.summary {
         title = format!("Legend ({tasks} tasks shown as {groups} groups)");
@@ -312,7 +366,33 @@ pub fn to_svg(
             r.h,
             fill(&view, n.pool, n.reason)
         );
-        write_label(&mut svg, r, &n.label);
+        if let Some(counts) = n.states {
+            let label_box = Rect {
+                h: r.h - STRIP_H,
+                ..*r
+            };
+            write_label(&mut svg, &label_box, &n.label);
+            let total: u64 = counts.iter().sum();
+            let mut x = r.x + 1.5;
+            let width = r.w - 3.0;
+            for (st, k) in TaskState::ALL.iter().zip(counts) {
+                if k == 0 || total == 0 {
+                    continue;
+                }
+                let w = width * k as f64 / total as f64;
+                let _ = writeln!(
+                    svg,
+                    r#"<rect x="{x:.1}" y="{:.1}" width="{w:.1}" height="{:.1}" fill="{}" class="state-{}"/>"#,
+                    r.y + r.h - STRIP_H - 1.5,
+                    STRIP_H,
+                    st.colour(),
+                    st.name()
+                );
+                x += w;
+            }
+        } else {
+            write_label(&mut svg, r, &n.label);
+        }
     }
     svg.push_str(&labels);
     svg.push_str("</g>\n");

@@ -82,6 +82,11 @@ impl DetachedRuns {
         self.runs.contains_key(&client)
     }
 
+    /// The stand-in of the detached run `id`.
+    pub fn stand_in_of(&self, id: &str) -> Option<ClientId> {
+        self.by_id.get(id).copied()
+    }
+
     /// The id of the detached run of stand-in `client`.
     pub fn id_of(&self, client: ClientId) -> Option<&str> {
         self.runs.get(&client).map(|r| r.id.as_str())

@@ -11,6 +11,9 @@ use super::{Core, State, StaticPlace, TaskIdx};
 /// Failures listed per run.
 const MAX_FAILURES: usize = 20;
 
+/// The most tasks a live run's picture is drawn for (it is made on the event loop).
+const MAX_PICTURE_TASKS: usize = 20_000;
+
 fn count(c: &mut TaskCounts, state: &State) {
     match state {
         State::Idle => {}
@@ -137,5 +140,101 @@ impl Core {
         status.detached = self.detached_infos();
         status.estimated_bytes_between_pools = self.estimated_cross_pool;
         status
+    }
+}
+
+impl Core {
+    /// The run `id` (a detached run's id, or `CLIENT.RUN`) drawn as SVG with its pools and each
+    /// task's state now (summarised above 300 tasks, as the export). `None` for an unknown or
+    /// ended run.
+    pub fn run_picture(&self, id: &str) -> Option<String> {
+        use drover_graph::export::TaskState;
+        let r = self.find_run(id)?;
+        let in_run: Vec<TaskIdx> = (0..self.tasks.len() as TaskIdx)
+            .filter(|&t| {
+                let task = &self.tasks[t as usize];
+                !task.key.is_empty()
+                    && task.cell.is_none()
+                    && task.state != State::Idle
+                    && self.runs_of(t).any(|x| x == r)
+            })
+            .collect();
+        if in_run.len() > MAX_PICTURE_TASKS {
+            // Drawing it would hold up the event loop: say so in a picture.
+            return Some(format!(
+                "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"640\" height=\"60\"><text x=\"10\" y=\"35\" font-family=\"sans-serif\" font-size=\"14\">Run {} has {} tasks: too many to draw live (at most {}); drover export draws its graph file.</text></svg>",
+                id.replace(['<', '>', '&', '"'], "_"),
+                in_run.len(),
+                MAX_PICTURE_TASKS
+            ));
+        }
+        let member: std::collections::HashSet<TaskIdx> = in_run.iter().copied().collect();
+        let tasks: Vec<serde_json::Value> = in_run
+            .iter()
+            .map(|&t| {
+                let task = &self.tasks[t as usize];
+                let inputs: Vec<&str> = task
+                    .inputs
+                    .iter()
+                    .filter(|i| member.contains(i))
+                    .map(|&i| &*self.tasks[i as usize].key)
+                    .collect();
+                let mut v = serde_json::json!({
+                    "key": &*task.key,
+                    "function": &*self.functions[task.function as usize],
+                    "inputs": inputs,
+                });
+                match task.place {
+                    StaticPlace::Pinned(p) => {
+                        v["pool"] = serde_json::json!(&*self.pools[p as usize])
+                    }
+                    StaticPlace::Any => v["any_pool"] = serde_json::json!(true),
+                    StaticPlace::Pass(_) => {}
+                }
+                if matches!(task.state, State::Memory | State::Released) {
+                    v["size_hint"] = serde_json::json!(task.size);
+                }
+                v
+            })
+            .collect();
+        let text = serde_json::json!({ "tasks": tasks }).to_string();
+        let graph = drover_graph::Graph::from_json_str(&text).ok()?;
+        let topo = graph.validate().ok()?;
+        let prop = drover_graph::propagate_pools(&graph, &topo);
+        let mut states = vec![TaskState::Waiting; graph.len()];
+        for &t in &in_run {
+            let task = &self.tasks[t as usize];
+            if let Some(g) = graph.id_of(&task.key) {
+                states[g.index()] = match task.state {
+                    State::Ready => TaskState::Ready,
+                    State::Assigned(_) => TaskState::Running,
+                    State::Memory | State::Released => TaskState::Done,
+                    State::Failed(_) => TaskState::Failed,
+                    State::Waiting | State::Idle => TaskState::Waiting,
+                };
+            }
+        }
+        Some(drover_graph::export::to_svg_with_states(
+            &graph,
+            &topo,
+            &prop,
+            Default::default(),
+            &states,
+        ))
+    }
+
+    /// The core's run named `id`: a detached run's id or `CLIENT.RUN` of a live run.
+    fn find_run(&self, id: &str) -> Option<u32> {
+        let client_and_run = match self.detached.stand_in_of(id) {
+            Some(stand_in) => (stand_in, 0),
+            None => {
+                let (c, r) = id.split_once('.')?;
+                (c.parse().ok()?, r.parse().ok()?)
+            }
+        };
+        self.runs
+            .iter()
+            .rposition(|run| (run.client, run.client_run) == client_and_run)
+            .map(|r| r as u32)
     }
 }

@@ -53,6 +53,11 @@ pub enum Ask {
     },
     /// Durable namespaces with their counts, JSON.
     Progress,
+    /// A live run's graph with its pools and task states, SVG; `None` for an unknown run.
+    Picture {
+        /// A detached run's id or `CLIENT.RUN`.
+        id: String,
+    },
 }
 
 /// An ask and where its answer goes (`None`: not found).
@@ -118,6 +123,7 @@ pub async fn serve(
         .route("/api/events", get(events))
         .route("/api/progress", get(progress))
         .route("/api/runs/{id}/report", get(report))
+        .route("/api/runs/{id}/graph.svg", get(picture))
         .route("/metrics", get(metrics))
         .route_layer(axum::middleware::from_fn_with_state(shared.clone(), gate));
     let app = Router::new()
@@ -245,6 +251,13 @@ async fn report(State(s): State<Shared>, Path(id): Path<String>) -> Response {
         )
             .into_response(),
         None => (StatusCode::NOT_FOUND, format!("no detached run {id:?}\n")).into_response(),
+    }
+}
+
+async fn picture(State(s): State<Shared>, Path(id): Path<String>) -> Response {
+    match s.ask(Ask::Picture { id: id.clone() }).await {
+        Some(svg) => ([(header::CONTENT_TYPE, "image/svg+xml")], svg).into_response(),
+        None => (StatusCode::NOT_FOUND, format!("no live run {id:?}\n")).into_response(),
     }
 }
 

@@ -223,3 +223,19 @@ fn a_refused_graph_leaves_no_run_and_a_follower_after_an_outage_gets_only_new_ev
     let keys: Vec<String> = events(&cmds).into_iter().map(|e| e.key).collect();
     assert_eq!(keys, ["b"]);
 }
+
+#[test]
+fn a_live_run_is_drawn_with_its_states() {
+    let mut s = Sim::new(&[("w0", "", 1)]);
+    let id = submit_detached(&mut s);
+    s.finish(0, "a", 10, vec![]);
+    let svg = s.core.run_picture(&id).expect("a picture");
+    assert!(svg.starts_with("<svg"), "{svg}");
+    for class in ["state-done", "state-running", "state-waiting"] {
+        assert!(svg.contains(class), "{class}: {svg}");
+    }
+    assert!(s.core.run_picture("nope").is_none());
+    // A client's run by CLIENT.RUN.
+    s.submit(CHAIN, &["c"]);
+    assert!(s.core.run_picture("0.1").is_some());
+}

@@ -2,7 +2,7 @@
 // every second and the task-stream bars new since the last; every page renders from it.
 "use strict";
 
-const state = { status: null, bars: [], tab: "cluster", progress: null };
+const state = { status: null, bars: [], tab: "cluster", progress: null, pictures: new Set() };
 
 // Errors of this page are shown on it (and read by the tests).
 window.addEventListener("error", (e) => {
@@ -121,6 +121,22 @@ function renderRuns(s) {
         "  (" + (r.tasks.done + r.tasks.failed) + "/" + total(r.tasks) + " tasks, " +
           r.tasks.failed + " failed)",
         stateBar(r.tasks));
+      const shown = state.pictures.has(r.id);
+      const toggle = el("a", { href: "#runs", class: "toggle" }, shown ? "hide graph" : "show graph");
+      toggle.addEventListener("click", (e) => {
+        e.preventDefault();
+        if (state.pictures.has(r.id)) state.pictures.delete(r.id); else state.pictures.add(r.id);
+        renderRuns(state.status);
+      });
+      box.append(" ", toggle);
+      if (shown) {
+        // Redrawn with each update (every second), at most every three seconds.
+        const stamp = Math.floor(Date.now() / 3000);
+        box.append(el("div", { class: "picture" }, el("img", {
+          src: "/api/runs/" + encodeURIComponent(r.id) + "/graph.svg?t=" + stamp,
+          alt: "graph of run " + r.id,
+        })));
+      }
       if (r.failures.length > 0) {
         box.append(el("div", { class: "failures" },
           ...r.failures.map(([k, e]) => el("div", {}, k + ": " + e))));
