@@ -57,9 +57,72 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
+/// The time the scheduler's event loop spends making the status the pages show, for a graph
+/// of `n` tasks (a chain of layers of 100) with 100 workers: (ms per status, ms per monitor
+/// status with JSON).
+fn status_cost(n: usize) -> (f64, f64) {
+    use drover_protocol::{FromClient, WorkerHello};
+    use drover_scheduler::core::{Core, Event};
+    let mut core = Core::new();
+    let monitor = drover_scheduler::monitor::Monitor::new(0);
+    for w in 0..100u32 {
+        core.handle(Event::WorkerJoined {
+            id: w,
+            hello: WorkerHello {
+                name: format!("w{w}"),
+                resources: vec![(format!("pool-P{}", w % 4), 1.0)],
+                nthreads: 4,
+                peer_addr: "127.0.0.1:1".parse().unwrap(),
+                peer_cert: vec![],
+                functions: vec!["noop".into()],
+            },
+        });
+    }
+    core.handle(Event::ClientJoined { id: 0 });
+    let mut g = Graph::with_capacity(n, n);
+    let mut prev: Vec<drover::Handle<drover::Untyped>> = Vec::new();
+    for layer in 0..n / 100 {
+        let mut this = Vec::with_capacity(100);
+        for i in 0..100 {
+            let mut t = g.task("noop", &()).key(format!("t{layer}-{i}"));
+            if let Some(&p) = prev.get(i) {
+                t = t.input(p);
+            }
+            this.push(t.add());
+        }
+        prev = this;
+    }
+    let json = serde_json::to_string(&g.to_file()).unwrap();
+    core.handle(Event::Client(
+        0,
+        FromClient::Submit {
+            run: 1,
+            graph_json: json,
+            wants: vec![],
+        },
+    ));
+    let rounds = 5;
+    let start = Instant::now();
+    for _ in 0..rounds {
+        std::hint::black_box(core.status());
+    }
+    let plain = start.elapsed().as_secs_f64() * 1000.0 / rounds as f64;
+    let start = Instant::now();
+    for _ in 0..rounds {
+        std::hint::black_box(serde_json::to_string(&monitor.status(&core, 1)).unwrap());
+    }
+    let full = start.elapsed().as_secs_f64() * 1000.0 / rounds as f64;
+    (plain, full)
+}
+
 #[tokio::main]
 async fn main() {
     let quick = std::env::args().any(|a| a == "quick");
+    let big = if quick { 100_000 } else { 1_000_000 };
+    let (plain, full) = status_cost(big);
+    println!(
+        "status of {big} tasks, 100 workers: {plain:.1} ms in the core, {full:.1} ms with the monitor's part as JSON (made at most every 500 ms, shared by every page)"
+    );
     let n = if quick { 10_000 } else { 100_000 };
     let rounds = if quick { 3 } else { 5 };
     let cluster = LocalCluster::start(

@@ -5,6 +5,7 @@
 //! [`ClusterStatus`] built on the core's own part.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
 
 use drover_protocol::{ClusterStatus, FromWorker, SlowTask, WorkerId};
 use prometheus_client::metrics::counter::Counter;
@@ -35,7 +36,7 @@ pub struct Bar {
     /// Its lane (one per thread, as far as the times tell).
     pub lane: u32,
     /// The function (or loader) name.
-    pub function: String,
+    pub function: Arc<str>,
     /// `task` or `load`.
     pub kind: &'static str,
     /// Start, ms since the Unix epoch.
@@ -175,9 +176,20 @@ fn label(name: &str, value: &str) -> Labels {
     vec![(name.to_owned(), value.to_owned())]
 }
 
+/// One function's metrics, looked up once per function, not once per task.
+#[derive(Debug, Clone)]
+struct FnMetrics {
+    name: Arc<str>,
+    finished: Counter,
+    failed: Counter,
+    duration: Histogram,
+}
+
 /// The shell's view of the cluster over time (see the module docs).
 #[derive(Debug)]
 pub struct Monitor {
+    by_function: HashMap<Box<str>, FnMetrics>,
+    by_loader: HashMap<Box<str>, (Arc<str>, Counter)>,
     started_ms: u64,
     workers: BTreeMap<WorkerId, Seen>,
     events: VecDeque<(u64, String)>,
@@ -194,6 +206,8 @@ impl Monitor {
     /// A monitor started at `now_ms`.
     pub fn new(now_ms: u64) -> Monitor {
         Monitor {
+            by_function: HashMap::new(),
+            by_loader: HashMap::new(),
             started_ms: now_ms,
             workers: BTreeMap::new(),
             events: VecDeque::new(),
@@ -268,12 +282,39 @@ impl Monitor {
         }
     }
 
-    fn observe_worker(&mut self, core: &Core, w: WorkerId, msg: &FromWorker, now_ms: u64) {
-        let Some(seen) = self.workers.get_mut(&w) else {
-            return;
+    /// The metrics of function `name`.
+    fn function(&mut self, name: &str) -> FnMetrics {
+        if let Some(m) = self.by_function.get(name) {
+            return m.clone();
+        }
+        let l = label("function", name);
+        let m = FnMetrics {
+            name: Arc::from(name),
+            finished: self.metrics.finished.get_or_create(&l).clone(),
+            failed: self.metrics.failed.get_or_create(&l).clone(),
+            duration: self.metrics.duration.get_or_create(&l).clone(),
         };
-        seen.last_heard_ms = now_ms;
-        let name = seen.name.clone();
+        self.by_function.insert(name.into(), m.clone());
+        m
+    }
+
+    /// The name and load counter of loader `name`.
+    fn loader(&mut self, name: &str) -> (Arc<str>, Counter) {
+        if let Some(m) = self.by_loader.get(name) {
+            return m.clone();
+        }
+        let m = (
+            Arc::<str>::from(name),
+            self.metrics
+                .loads
+                .get_or_create(&label("loader", name))
+                .clone(),
+        );
+        self.by_loader.insert(name.into(), m.clone());
+        m
+    }
+
+    fn observe_worker(&mut self, core: &Core, w: WorkerId, msg: &FromWorker, now_ms: u64) {
         match msg {
             FromWorker::Finished {
                 id, duration_us, ..
@@ -282,37 +323,38 @@ impl Monitor {
                 id, duration_us, ..
             } => {
                 let failed = matches!(msg, FromWorker::Failed { .. });
-                let function = core.function_of(*id).unwrap_or("?").to_owned();
+                let f = self.function(core.function_of(*id).unwrap_or("?"));
+                let Some(seen) = self.workers.get_mut(&w) else {
+                    return;
+                };
+                seen.last_heard_ms = now_ms;
                 if failed {
                     seen.failed += 1;
-                    self.metrics
-                        .failed
-                        .get_or_create(&label("function", &function))
-                        .inc();
+                    f.failed.inc();
                 } else {
                     seen.finished += 1;
-                    self.metrics
-                        .finished
-                        .get_or_create(&label("function", &function))
-                        .inc();
-                    self.metrics
-                        .duration
-                        .get_or_create(&label("function", &function))
-                        .observe(*duration_us as f64 / 1e6);
+                    f.finished.inc();
+                    f.duration.observe(*duration_us as f64 / 1e6);
                 }
                 seen.compute_us = seen.compute_us.saturating_add(*duration_us);
                 seen.recent.push_back(now_ms);
                 while seen.recent.front().is_some_and(|&t| t + RATE_MS < now_ms) {
                     seen.recent.pop_front();
                 }
-                let key = core.key_of(*id).unwrap_or("?").to_owned();
-                self.bar(w, function.clone(), "task", now_ms, *duration_us, failed);
-                self.slow(SlowTask {
-                    key,
-                    function,
-                    worker: name,
-                    duration_us: *duration_us,
-                });
+                self.bar(w, f.name.clone(), "task", now_ms, *duration_us, failed);
+                if self.is_slow(*duration_us) {
+                    let worker = self
+                        .workers
+                        .get(&w)
+                        .map_or(String::new(), |s| s.name.clone());
+                    self.slow(SlowTask {
+                        key: core.key_of(*id).unwrap_or("?").to_owned(),
+                        function: f.name.to_string(),
+                        worker,
+                        duration_us: *duration_us,
+                    });
+                }
+                return;
             }
             FromWorker::Loaded {
                 id: cell,
@@ -320,16 +362,24 @@ impl Monitor {
                 error,
                 ..
             } => {
-                seen.load_us = seen.load_us.saturating_add(*duration_us);
-                let loader = core.function_of(*cell).unwrap_or("?").to_owned();
+                let (loader, loads) = self.loader(core.function_of(*cell).unwrap_or("?"));
+                if let Some(seen) = self.workers.get_mut(&w) {
+                    seen.last_heard_ms = now_ms;
+                    seen.load_us = seen.load_us.saturating_add(*duration_us);
+                }
                 if *duration_us > 0 {
-                    self.metrics
-                        .loads
-                        .get_or_create(&label("loader", &loader))
-                        .inc();
+                    loads.inc();
                     self.bar(w, loader, "load", now_ms, *duration_us, error.is_some());
                 }
+                return;
             }
+            _ => {}
+        }
+        let Some(seen) = self.workers.get_mut(&w) else {
+            return;
+        };
+        seen.last_heard_ms = now_ms;
+        match msg {
             FromWorker::Stats {
                 rss_bytes,
                 fetch_us,
@@ -338,20 +388,29 @@ impl Monitor {
                 seen.fetch_us = seen.fetch_us.saturating_add(*fetch_us);
             }
             FromWorker::Fetched { inputs, .. } => {
-                let pools_here = seen.pools.clone();
+                // Bytes in, and the part from workers sharing no pool with this one.
+                let here = &self.workers[&w].pools;
+                let (mut all, mut cross) = (0u64, 0u64);
                 for &(_, from, bytes) in inputs {
-                    self.bytes_between_workers = self.bytes_between_workers.saturating_add(bytes);
-                    self.metrics.bytes_workers.inc_by(bytes);
-                    let from_pools = self
+                    all = all.saturating_add(bytes);
+                    let shared = self
                         .workers
                         .get(&from)
-                        .map(|s| s.pools.clone())
-                        .unwrap_or_default();
-                    if !pools_here.iter().any(|p| from_pools.contains(p)) {
-                        self.bytes_between_pools = self.bytes_between_pools.saturating_add(bytes);
-                        self.metrics.bytes_pools.inc_by(bytes);
-                        for p in &pools_here {
-                            *self.pool_bytes_in.entry(p.clone()).or_default() += bytes;
+                        .is_some_and(|f| here.iter().any(|p| f.pools.contains(p)));
+                    if !shared {
+                        cross = cross.saturating_add(bytes);
+                    }
+                }
+                self.bytes_between_workers = self.bytes_between_workers.saturating_add(all);
+                self.metrics.bytes_workers.inc_by(all);
+                if cross > 0 {
+                    self.bytes_between_pools = self.bytes_between_pools.saturating_add(cross);
+                    self.metrics.bytes_pools.inc_by(cross);
+                    for p in &self.workers[&w].pools {
+                        if let Some(b) = self.pool_bytes_in.get_mut(p) {
+                            *b += cross;
+                        } else {
+                            self.pool_bytes_in.insert(p.clone(), cross);
                         }
                     }
                 }
@@ -365,7 +424,7 @@ impl Monitor {
     fn bar(
         &mut self,
         w: WorkerId,
-        function: String,
+        function: Arc<str>,
         kind: &'static str,
         end_ms: u64,
         duration_us: u64,
@@ -408,6 +467,15 @@ impl Monitor {
         {
             self.stream.pop_front();
         }
+    }
+
+    /// Whether a task of `duration_us` would enter the slowest list.
+    fn is_slow(&self, duration_us: u64) -> bool {
+        self.slowest.len() < MAX_SLOWEST
+            || self
+                .slowest
+                .last()
+                .is_some_and(|s| s.duration_us < duration_us)
     }
 
     fn slow(&mut self, task: SlowTask) {
