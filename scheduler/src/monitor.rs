@@ -679,7 +679,7 @@ mod tests {
         let bars = m.stream(2_000, 10_000, 100);
         assert_eq!(bars.len(), 3);
         assert_eq!((bars[0].lane, bars[1].lane), (0, 1), "{bars:?}");
-        assert_eq!(bars[2].function, "len");
+        assert_eq!(&*bars[2].function, "len");
         let s = m.status(&core, 2_000);
         let wa = s.workers.iter().find(|w| w.name == "wa").unwrap();
         assert_eq!((wa.finished, wa.insights.compute_us), (2, 700_000));
