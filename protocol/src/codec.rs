@@ -117,6 +117,7 @@ mod tests {
             FromWorker::Fetched {
                 task: 7,
                 inputs: vec![(3, 1, 80)],
+                fetch_us: 0,
             },
             FromWorker::Finished {
                 id: 7,

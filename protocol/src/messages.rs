@@ -189,6 +189,9 @@ pub enum FromWorker {
         task: TaskIdx,
         /// (input, the worker it came from, bytes).
         inputs: Vec<(TaskIdx, WorkerId, u64)>,
+        /// How long the request to the peer took, microseconds (on the first report of a
+        /// request that served several tasks; 0 on the others).
+        fetch_us: u64,
     },
     /// Replicas made for a [`ToWorker::Replicate`]: the ids now held here; `failed` when some
     /// could not be fetched.

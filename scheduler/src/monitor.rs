@@ -37,7 +37,7 @@ pub struct Bar {
     pub lane: u32,
     /// The function (or loader) name.
     pub function: Arc<str>,
-    /// `task` or `load`.
+    /// `task`, `load` (a once-cell) or `fetch` (inputs from other workers).
     pub kind: &'static str,
     /// Start, ms since the Unix epoch.
     pub start_ms: f64,
@@ -190,6 +190,8 @@ struct FnMetrics {
 pub struct Monitor {
     by_function: HashMap<Box<str>, FnMetrics>,
     by_loader: HashMap<Box<str>, (Arc<str>, Counter)>,
+    /// The name fetch bars carry.
+    fetch_name: Arc<str>,
     started_ms: u64,
     workers: BTreeMap<WorkerId, Seen>,
     events: VecDeque<(u64, String)>,
@@ -208,6 +210,7 @@ impl Monitor {
         Monitor {
             by_function: HashMap::new(),
             by_loader: HashMap::new(),
+            fetch_name: Arc::from("fetch"),
             started_ms: now_ms,
             workers: BTreeMap::new(),
             events: VecDeque::new(),
@@ -387,7 +390,13 @@ impl Monitor {
                 seen.memory = Some(*rss_bytes);
                 seen.fetch_us = seen.fetch_us.saturating_add(*fetch_us);
             }
-            FromWorker::Fetched { inputs, .. } => {
+            FromWorker::Fetched {
+                inputs, fetch_us, ..
+            } => {
+                if *fetch_us > 0 {
+                    let name = self.fetch_name.clone();
+                    self.bar(w, name, "fetch", now_ms, *fetch_us, false);
+                }
                 // Bytes in, and the part from workers sharing no pool with this one.
                 let here = &self.workers[&w].pools;
                 let (mut all, mut cross) = (0u64, 0u64);
@@ -673,13 +682,15 @@ mod tests {
         let fetched = FromWorker::Fetched {
             task: 2,
             inputs: vec![(0, 0, 100), (1, 0, 100)],
+            fetch_us: 2_000,
         };
         feed(&mut m, &mut core, Event::Worker(1, fetched), 1_200);
         feed(&mut m, &mut core, Event::Worker(1, done(2, 1_000)), 1_201);
         let bars = m.stream(2_000, 10_000, 100);
-        assert_eq!(bars.len(), 3);
+        assert_eq!(bars.len(), 4);
         assert_eq!((bars[0].lane, bars[1].lane), (0, 1), "{bars:?}");
-        assert_eq!(&*bars[2].function, "len");
+        assert_eq!((bars[2].kind, &*bars[2].function), ("fetch", "fetch"));
+        assert_eq!(&*bars[3].function, "len");
         let s = m.status(&core, 2_000);
         let wa = s.workers.iter().find(|w| w.name == "wa").unwrap();
         assert_eq!((wa.finished, wa.insights.compute_us), (2, 700_000));

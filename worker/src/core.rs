@@ -730,9 +730,10 @@ impl WorkerCore {
         let Some(f) = self.fetches.remove(&fetch) else {
             return; // failed already (its peer left): what it brings is not kept
         };
+        let mut took_us = 0;
         if let (Some(started), Some(now)) = (f.started, self.now) {
-            let us = now.saturating_duration_since(started).as_micros() as u64;
-            self.fetch_us = self.fetch_us.saturating_add(us);
+            took_us = now.saturating_duration_since(started).as_micros() as u64;
+            self.fetch_us = self.fetch_us.saturating_add(took_us);
         }
         match f.purpose {
             Purpose::Replicate { here } => {
@@ -777,7 +778,11 @@ impl WorkerCore {
                     self.cmds.push(Command::Keep(keep));
                 }
                 for (task, inputs) in report {
-                    self.out.push(FromWorker::Fetched { task, inputs });
+                    self.out.push(FromWorker::Fetched {
+                        task,
+                        inputs,
+                        fetch_us: std::mem::take(&mut took_us),
+                    });
                 }
                 self.fetch_failed(f.peer, failed, error);
             }

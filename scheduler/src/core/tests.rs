@@ -96,6 +96,7 @@ impl Sim {
                 FromWorker::Fetched {
                     task: id,
                     inputs: fetched,
+                    fetch_us: 0,
                 },
             ));
         }
@@ -762,6 +763,7 @@ fn play(
                     FromWorker::Fetched {
                         task: t.id,
                         inputs: fetched,
+                        fetch_us: 0,
                     },
                 )));
             }

@@ -26,7 +26,7 @@ impl Core {
             }
             FromWorker::Replicated { from, ids, failed } => self.replicated(w, from, &ids, failed),
             FromWorker::Started(id) => self.mark_started(w, id),
-            FromWorker::Fetched { task, inputs } => self.fetched(w, task, &inputs),
+            FromWorker::Fetched { task, inputs, .. } => self.fetched(w, task, &inputs),
             FromWorker::Finished {
                 id,
                 size,

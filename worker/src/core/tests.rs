@@ -142,7 +142,7 @@ fn missing_inputs_are_fetched_one_request_per_peer_and_reported_as_replicas() {
     assert!(matches!(&cmds[0], Command::Keep(ids) if ids == &vec![3, 4]));
     assert_eq!(runs(&cmds), vec![(1, 11)]);
     assert!(sent(&cmds).iter().any(|m| matches!(m,
-        FromWorker::Fetched { task: 10, inputs } if inputs == &vec![(3, 1, 30), (4, 1, 40)])));
+        FromWorker::Fetched { task: 10, inputs, .. } if inputs == &vec![(3, 1, 30), (4, 1, 40)])));
     let cmds = c.handle(
         Event::Fetched {
             fetch: f[1].0,
