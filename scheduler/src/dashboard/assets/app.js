@@ -105,7 +105,10 @@ function renderPools(s) {
     " (of " + bytes(s.bytes_between_workers) + " moved between workers); the pass estimated " +
     bytes(s.estimated_bytes_between_pools) + " for the graphs submitted.";
   fill(document.querySelector("#pool-table tbody"), s.pools.map((p) => el("tr", { "data-pool": p.name },
-    el("td", {}, p.name), num(p.workers), num(p.tasks.waiting), num(p.tasks.ready),
+    el("td", {}, p.name),
+    el("td", {}, p.workers + (p.workers ? " (" + s.workers.filter((w) => w.pools.includes(p.name))
+      .map((w) => w.name).join(", ") + ")" : "")),
+    num(p.tasks.waiting), num(p.tasks.ready),
     num(p.tasks.running), num(p.tasks.done), num(p.tasks.failed), num(bytes(p.bytes_in)))));
 }
 
