@@ -212,9 +212,9 @@ impl Graph {
         self.keys.name(id.0)
     }
 
-    /// The key of task `id`, as a shared string.
-    pub fn key_shared(&self, id: TaskId) -> &std::sync::Arc<str> {
-        self.keys.shared(id.0)
+    /// The key of task `id`, as a new shared string.
+    pub fn key_shared(&self, id: TaskId) -> std::sync::Arc<str> {
+        std::sync::Arc::from(self.key(id))
     }
 
     /// Whether slot `id` is a defined task (not only a key mentioned as an input).

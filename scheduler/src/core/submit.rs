@@ -439,7 +439,7 @@ impl Core {
             resources,
         });
         Task {
-            key: graph.key_shared(gid).clone(),
+            key: graph.key_shared(gid),
             fingerprint: prints[gid.index()],
             function,
             params: graph.params(gid).map(Arc::from),
