@@ -141,8 +141,18 @@ impl Graph {
     /// file with a bad graph yields a graph whose [`Graph::validate`] reports the same errors the
     /// Rust API would.
     pub fn from_json_str(text: &str) -> Result<Graph, JsonError> {
-        let file: GraphFile = serde_json::from_str(text)?;
-        Ok(Graph::from_file(&file))
+        // Streamed: each task is added as it is read, never a list of all of them.
+        let mut de = serde_json::Deserializer::from_str(text);
+        let graph = serde::de::DeserializeSeed::deserialize(
+            stream::GraphSeed {
+                // A guess of the task count from the text (about 60 bytes a task), so the
+                // tables rarely grow.
+                capacity: text.len() / 64,
+            },
+            &mut de,
+        )?;
+        de.end()?;
+        Ok(graph)
     }
 
     /// Builds a graph from a parsed file.
@@ -401,5 +411,88 @@ mod tests {
             Some(r#"{"fill":"y","n":800}"#)
         );
         assert_eq!(g.place(g.id_of("b").unwrap()), Place::Any);
+    }
+}
+
+/// Reading a graph file straight into a [`Graph`], task by task.
+mod stream {
+    use std::fmt;
+
+    use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
+
+    use super::TaskSpec;
+    use crate::Graph;
+
+    /// The fields of a graph file.
+    const FIELDS: &[&str] = &["namespace", "tasks"];
+
+    /// Makes a graph with room for `capacity` tasks from a graph file.
+    pub(super) struct GraphSeed {
+        pub capacity: usize,
+    }
+
+    impl<'de> DeserializeSeed<'de> for GraphSeed {
+        type Value = Graph;
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Graph, D::Error> {
+            d.deserialize_map(GraphVisitor(self.capacity))
+        }
+    }
+
+    struct GraphVisitor(usize);
+
+    impl<'de> Visitor<'de> for GraphVisitor {
+        type Value = Graph;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("struct GraphFile")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Graph, A::Error> {
+            let mut g = Graph::with_capacity(self.0, self.0 * 2);
+            let (mut tasks, mut namespace) = (false, false);
+            while let Some(field) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                match &*field {
+                    "namespace" => {
+                        if namespace {
+                            return Err(de::Error::duplicate_field("namespace"));
+                        }
+                        namespace = true;
+                        g.namespace = map.next_value::<Option<String>>()?;
+                    }
+                    "tasks" => {
+                        if tasks {
+                            return Err(de::Error::duplicate_field("tasks"));
+                        }
+                        tasks = true;
+                        map.next_value_seed(TasksSeed(&mut g))?;
+                    }
+                    other => return Err(de::Error::unknown_field(other, FIELDS)),
+                }
+            }
+            if !tasks {
+                return Err(de::Error::missing_field("tasks"));
+            }
+            Ok(g)
+        }
+    }
+
+    struct TasksSeed<'g>(&'g mut Graph);
+
+    impl<'de> DeserializeSeed<'de> for TasksSeed<'_> {
+        type Value = ();
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_seq(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for TasksSeed<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a sequence")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            while let Some(task) = seq.next_element::<TaskSpec>()? {
+                self.0.add_spec(&task);
+            }
+            Ok(())
+        }
     }
 }

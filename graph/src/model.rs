@@ -137,6 +137,8 @@ pub struct Graph {
     /// Inputs of the task being built, reused between tasks to avoid allocation.
     pub(crate) pending_inputs: Vec<TaskId>,
     defined: usize,
+    /// Defined tasks in the order they were defined (a file's order).
+    pub(crate) definition_order: Vec<TaskId>,
     /// The namespace of its durable tasks' progress (default [`DEFAULT_NAMESPACE`]).
     pub(crate) namespace: Option<String>,
 }
@@ -171,6 +173,7 @@ impl Graph {
             scopes: Default::default(),
             pending_inputs: Vec::new(),
             defined: 0,
+            definition_order: Vec::with_capacity(tasks),
             namespace: None,
         }
     }
@@ -199,6 +202,12 @@ impl Graph {
     /// All task ids, in id order.
     pub fn task_ids(&self) -> impl ExactSizeIterator<Item = TaskId> + Clone {
         (0..self.tasks.len() as u32).map(TaskId)
+    }
+
+    /// The defined tasks in the order they were defined: a graph file's order, or the builder
+    /// calls'. (Task ids are slots in the order keys were first named, inputs included.)
+    pub fn definition_order(&self) -> &[TaskId] {
+        &self.definition_order
     }
 
     /// The id of the task with key `key`, if defined.
@@ -433,6 +442,7 @@ impl Graph {
         self.input_arena.append(&mut self.pending_inputs);
         self.tasks[id.index()] = record;
         self.defined += 1;
+        self.definition_order.push(id);
         id
     }
 }

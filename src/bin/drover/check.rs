@@ -62,22 +62,17 @@ fn table(rows: &[TaskRow]) -> String {
 
 /// Runs the command.
 pub fn run(args: Args) -> Result<(), Failure> {
-    let (file, planned) = load(&args.graph)?;
+    let planned = load(&args.graph)?;
     let g = &planned.graph;
     let p = &planned.propagation;
     // Rows in the file's order, which is the order the user wrote.
-    let tasks: Vec<TaskRow> = file
-        .tasks
+    let tasks: Vec<TaskRow> = g
+        .definition_order()
         .iter()
-        .map(|t| {
-            let id = g
-                .id_of(&t.key)
-                .expect("a valid graph defines every key in its file");
-            TaskRow {
-                key: g.key(id),
-                pool: p.pool_name(g, id),
-                reason: p.reason(id),
-            }
+        .map(|&id| TaskRow {
+            key: g.key(id),
+            pool: p.pool_name(g, id),
+            reason: p.reason(id),
         })
         .collect();
     let report = Report {

@@ -97,20 +97,8 @@ fn failed(e: ClientError) -> Failure {
 
 /// `drover submit`.
 pub fn submit(args: SubmitArgs) -> Result<(), Failure> {
-    let (file, planned) = load(&args.graph)?;
-    let g = &planned.graph;
-    let is_sink: std::collections::HashSet<&str> = planned
-        .topology
-        .sinks()
-        .filter(|&t| !g.is_once_cell(t))
-        .map(|t| g.key(t))
-        .collect();
-    let sinks: Vec<String> = file
-        .tasks
-        .iter()
-        .map(|t| t.key.clone())
-        .filter(|k| is_sink.contains(k.as_str()))
-        .collect();
+    let planned = load(&args.graph)?;
+    let sinks = crate::sinks_in_file_order(&planned);
     let text = std::fs::read_to_string(&args.graph).map_err(|e| Failure::Usage(e.to_string()))?;
     let name = args.name.clone().unwrap_or_else(|| {
         args.graph

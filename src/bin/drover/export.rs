@@ -32,7 +32,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
             args.output.display()
         )));
     }
-    let (_, planned) = load(&args.graph)?;
+    let planned = load(&args.graph)?;
     let options = ExportOptions {
         summarise_above: (args.summarise_above > 0).then_some(args.summarise_above),
     };

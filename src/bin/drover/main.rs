@@ -18,7 +18,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use drover::{Graph, GraphFile, Planned};
+use drover::{Graph, Planned};
 
 /// Drover: a distributed task-graph scheduler with worker pools.
 #[derive(Debug, Parser)]
@@ -70,8 +70,9 @@ pub(crate) enum Failure {
     Lost(String),
 }
 
-/// Reads, validates and propagates a graph file. Returns the file too (for its task order).
-pub(crate) fn load(path: &Path) -> Result<(GraphFile, Planned), Failure> {
+/// Reads, validates and propagates a graph file (its tasks in the file's order are
+/// `graph.definition_order()`).
+pub(crate) fn load(path: &Path) -> Result<Planned, Failure> {
     let bytes = std::fs::read(path)
         .map_err(|e| Failure::Usage(format!("cannot read graph file {}: {e}", path.display())))?;
     // Not text is a malformed graph, like any other.
@@ -82,14 +83,10 @@ pub(crate) fn load(path: &Path) -> Result<(GraphFile, Planned), Failure> {
             e.utf8_error().valid_up_to()
         ))
     })?;
-    let file: GraphFile = serde_json::from_str(&text).map_err(|e| {
-        Failure::BadGraph(format!(
-            "{}: {}",
-            path.display(),
-            drover::JsonError::from(e)
-        ))
-    })?;
-    let planned = Planned::new(Graph::from_file(&file)).map_err(|e| {
+    let graph = Graph::from_json_str(&text)
+        .map_err(|e| Failure::BadGraph(format!("{}: {e}", path.display())))?;
+    drop(text);
+    let planned = Planned::new(graph).map_err(|e| {
         let n = e.errors.len();
         let noun = if n == 1 { "error" } else { "errors" };
         Failure::BadGraph(format!(
@@ -97,7 +94,22 @@ pub(crate) fn load(path: &Path) -> Result<(GraphFile, Planned), Failure> {
             path.display()
         ))
     })?;
-    Ok((file, planned))
+    Ok(planned)
+}
+
+/// The graph's sinks (tasks nothing consumes, once-cells aside) in the file's order: the
+/// outputs `drover run` prints and keeps.
+pub(crate) fn sinks_in_file_order(planned: &Planned) -> Vec<String> {
+    let g = &planned.graph;
+    let mut is_sink = vec![false; g.len()];
+    for t in planned.topology.sinks().filter(|&t| !g.is_once_cell(t)) {
+        is_sink[t.index()] = true;
+    }
+    g.definition_order()
+        .iter()
+        .filter(|t| is_sink[t.index()])
+        .map(|&t| g.key(t).to_owned())
+        .collect()
 }
 
 /// The non-empty lines of `path` (`-` for standard input) with their line numbers (from 1),

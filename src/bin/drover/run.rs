@@ -115,7 +115,7 @@ fn show(bytes: &[u8]) -> String {
 
 /// Runs the command.
 pub fn run(args: Args) -> Result<(), Failure> {
-    let (file, planned) = load(&args.graph)?;
+    let planned = load(&args.graph)?;
     let spec = match &args.local {
         Some(s) => {
             let spec = ClusterSpec::parse(s, args.nthreads).map_err(Failure::Usage)?;
@@ -131,20 +131,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
         }
         None => None,
     };
-    let sinks: Vec<String> = {
-        let g = &planned.graph;
-        let is_sink: std::collections::HashSet<&str> = planned
-            .topology
-            .sinks()
-            .filter(|&t| !g.is_once_cell(t))
-            .map(|t| g.key(t))
-            .collect();
-        file.tasks
-            .iter()
-            .map(|t| t.key.clone())
-            .filter(|k| is_sink.contains(k.as_str()))
-            .collect()
-    };
+    let sinks = crate::sinks_in_file_order(&planned);
     // Each sink's file under --outputs, decided (and clashes refused) before anything runs.
     let names: std::collections::HashMap<String, String> = match &args.outputs {
         Some(_) => output_names(&sinks)?.into_iter().collect(),
