@@ -112,8 +112,12 @@ pub fn propagate_pools(graph: &Graph, topo: &Topology) -> Propagation {
         // A once-cell without a pool loads wherever it is needed: nothing moves it.
         free.push(reason == Reason::None && !graph.is_once_cell(id));
     }
-    // Users of a pooled once-cell run where it loads (validation refused conflicts).
-    for id in graph.task_ids() {
+    // Users of a pooled once-cell run where it loads (validation refused conflicts). Most
+    // graphs have none: then no task's inputs are looked at here.
+    let pooled_cells = graph
+        .task_ids()
+        .any(|i| graph.is_once_cell(i) && matches!(graph.place(i), Place::Pinned(_)));
+    for id in graph.task_ids().filter(|_| pooled_cells) {
         if !free[id.index()] {
             continue;
         }
