@@ -10,7 +10,10 @@
 //! 2. A chain of 10,000 dependent `noop` tasks: microseconds per hop.
 //! 3. A 256 MiB result made on one worker and consumed on the other: MB/s.
 //!
-//! Run: `cargo bench --bench runtime` (add `-- quick` for a tenth of the sizes).
+//! Run: `cargo bench --bench runtime` (add `-- quick` for a tenth of the sizes). Each figure
+//! is printed with a baseline measured in the same run (a plain loop for per-task overhead, a
+//! loopback TCP round trip for a hop, a loopback TCP copy for a transfer), since the machines
+//! are shared and noisy.
 
 use std::time::Instant;
 
@@ -95,6 +98,81 @@ fn core_memory_with_clients(n: usize) -> (usize, usize, usize) {
     (before, loaded, after)
 }
 
+/// Baseline for the transfer: `bytes` copied over a plain loopback TCP connection in this
+/// process (one writer thread, one reader), in MB/s.
+fn tcp_copy_mb_s(bytes: usize) -> f64 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let writer = std::thread::spawn(move || {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        let chunk = vec![7u8; 1 << 20];
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(chunk.len());
+            s.write_all(&chunk[..n]).unwrap();
+            left -= n;
+        }
+    });
+    let (mut r, _) = listener.accept().unwrap();
+    let start = Instant::now();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut got = 0;
+    while got < bytes {
+        let n = r.read(&mut buf).unwrap();
+        assert!(n > 0);
+        got += n;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    writer.join().unwrap();
+    bytes as f64 / secs / 1e6
+}
+
+/// Baseline for a dependent hop: the round trip of a small message over loopback TCP, in
+/// microseconds (the median of many).
+fn tcp_round_trip_us() -> f64 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let echo = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_nodelay(true).unwrap();
+        let mut b = [0u8; 64];
+        while s.read_exact(&mut b).is_ok() {
+            if s.write_all(&b).is_err() {
+                break;
+            }
+        }
+    });
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_nodelay(true).unwrap();
+    let mut times = Vec::with_capacity(2000);
+    let mut b = [1u8; 64];
+    for _ in 0..2000 {
+        let t = Instant::now();
+        s.write_all(&b).unwrap();
+        s.read_exact(&mut b).unwrap();
+        times.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    drop(s);
+    echo.join().unwrap();
+    times.sort_by(|a, b| a.total_cmp(b));
+    times[times.len() / 2]
+}
+
+/// Baseline for per-task overhead: the stock `noop` body called `n` times in a plain loop
+/// (what a task costs with no scheduler), in calls per second.
+fn plain_loop_per_s(n: usize) -> f64 {
+    let registry = Registry::with_builtins();
+    let noop = registry.get("noop").expect("the noop built-in");
+    let ctx = drover::TaskContext::standalone("noop");
+    let start = Instant::now();
+    for _ in 0..n {
+        std::hint::black_box(noop(&ctx, None, &[]).unwrap());
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let quick = std::env::args().any(|a| a == "quick");
@@ -128,11 +206,14 @@ async fn main() {
     let report = run.wait().await.unwrap();
     let secs = start.elapsed().as_secs_f64();
     assert_eq!(report.finished, n_indep);
+    let plain = plain_loop_per_s(n_indep);
     println!(
-        "{n_indep} independent noop tasks: {:.2} s, {:.0} tasks/s (process heap +{:.1} MiB at submit)",
+        "{n_indep} independent noop tasks: {:.2} s, {:.0} tasks/s (process heap +{:.1} MiB at submit); baseline, the noop body in a plain loop: {:.0} calls/s, so a task costs {:.0}x a call",
         secs,
         n_indep as f64 / secs,
-        (heap_submitted as f64 - heap_before as f64) / (1 << 20) as f64
+        (heap_submitted as f64 - heap_before as f64) / (1 << 20) as f64,
+        plain,
+        plain / (n_indep as f64 / secs)
     );
 
     // 1b. The same number of sinks, each output fetched by the client.
@@ -200,10 +281,13 @@ async fn main() {
     let report = run.wait().await.unwrap();
     let secs = start.elapsed().as_secs_f64();
     assert_eq!(report.finished, n_chain);
+    let rtt = tcp_round_trip_us();
     println!(
-        "chain of {n_chain} dependent tasks: {:.2} s, {:.1} us per hop",
+        "chain of {n_chain} dependent tasks: {:.2} s, {:.1} us per hop; baseline, a loopback TCP round trip: {:.1} us, so a hop is {:.1} round trips",
         secs,
-        secs * 1e6 / n_chain as f64
+        secs * 1e6 / n_chain as f64,
+        rtt,
+        secs * 1e6 / n_chain as f64 / rtt
     );
 
     // 3. A big result moved between two workers. The same graph runs twice on a cluster with
@@ -243,13 +327,16 @@ async fn main() {
     let (remote, moved_remote) = timed("r", "Q").await;
     assert_eq!((moved_local, moved_remote), (0, big as u64));
     let transfer = (remote - local).max(1e-6);
+    let tcp = tcp_copy_mb_s(big);
     println!(
-        "{} MiB result: consumer on the same worker {:.3} s, on the other worker {:.3} s -> transfer {:.3} s, {:.0} MB/s",
+        "{} MiB result: consumer on the same worker {:.3} s, on the other worker {:.3} s -> transfer {:.3} s, {:.0} MB/s; baseline, a plain loopback TCP copy: {:.0} MB/s ({:.2}x of it)",
         big >> 20,
         local,
         remote,
         transfer,
-        big as f64 / transfer / 1e6
+        big as f64 / transfer / 1e6,
+        tcp,
+        big as f64 / transfer / 1e6 / tcp
     );
     cluster.shutdown().await;
 }
