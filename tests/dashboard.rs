@@ -39,18 +39,20 @@ fn token(c: &Cluster) -> String {
         .to_owned()
 }
 
+/// A graph file `NAME.json` whose keys all start with `NAME` (so two graphs share no task).
 fn graph(c: &Cluster, name: &str, sleep_ms: u64) -> String {
+    let k = |key: &str| format!("{name}-{key}");
     common::graph_file(
         c.dir.path(),
-        name,
+        &format!("{name}.json"),
         &json!({"tasks": [
-            {"key": "a", "function": "bytes", "params": {"n": 2000}, "pool": "A"},
-            {"key": "b", "function": "bytes", "params": {"n": 300}, "pool": "B"},
-            {"key": "slow1", "function": "sleep", "params": {"ms": sleep_ms}, "inputs": ["a"]},
-            {"key": "slow2", "function": "sleep", "params": {"ms": sleep_ms}, "inputs": ["a"]},
-            {"key": "join", "function": "concat", "inputs": ["b", "slow1", "slow2", "a"]},
-            {"key": "size", "function": "len", "inputs": ["join"]},
-            {"key": "bad", "function": "command", "params": {"argv": ["false"]}}
+            {"key": k("a"), "function": "bytes", "params": {"n": 2000}, "pool": "A"},
+            {"key": k("b"), "function": "bytes", "params": {"n": 300}, "pool": "B"},
+            {"key": k("slow1"), "function": "sleep", "params": {"ms": sleep_ms}, "inputs": [k("a")]},
+            {"key": k("slow2"), "function": "sleep", "params": {"ms": sleep_ms}, "inputs": [k("a")]},
+            {"key": k("join"), "function": "concat", "inputs": [k("b"), k("slow1"), k("slow2"), k("a")]},
+            {"key": k("size"), "function": "len", "inputs": [k("join")]},
+            {"key": k("bad"), "function": "command", "params": {"argv": ["false"]}}
         ]}),
     )
 }
@@ -84,7 +86,7 @@ fn metrics_and_status_move_with_the_work() {
         metric(&before.body, "drover_workers{pool=\"A\"}"),
         Some(1.0)
     );
-    let g = graph(&c, "g.json", 10);
+    let g = graph(&c, "first", 10);
     let (code, lines) = common::drover_run(&g, &c.access(), None);
     assert_eq!(code, Some(1), "the bad task fails: {lines:?}");
     let after = get(&addr, "/metrics", &[]).body;
@@ -151,6 +153,7 @@ fn metrics_and_status_move_with_the_work() {
         "{text}"
     );
     // drover run --insights: a table at the end, and the report carries it.
+    let g = graph(&c, "second", 10);
     let report = c.dir.path().join("report.json");
     let out = Command::new(binary("drover"))
         .args([
@@ -166,7 +169,9 @@ fn metrics_and_status_move_with_the_work() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(
-        stderr.contains("insights: this run computed") && stderr.contains("all workers"),
+        stderr.contains("insights: this run computed")
+            && stderr.contains("all workers")
+            && stderr.contains("in its event loop"),
         "{stderr}"
     );
     let report = common::read_report(&report);
@@ -183,7 +188,7 @@ fn metrics_and_status_move_with_the_work() {
     assert!(insights["slowest"][0][0]
         .as_str()
         .unwrap()
-        .starts_with("slow"));
+        .starts_with("second-slow"));
     // One server-sent event arrives at once, with the status.
     let ev = first_event(&addr);
     assert!(
@@ -273,7 +278,7 @@ fn the_pages_work_in_a_browser() {
     let shots = common::target_dir().parent().unwrap().join("dashboard");
     std::fs::create_dir_all(&shots).unwrap();
     // A detached run, kept after it ends, so the Runs page can show it at 100%.
-    let g = graph(&c, "g.json", 300);
+    let g = graph(&c, "shown", 300);
     let out = Command::new(binary("drover"))
         .args([
             "submit",

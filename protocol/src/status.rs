@@ -78,6 +78,10 @@ pub struct Insights {
     pub load_us: u64,
     /// Threads idle: thread time since joining minus the above.
     pub idle_us: u64,
+    /// The scheduler's own time: its event loop handling events and deciding (in the total
+    /// only; 0 for each worker).
+    #[serde(default)]
+    pub scheduler_us: u64,
 }
 
 /// One pool.

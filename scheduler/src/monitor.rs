@@ -201,6 +201,8 @@ pub struct Monitor {
     bytes_between_pools: u64,
     pool_bytes_in: HashMap<String, u64>,
     clients: i64,
+    /// The event loop's busy time, microseconds.
+    loop_us: u64,
     metrics: Metrics,
 }
 
@@ -220,6 +222,7 @@ impl Monitor {
             bytes_between_pools: 0,
             pool_bytes_in: HashMap::new(),
             clients: 0,
+            loop_us: 0,
             metrics: Metrics::new(),
         }
     }
@@ -518,6 +521,7 @@ impl Monitor {
     /// The event loop took `seconds` for a batch.
     pub fn loop_took(&mut self, seconds: f64) {
         self.metrics.loop_seconds.observe(seconds);
+        self.loop_us = self.loop_us.saturating_add((seconds * 1e6) as u64);
     }
 
     /// The cluster's status at `now_ms`: the core's part and the monitor's.
@@ -555,6 +559,7 @@ impl Monitor {
         for p in &mut s.pools {
             p.bytes_in = self.pool_bytes_in.get(&p.name).copied().unwrap_or(0);
         }
+        s.insights.scheduler_us = self.loop_us;
         s.bytes_between_workers = self.bytes_between_workers;
         s.bytes_between_pools = self.bytes_between_pools;
         s.events = self.events.iter().cloned().collect();

@@ -370,6 +370,10 @@ fn insights_table(i: &drover::RunInsights) -> String {
             micros(w.idle_us) + &share(w.idle_us, all),
         ));
     }
+    out.push_str(&format!(
+        "scheduler: {} in its event loop\n",
+        micros(i.total.scheduler_us)
+    ));
     if !i.slowest.is_empty() {
         out.push_str("slowest tasks:\n");
         for (key, worker, ms) in &i.slowest {

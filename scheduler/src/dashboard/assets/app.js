@@ -213,7 +213,9 @@ function renderInsights(s) {
   const row = (name, i) => el("tr", {}, el("td", {}, name), num(micros(i.compute_us)),
     num(micros(i.fetch_us)), num(micros(i.load_us)), num(micros(i.idle_us)));
   fill(document.querySelector("#insight-table tbody"),
-    [...s.workers.map((w) => row(w.name, w.insights)), row("all workers", s.insights)]);
+    [...s.workers.map((w) => row(w.name, w.insights)), row("all workers", s.insights),
+      el("tr", {}, el("td", {}, "scheduler (event loop)"), num(micros(s.insights.scheduler_us)),
+        el("td", {}), el("td", {}), el("td", {}))]);
   fill(document.querySelector("#slowest tbody"), s.slowest.map((t) => el("tr", {},
     el("td", {}, t.key), el("td", {}, t.function), el("td", {}, t.worker), num(micros(t.duration_us)))));
 }
