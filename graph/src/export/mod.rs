@@ -184,7 +184,7 @@ pub(crate) const FREE_FILL: &str = "#f2f2f2";
 pub(crate) const ANY_FILL: &str = "#ffffff";
 
 /// Bytes for people: `800 B`, `1.5 KiB`, `2.0 MiB`.
-pub(crate) fn human_bytes(n: u64) -> String {
+pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
     if n < 1024 {
         return format!("{n} B");

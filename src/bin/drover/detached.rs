@@ -71,16 +71,16 @@ pub struct CancelArgs {
     access: Access,
 }
 
-/// Connects to the scheduler of `access`, inside a fresh runtime, and runs `f`.
-fn with_client<T>(
-    access: &Access,
+/// Connects to the scheduler of the access file `access`, inside a fresh runtime, and runs
+/// `f`; the client is closed after.
+pub(crate) fn with_client<T>(
+    access: &std::path::Path,
     f: impl AsyncFnOnce(Client) -> Result<T, Failure>,
 ) -> Result<T, Failure> {
     let rt = tokio::runtime::Runtime::new()
         .map_err(|e| Failure::Usage(format!("cannot start runtime: {e}")))?;
     rt.block_on(async {
-        let file = drover::AccessFile::load(&access.access_file)
-            .map_err(|e| Failure::Usage(e.to_string()))?;
+        let file = drover::AccessFile::load(access).map_err(|e| Failure::Usage(e.to_string()))?;
         let client = Client::connect_with_options(&file, ClientOptions::default())
             .await
             .map_err(|e| Failure::Usage(e.to_string()))?;
@@ -106,7 +106,7 @@ pub fn submit(args: SubmitArgs) -> Result<(), Failure> {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default()
     });
-    let id = with_client(&args.access, async |client| {
+    let id = with_client(&args.access.access_file, async |client| {
         client
             .submit_json_detached(text, &sinks, &name)
             .await
@@ -126,7 +126,7 @@ pub fn submit(args: SubmitArgs) -> Result<(), Failure> {
 
 /// `drover runs`.
 pub fn runs(args: RunsArgs) -> Result<(), Failure> {
-    let runs = with_client(&args.access, async |client| {
+    let runs = with_client(&args.access.access_file, async |client| {
         client.runs().await.map_err(failed)
     })?;
     if args.json {
@@ -211,7 +211,7 @@ fn utc(ms: u64) -> String {
 
 /// `drover wait`.
 pub fn wait(args: WaitArgs) -> Result<(), Failure> {
-    let failed_tasks = with_client(&args.access, async |client| {
+    let failed_tasks = with_client(&args.access.access_file, async |client| {
         let mut run = client.attach(&args.id).await.map_err(failed)?;
         let sinks = run.kept_keys().to_vec();
         let names: std::collections::HashMap<String, String> = match &args.outputs {
@@ -240,7 +240,7 @@ pub fn wait(args: WaitArgs) -> Result<(), Failure> {
 
 /// `drover cancel`.
 pub fn cancel(args: CancelArgs) -> Result<(), Failure> {
-    let info = with_client(&args.access, async |client| {
+    let info = with_client(&args.access.access_file, async |client| {
         client.cancel(&args.id).await.map_err(failed)
     })?;
     eprintln!(

@@ -2,7 +2,7 @@
 
 use std::io::Write;
 
-use drover::{Client, ClientOptions, ClusterStatus};
+use drover::ClusterStatus;
 
 use crate::Failure;
 
@@ -21,17 +21,7 @@ pub struct Args {
 }
 
 fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
-    if n < 1024 {
-        return format!("{n} B");
-    }
-    let mut v = n as f64 / 1024.0;
-    let mut unit = 0;
-    while v >= 1024.0 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    format!("{v:.1} {}", UNITS[unit])
+    drover::export::human_bytes(n)
 }
 
 /// Rows as aligned columns.
@@ -167,37 +157,27 @@ fn render(s: &ClusterStatus) -> String {
 
 /// Runs the command.
 pub fn run(args: Args) -> Result<(), Failure> {
-    let rt = tokio::runtime::Runtime::new()
-        .map_err(|e| Failure::Usage(format!("cannot start runtime: {e}")))?;
-    rt.block_on(async {
-        let file = drover::AccessFile::load(&args.access_file)
-            .map_err(|e| Failure::Usage(e.to_string()))?;
-        let client = Client::connect_with_options(&file, ClientOptions::default())
+    crate::detached::with_client(&args.access_file, async |client| loop {
+        let status = client
+            .status()
             .await
-            .map_err(|e| Failure::Usage(e.to_string()))?;
-        loop {
-            let status = client
-                .status()
-                .await
-                .map_err(|e| Failure::Lost(e.to_string()))?;
-            let mut out = std::io::stdout().lock();
-            if args.json {
-                let text = serde_json::to_string_pretty(&status).expect("status serialises");
-                let _ = writeln!(out, "{text}");
-                break;
-            }
-            if args.watch {
-                // Clear the screen and go home, then draw.
-                let _ = write!(out, "\x1b[2J\x1b[H");
-            }
-            let _ = write!(out, "{}", render(&status));
-            let _ = out.flush();
-            if !args.watch {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            .map_err(|e| Failure::Lost(e.to_string()))?;
+        let mut out = std::io::stdout().lock();
+        if args.json {
+            let text = serde_json::to_string_pretty(&status).expect("status serialises");
+            let _ = writeln!(out, "{text}");
+            return Ok(());
         }
-        client.close();
-        Ok(())
+        if args.watch {
+            // Clear the screen and go home, then draw.
+            let _ = write!(out, "\x1b[2J\x1b[H");
+        }
+        let _ = write!(out, "{}", render(&status));
+        let _ = out.flush();
+        drop(out);
+        if !args.watch {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     })
 }
