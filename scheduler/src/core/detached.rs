@@ -292,6 +292,18 @@ impl Core {
             r.ended_ms = Some(now);
         }
         let followers = std::mem::take(&mut r.followers);
+        // Cancelled before it was accepted (the progress store was asked about its durable
+        // tasks): its submitter, still waiting, hears so.
+        if let Some((client, req)) = r.submitter.take() {
+            let why = format!("run {} was cancelled before it was accepted", r.id);
+            self.out.push(Command::Client(
+                client,
+                ToClient::Runs {
+                    req,
+                    reply: RunsReply::Refused(why),
+                },
+            ));
+        }
         if to == Phase::Cancelled {
             let why = format!("run {} was cancelled", r.id);
             for (c, run) in followers {

@@ -239,3 +239,32 @@ fn a_live_run_is_drawn_with_its_states() {
     s.submit(CHAIN, &["c"]);
     assert!(s.core.run_picture("0.1").is_some());
 }
+
+#[test]
+fn a_run_cancelled_before_it_was_accepted_tells_its_submitter() {
+    let mut s = Sim::new(&[("w0", "", 1)]);
+    // A durable task: the core asks the progress store first, so the run waits to be accepted.
+    let cmds = runs(
+        &mut s,
+        0,
+        1,
+        RunsRequest::Submit {
+            graph_json: r#"{"tasks": [{"key": "d", "function": "bytes", "durable": true}]}"#.into(),
+            wants: vec!["d".into()],
+            name: "waiting".into(),
+            by: String::new(),
+        },
+    );
+    assert!(
+        cmds.iter().any(|c| matches!(c, Command::Lookup { .. })),
+        "{cmds:?}"
+    );
+    let id = list(&mut s, 5)[0].id.clone();
+    s.handle(Event::ClientJoined { id: 5 });
+    let cmds = runs(&mut s, 5, 2, RunsRequest::Cancel { id });
+    assert!(matches!(reply(&cmds, 5, 2), RunsReply::Done(ref i) if i.state == "cancelled"));
+    assert!(
+        matches!(reply(&cmds, 0, 1), RunsReply::Refused(ref why) if why.contains("cancelled before it was accepted")),
+        "{cmds:?}"
+    );
+}
