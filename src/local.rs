@@ -130,6 +130,15 @@ impl From<&ClusterSpec> for ClusterSpec {
     }
 }
 
+/// A cluster spec from what [`LocalCluster::start`] takes.
+fn into_spec<S>(spec: S) -> Result<ClusterSpec, LocalError>
+where
+    S: TryInto<ClusterSpec>,
+    S::Error: std::fmt::Display,
+{
+    spec.try_into().map_err(|e| LocalError::Spec(e.to_string()))
+}
+
 /// Errors starting a local cluster.
 #[derive(Debug, thiserror::Error)]
 pub enum LocalError {
@@ -188,9 +197,7 @@ impl LocalCluster {
         S: TryInto<ClusterSpec>,
         S::Error: std::fmt::Display,
     {
-        let spec = &spec
-            .try_into()
-            .map_err(|e| LocalError::Spec(e.to_string()))?;
+        let spec = &into_spec(spec)?;
         let mut cluster = LocalCluster::scheduler_only(spec).await?;
         let idle = Duration::from_secs(10);
         let access = cluster.access.clone();
@@ -235,9 +242,7 @@ impl LocalCluster {
         S::Error: std::fmt::Display,
     {
         use tokio::io::AsyncBufReadExt;
-        let spec = &spec
-            .try_into()
-            .map_err(|e| LocalError::Spec(e.to_string()))?;
+        let spec = &into_spec(spec)?;
         let mut cluster = LocalCluster::scheduler_only(spec).await?;
         let access_path = cluster.dir.path().join("access.json");
         for (name, resources) in spec.workers() {

@@ -444,22 +444,7 @@ fn a_worker_gives_up_when_its_patience_ends() {
 /// finished run's client does not warn when its local cluster shuts down).
 #[test]
 fn the_main_job_ends_without_a_warning() {
-    let dir = tempfile::tempdir().unwrap();
-    let pools = common::target_dir().join("examples").join("pools");
-    assert!(
-        pools.exists(),
-        "{} is missing: cargo test builds the examples",
-        pools.display()
-    );
-    let out = std::process::Command::new(&pools)
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let (stdout, stderr) = common::run_example("pools");
     assert!(
         stdout.contains("plan (propagate-pools):")
             && stdout.contains("results and placements check out"),

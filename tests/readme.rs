@@ -419,16 +419,7 @@ fn examples_use_only_the_drover_crate() {
 /// calls `run_as_worker_if_asked` inside its own `#[tokio::main]`).
 #[test]
 fn the_quickstart_example_runs_its_own_workers_under_tokio_main() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(binary("examples/quickstart"))
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let (stdout, stderr) = common::run_example("quickstart");
     assert!(stdout.contains("sum of squares 1..=10 = 385"), "{stdout}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
@@ -443,13 +434,7 @@ fn the_readme_shows_what_the_main_job_prints() {
         .expect("the sample output block");
     let block = &text[at + "It prints:\n\n```text\n".len()..];
     let block = &block[..block.find("```").expect("its end")];
-    let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(binary("examples/pools"))
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let (stdout, _) = common::run_example("pools");
     let printed: Vec<&str> = stdout.lines().take(block.lines().count()).collect();
     let shown: Vec<&str> = block.lines().collect();
     assert_eq!(

@@ -32,6 +32,25 @@ pub fn binary(name: &str) -> PathBuf {
     p
 }
 
+/// Runs a workspace example (`pools`) to its end in a fresh directory; panics unless it
+/// succeeds. Returns its stdout and stderr.
+pub fn run_example(name: &str) -> (String, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(binary(&format!("examples/{name}")))
+        .current_dir(dir.path())
+        .output()
+        .unwrap_or_else(|e| panic!("run examples/{name}: {e}"));
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert!(
+        out.status.success(),
+        "examples/{name} failed:\n{stdout}\n{stderr}"
+    );
+    (stdout, stderr)
+}
+
 /// A child process that is killed when dropped, with its stderr lines readable.
 pub struct Proc {
     pub child: Child,

@@ -139,7 +139,7 @@ pub fn runs(args: RunsArgs) -> Result<(), Failure> {
 
 /// The runs as a table, oldest first.
 fn table(runs: &[RunInfo]) -> String {
-    let rows: Vec<[String; 6]> = runs
+    let rows: Vec<Vec<String>> = runs
         .iter()
         .map(|r| {
             let failed = if r.failed > 0 {
@@ -147,7 +147,7 @@ fn table(runs: &[RunInfo]) -> String {
             } else {
                 String::new()
             };
-            [
+            vec![
                 r.id.clone(),
                 r.name.clone(),
                 r.state.clone(),
@@ -157,30 +157,10 @@ fn table(runs: &[RunInfo]) -> String {
             ]
         })
         .collect();
-    let head = ["ID", "NAME", "STATE", "PROGRESS", "SUBMITTED", "BY"];
-    let mut widths: Vec<usize> = head.iter().map(|h| h.len()).collect();
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    let mut line = |cells: Vec<&str>| {
-        let mut l = String::new();
-        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
-            if i + 1 == cells.len() {
-                l.push_str(cell);
-            } else {
-                l.push_str(&format!("{cell:<w$}  "));
-            }
-        }
-        out.push_str(l.trim_end());
-        out.push('\n');
-    };
-    line(head.to_vec());
-    for row in &rows {
-        line(row.iter().map(String::as_str).collect());
-    }
+    let mut out = crate::columns(
+        &["ID", "NAME", "STATE", "PROGRESS", "SUBMITTED", "BY"],
+        &rows,
+    );
     if runs.is_empty() {
         out.push_str("(no detached runs)\n");
     }

@@ -112,6 +112,30 @@ pub(crate) fn sinks_in_file_order(planned: &Planned) -> Vec<String> {
         .collect()
 }
 
+/// Rows as aligned columns under `head`, two spaces apart, no trailing spaces.
+pub(crate) fn columns(head: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = head.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<&str>| {
+        let mut l = String::new();
+        for (cell, w) in cells.iter().zip(&widths) {
+            l.push_str(&format!("{cell:<w$}  "));
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    };
+    line(head.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+    out
+}
+
 /// The non-empty lines of `path` (`-` for standard input) with their line numbers (from 1),
 /// a trailing carriage return not part of a line; each must be UTF-8 text (`what` names a line
 /// in the error: "a key", "an input").

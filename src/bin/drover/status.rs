@@ -24,30 +24,6 @@ fn bytes(n: u64) -> String {
     drover::export::human_bytes(n)
 }
 
-/// Rows as aligned columns.
-fn columns(head: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = head.iter().map(|h| h.chars().count()).collect();
-    for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    let mut line = |cells: Vec<&str>| {
-        let mut l = String::new();
-        for (cell, w) in cells.iter().zip(&widths) {
-            l.push_str(&format!("{cell:<w$}  "));
-        }
-        out.push_str(l.trim_end());
-        out.push('\n');
-    };
-    line(head.to_vec());
-    for row in rows {
-        line(row.iter().map(String::as_str).collect());
-    }
-    out
-}
-
 /// The status as text.
 fn render(s: &ClusterStatus) -> String {
     let t = &s.tasks;
@@ -87,7 +63,7 @@ fn render(s: &ClusterStatus) -> String {
         })
         .collect();
     out.push_str(&format!("workers ({}):\n", s.workers.len()));
-    out.push_str(&columns(
+    out.push_str(&crate::columns(
         &[
             "NAME",
             "POOLS",
@@ -120,7 +96,7 @@ fn render(s: &ClusterStatus) -> String {
             })
             .collect();
         out.push_str("\npools:\n");
-        out.push_str(&columns(
+        out.push_str(&crate::columns(
             &[
                 "POOL",
                 "WORKERS",
@@ -150,7 +126,10 @@ fn render(s: &ClusterStatus) -> String {
             })
             .collect();
         out.push_str("\nruns:\n");
-        out.push_str(&columns(&["RUN", "NAME", "PROGRESS", "FAILED"], &runs));
+        out.push_str(&crate::columns(
+            &["RUN", "NAME", "PROGRESS", "FAILED"],
+            &runs,
+        ));
     }
     out
 }
