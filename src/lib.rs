@@ -38,10 +38,11 @@ pub use client::{
 pub use drover_annotations::{AnnotationError, Annotations, Placement, Pool, Resources};
 pub use drover_graph::decode::{DecodeInput, DecodeInputs};
 pub use drover_graph::export;
+pub use drover_graph::optimise;
 pub use drover_graph::{
-    propagate_pools, Graph, GraphError, GraphFile, Handle, HandleList, InvalidGraph, JsonError,
-    Place, PoolId, Propagation, Reason, TaskFn, TaskId, TaskSpec, Topology, TransferEstimate,
-    Untyped, DEFAULT_SIZE_HINT,
+    propagate_pools, propagate_pools_with, Graph, GraphError, GraphFile, Handle, HandleList,
+    InvalidGraph, JsonError, Pass, Place, PoolId, Propagation, Reason, TaskFn, TaskId, TaskSpec,
+    Topology, TransferEstimate, Untyped, DEFAULT_SIZE_HINT,
 };
 pub use drover_graph::{Lifetime, Loader, OnceCell, PerWorker, Shared};
 pub use drover_protocol::{AccessFile, ClusterStatus, TaskEvent, TaskStatus};

@@ -29,6 +29,9 @@ pub struct GraphFile {
     /// The namespace of its durable tasks' progress (default `graph`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
+    /// The rule that places free tasks: `"optimised"` (the default) or `"linear"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pass: Option<crate::Pass>,
     /// The tasks, in any order.
     pub tasks: Vec<TaskSpec>,
 }
@@ -160,6 +163,7 @@ impl Graph {
         let edges = file.tasks.iter().map(|t| t.inputs.len()).sum();
         let mut g = Graph::with_capacity(file.tasks.len(), edges);
         g.namespace = file.namespace.clone();
+        g.pass = file.pass.unwrap_or_default();
         for t in &file.tasks {
             g.add_spec(t);
         }
@@ -283,6 +287,7 @@ impl Graph {
             .collect();
         GraphFile {
             namespace: self.namespace.clone(),
+            pass: (self.pass != crate::Pass::default()).then_some(self.pass),
             tasks,
         }
     }
@@ -424,7 +429,7 @@ mod stream {
     use crate::Graph;
 
     /// The fields of a graph file.
-    const FIELDS: &[&str] = &["namespace", "tasks"];
+    const FIELDS: &[&str] = &["namespace", "pass", "tasks"];
 
     /// Makes a graph with room for `capacity` tasks from a graph file.
     pub(super) struct GraphSeed {
@@ -447,7 +452,7 @@ mod stream {
         }
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Graph, A::Error> {
             let mut g = Graph::with_capacity(self.0, self.0 * 2);
-            let (mut tasks, mut namespace) = (false, false);
+            let (mut tasks, mut namespace, mut pass) = (false, false, false);
             while let Some(field) = map.next_key::<std::borrow::Cow<'de, str>>()? {
                 match &*field {
                     "namespace" => {
@@ -456,6 +461,13 @@ mod stream {
                         }
                         namespace = true;
                         g.namespace = map.next_value::<Option<String>>()?;
+                    }
+                    "pass" => {
+                        if pass {
+                            return Err(de::Error::duplicate_field("pass"));
+                        }
+                        pass = true;
+                        g.pass = map.next_value::<Option<crate::Pass>>()?.unwrap_or_default();
                     }
                     "tasks" => {
                         if tasks {

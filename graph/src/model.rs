@@ -141,6 +141,8 @@ pub struct Graph {
     pub(crate) definition_order: Vec<TaskId>,
     /// The namespace of its durable tasks' progress (default [`DEFAULT_NAMESPACE`]).
     pub(crate) namespace: Option<String>,
+    /// The rule that places its free tasks.
+    pub(crate) pass: crate::Pass,
 }
 
 /// The namespace durable graph tasks keep their progress in unless the graph names another.
@@ -175,6 +177,7 @@ impl Graph {
             defined: 0,
             definition_order: Vec::with_capacity(tasks),
             namespace: None,
+            pass: crate::Pass::Optimised,
         }
     }
 
@@ -306,6 +309,17 @@ impl Graph {
     /// The namespace its durable tasks keep their progress in.
     pub fn namespace(&self) -> &str {
         self.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE)
+    }
+
+    /// The rule that places its free tasks (default [`crate::Pass::Optimised`]).
+    pub fn pass(&self) -> crate::Pass {
+        self.pass
+    }
+
+    /// Sets the rule that places its free tasks.
+    pub fn set_pass(&mut self, pass: crate::Pass) -> &mut Graph {
+        self.pass = pass;
+        self
     }
 
     /// Sets the namespace its durable tasks keep their progress in.

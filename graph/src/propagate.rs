@@ -17,9 +17,11 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::cost::{estimated_size, for_each_distinct_input, TransferEstimate};
+use crate::cost::{
+    self, estimated_size, for_each_distinct_input, other_pools_consuming, TransferEstimate,
+};
 use crate::model::Place;
-use crate::{Graph, PoolId, TaskId, Topology};
+use crate::{optimise, Graph, PoolId, TaskId, Topology};
 
 /// Why a task has the pool it has (or none).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -39,6 +41,43 @@ pub enum Reason {
     Tie,
     /// Nothing pulled it anywhere.
     None,
+    /// The optimising step moved it here: fewer bytes cross pools overall.
+    Optimised,
+}
+
+/// Which rule places free tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Pass {
+    /// The linear forward and backward sweeps only (the rule before the optimiser).
+    Linear,
+    /// The linear sweeps, then the optimising refinement (the default).
+    #[default]
+    Optimised,
+}
+
+impl Pass {
+    /// The lower-case name used on the command line and in graph files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Pass::Linear => "linear",
+            Pass::Optimised => "optimised",
+        }
+    }
+}
+
+impl std::str::FromStr for Pass {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Pass, String> {
+        match s {
+            "linear" => Ok(Pass::Linear),
+            "optimised" | "optimized" => Ok(Pass::Optimised),
+            other => Err(format!(
+                "unknown pass {other:?}: expected \"linear\" or \"optimised\""
+            )),
+        }
+    }
 }
 
 impl Reason {
@@ -52,6 +91,7 @@ impl Reason {
             Reason::Any => "any",
             Reason::Tie => "tie",
             Reason::None => "none",
+            Reason::Optimised => "optimised",
         }
     }
 }
@@ -95,8 +135,16 @@ impl Propagation {
     }
 }
 
-/// Runs the pass over a validated graph. Linear in tasks plus edges.
+/// Runs the pass the graph asks for ([`Graph::pass`], by default the optimised one) over a
+/// validated graph.
 pub fn propagate_pools(graph: &Graph, topo: &Topology) -> Propagation {
+    propagate_pools_with(graph, topo, graph.pass())
+}
+
+/// Runs the pass over a validated graph with rule `pass`. The linear sweeps are linear in
+/// tasks plus edges; the refinement's work is budgeted to a multiple of that
+/// ([`crate::optimise::WORK_PER_ELEMENT`]).
+pub fn propagate_pools_with(graph: &Graph, topo: &Topology, pass: Pass) -> Propagation {
     let n = graph.len();
     let mut pools: Vec<Option<PoolId>> = Vec::with_capacity(n);
     let mut reasons: Vec<Reason> = Vec::with_capacity(n);
@@ -144,7 +192,20 @@ pub fn propagate_pools(graph: &Graph, topo: &Topology) -> Propagation {
         &mut reasons,
     );
     backward(topo, &free, &mut pools, &mut reasons);
-    let estimate = scratch.estimate(graph, &sizes, &pools, &reasons);
+    let mut estimate = scratch.estimate(graph, topo, &sizes, &pools, &reasons);
+    if pass == Pass::Optimised {
+        drop(scratch);
+        let budget = optimise::budget(graph);
+        let mut problem = optimise::Problem::new(graph, topo, &pools, free);
+        problem.refine(graph, topo.order(), budget);
+        for (t, p) in problem.pools().enumerate() {
+            if p != pools[t] {
+                pools[t] = p;
+                reasons[t] = Reason::Optimised;
+            }
+        }
+        estimate.full = cost::cross_pool_bytes(graph, topo, &pools);
+    }
     Propagation {
         pools,
         reasons,
@@ -173,50 +234,52 @@ impl Scratch {
         }
     }
 
-    /// The three transfer estimates in one pass over the edges. A task's pool before the pass
-    /// is its pool if pinned; after forward, its pool if pinned or forward (backward only
-    /// assigns tasks forward left without a pool).
+    /// The objective before the pass, after forward and after the linear pass, in one pass
+    /// over the edges. A task's pool before the pass is its pool if pinned; after forward, its
+    /// pool if pinned or forward (backward only assigns tasks forward left without a pool).
     fn estimate(
         &mut self,
         graph: &Graph,
+        topo: &Topology,
         sizes: &Sizes,
         pools: &[Option<PoolId>],
         reasons: &[Reason],
     ) -> TransferEstimate {
-        let at = |t: TaskId| {
-            let (p, r) = (pools[t.index()], reasons[t.index()]);
-            let hard = matches!(r, Reason::Pinned | Reason::OnceCell);
-            let before = if hard { p } else { None };
-            let after_forward = if hard || r == Reason::Forward {
-                p
-            } else {
-                None
-            };
-            (before, after_forward, p)
+        let hard = |t: TaskId| matches!(reasons[t.index()], Reason::Pinned | Reason::OnceCell);
+        let before = |t: TaskId| pools[t.index()].filter(|_| hard(t));
+        let after_forward = |t: TaskId| {
+            pools[t.index()].filter(|_| hard(t) || reasons[t.index()] == Reason::Forward)
         };
-        let crosses = |a: Option<PoolId>, b: Option<PoolId>| b.is_none() || a != b;
-        self.mark.fill(u32::MAX);
+        let linear = |t: TaskId| pools[t.index()];
+        let mut seen = [
+            vec![u32::MAX; graph.pool_count()],
+            vec![u32::MAX; graph.pool_count()],
+            vec![u32::MAX; graph.pool_count()],
+        ];
         let mut est = TransferEstimate {
             without: 0,
             forward: 0,
+            linear: 0,
             full: 0,
+            lower_bound: None,
         };
-        for t in graph.task_ids() {
-            let here = at(t);
-            for_each_distinct_input(graph, t, &mut self.mark, |input| {
-                let there = at(input);
-                let size = sizes.0[input.index()];
-                est.without = est
-                    .without
-                    .saturating_add(size * u64::from(crosses(there.0, here.0)));
-                est.forward = est
-                    .forward
-                    .saturating_add(size * u64::from(crosses(there.1, here.1)));
-                est.full = est
-                    .full
-                    .saturating_add(size * u64::from(crosses(there.2, here.2)));
-            });
+        for u in graph.task_ids() {
+            let size = sizes.0[u.index()];
+            if size == 0 {
+                continue;
+            }
+            let [s0, s1, s2] = &mut seen;
+            let add = |total: &mut u64, moves: u64| {
+                *total = total.saturating_add(size.saturating_mul(moves));
+            };
+            add(&mut est.without, other_pools_consuming(topo, before, u, s0));
+            add(
+                &mut est.forward,
+                other_pools_consuming(topo, after_forward, u, s1),
+            );
+            add(&mut est.linear, other_pools_consuming(topo, linear, u, s2));
         }
+        est.full = est.linear;
         est
     }
 }
@@ -295,7 +358,13 @@ mod tests {
     use super::*;
     use crate::{Handle, DEFAULT_SIZE_HINT};
 
+    /// The linear pass: most tests here pin down its rule.
     fn run(g: &Graph) -> Propagation {
+        propagate_pools_with(g, &g.validate().expect("valid graph"), Pass::Linear)
+    }
+
+    /// The default pass: linear, then optimised.
+    fn optimised(g: &Graph) -> Propagation {
         propagate_pools(g, &g.validate().expect("valid graph"))
     }
 
@@ -535,5 +604,122 @@ mod tests {
         let p = run(&g);
         assert_eq!(at(&g, &p, a), some("A", Reason::Pinned));
         assert_eq!(at(&g, &p, f), some("A", Reason::Forward));
+    }
+
+    #[test]
+    fn the_optimiser_moves_a_chain_to_the_smaller_crossing() {
+        // Linear: a1 follows a (A) and c follows a1's 100 bytes: 15 bytes of b cross. Better:
+        // a1 and c in B, and only a's 10 bytes cross.
+        let mut g = Graph::new();
+        let a = pinned(&mut g, "a", "A", Some(10));
+        let b = pinned(&mut g, "b", "B", Some(15));
+        let a1 = g.task("f", &()).key("a1").input(a).size_hint(100).add();
+        let c = g.task("g", &()).key("c").input(a1).input(b).add();
+        let lin = run(&g);
+        assert_eq!(lin.estimate.full, 15);
+        let p = optimised(&g);
+        assert_eq!(at(&g, &p, a1), some("B", Reason::Optimised));
+        assert_eq!(at(&g, &p, c), some("B", Reason::Optimised));
+        assert_eq!(p.estimate.linear, 15);
+        assert_eq!(p.estimate.full, 10);
+    }
+
+    #[test]
+    fn an_output_moves_once_into_a_pool_however_many_consume_it_there() {
+        // b's 1024 bytes feed c and d. Linear splits them (c in B, d in A: 1023 + 1024 cross);
+        // the optimiser puts both with a's side and moves b once.
+        let mut g = Graph::new();
+        let a = pinned(&mut g, "a", "A", Some(DEFAULT_SIZE_HINT - 1));
+        let b = pinned(&mut g, "b", "B", None);
+        let c = g.task("add", &()).key("c").input(a).input(b).add();
+        let a2 = pinned(&mut g, "a2", "A", Some(DEFAULT_SIZE_HINT + 1));
+        let d = g.task("add", &()).key("d").input(a2).input(b).add();
+        let p = optimised(&g);
+        assert_eq!(p.estimate.linear, 2 * DEFAULT_SIZE_HINT - 1);
+        assert_eq!(p.estimate.full, DEFAULT_SIZE_HINT);
+        assert_eq!(at(&g, &p, c), some("A", Reason::Optimised));
+        assert_eq!(at(&g, &p, d), some("A", Reason::Forward));
+    }
+
+    #[test]
+    fn the_optimiser_keeps_what_the_linear_pass_got_right() {
+        let mut g = Graph::new();
+        let a = pinned(&mut g, "a", "A", Some(800));
+        let b = pinned(&mut g, "b", "B", Some(80));
+        let mean = g.task("mean", &()).key("m").input(a).size_hint(8).add();
+        let x = g
+            .task("sub", &())
+            .key("x")
+            .input(b)
+            .input(mean)
+            .size_hint(80)
+            .add();
+        let p = optimised(&g);
+        assert_eq!(at(&g, &p, mean), some("A", Reason::Forward));
+        assert_eq!(at(&g, &p, x), some("B", Reason::Forward));
+        assert_eq!(p.estimate.full, 8);
+    }
+
+    #[test]
+    fn a_tie_gets_a_pool_when_that_saves_its_own_output() {
+        let mut g = Graph::new();
+        let a = pinned(&mut g, "a", "A", Some(100));
+        let b = pinned(&mut g, "b", "B", Some(100));
+        let c = g.task("add", &()).key("c").input(a).input(b).add();
+        let d = g.task("after", &()).key("d").input(c).add();
+        let p = optimised(&g);
+        // Either pool moves 100 bytes; left free, c's output would move too.
+        assert_eq!(p.estimate.full, 100);
+        assert_eq!(p.reason(c.id()), Reason::Optimised);
+        assert_eq!(p.pool(c.id()), p.pool(d.id()));
+    }
+
+    #[test]
+    fn tasks_far_from_any_pin_stay_free_and_any_pool_stays_any() {
+        let mut g = Graph::new();
+        let x = g.task("a", &()).key("x").add();
+        let y = g.task("b", &()).key("y").input(x).add();
+        let a = pinned(&mut g, "a", "A", Some(10));
+        let z = g.any_pool(|g| g.task("z", &()).key("z").input(a).add());
+        let p = optimised(&g);
+        assert_eq!(at(&g, &p, y), (None, Reason::None));
+        assert_eq!(at(&g, &p, z), (None, Reason::Any));
+    }
+
+    #[test]
+    fn three_pools_reach_the_optimum_on_a_small_case() {
+        // A hub h reads 50 bytes from each of three pools and feeds one consumer per pool: h
+        // goes wherever, and exactly two of the three inputs' bytes plus h's output to two
+        // other pools cross. The best: h in any pool, 2 x 50 + 2 x 10 = 120.
+        let mut g = Graph::new();
+        let mut ins = Vec::new();
+        for p in ["A", "B", "C"] {
+            ins.push(pinned(&mut g, &format!("in{p}"), p, Some(50)));
+        }
+        let h = g.task("hub", &()).key("h").inputs(ins).size_hint(10).add();
+        for p in ["A", "B", "C"] {
+            g.task("use", &())
+                .key(format!("u{p}"))
+                .input(h)
+                .pool(p)
+                .add();
+        }
+        let p = optimised(&g);
+        assert_eq!(p.estimate.full, 120);
+        assert!(p.pool(h.id()).is_some());
+    }
+
+    #[test]
+    fn the_graph_chooses_its_pass() {
+        let mut g = Graph::new();
+        let a = pinned(&mut g, "a", "A", Some(10));
+        let b = pinned(&mut g, "b", "B", Some(15));
+        let a1 = g.task("f", &()).key("a1").input(a).size_hint(100).add();
+        g.task("g", &()).key("c").input(a1).input(b).add();
+        g.set_pass(Pass::Linear);
+        let p = propagate_pools(&g, &g.validate().unwrap());
+        assert_eq!(p.estimate.full, 15);
+        assert_eq!("linear".parse::<Pass>(), Ok(Pass::Linear));
+        assert!("fast".parse::<Pass>().unwrap_err().contains("\"fast\""));
     }
 }

@@ -2,7 +2,11 @@
 
 use std::collections::BTreeMap;
 
-use drover_graph::{propagate_pools, Graph, GraphFile, Place, Reason, TaskSpec, DEFAULT_SIZE_HINT};
+use drover_graph::cost::cross_pool_bytes;
+use drover_graph::{
+    propagate_pools, propagate_pools_with, Graph, GraphFile, Pass, Place, Reason, TaskSpec,
+    DEFAULT_SIZE_HINT,
+};
 use proptest::prelude::*;
 
 /// One random task: placement (0..=5 free, 6..=8 pinned to pool 0..=2, 9 any), size hint, and
@@ -89,7 +93,7 @@ proptest! {
 
     #[test]
     fn pinned_and_any_never_change(raw in raw_dag()) {
-        let g = Graph::from_file(&GraphFile { namespace: None, tasks: specs(&raw) });
+        let g = Graph::from_file(&GraphFile { namespace: None, pass: None, tasks: specs(&raw) });
         let topo = g.validate().unwrap();
         let p = propagate_pools(&g, &topo);
         for t in g.task_ids() {
@@ -104,7 +108,7 @@ proptest! {
                 }
                 Place::Free => {
                     prop_assert!(!matches!(p.reason(t), Reason::Pinned | Reason::Any));
-                    let pooled = matches!(p.reason(t), Reason::Forward | Reason::Backward);
+                    let pooled = matches!(p.reason(t), Reason::Forward | Reason::Backward | Reason::Optimised);
                     prop_assert_eq!(p.pool(t).is_some(), pooled);
                 }
             }
@@ -120,14 +124,14 @@ proptest! {
     ) {
         let in_order = specs(&raw);
         let shuffled: Vec<TaskSpec> = order.iter().map(|&i| in_order[i].clone()).collect();
-        let a = outcome(&Graph::from_file(&GraphFile { namespace: None, tasks: in_order }));
-        let b = outcome(&Graph::from_file(&GraphFile { namespace: None, tasks: shuffled }));
+        let a = outcome(&Graph::from_file(&GraphFile { namespace: None, pass: None, tasks: in_order }));
+        let b = outcome(&Graph::from_file(&GraphFile { namespace: None, pass: None, tasks: shuffled }));
         prop_assert_eq!(a, b);
     }
 
     #[test]
     fn the_pass_never_increases_cross_pool_bytes(raw in raw_dag()) {
-        let g = Graph::from_file(&GraphFile { namespace: None, tasks: specs(&raw) });
+        let g = Graph::from_file(&GraphFile { namespace: None, pass: None, tasks: specs(&raw) });
         let (_, est) = outcome(&g);
         prop_assert!(est.full <= est.forward, "{:?}", est);
         prop_assert!(est.forward <= est.without, "{:?}", est);
@@ -135,9 +139,9 @@ proptest! {
 
     #[test]
     fn forward_picks_the_pool_with_strictly_most_input_bytes(raw in raw_dag()) {
-        let g = Graph::from_file(&GraphFile { namespace: None, tasks: specs(&raw) });
+        let g = Graph::from_file(&GraphFile { namespace: None, pass: None, tasks: specs(&raw) });
         let topo = g.validate().unwrap();
-        let p = propagate_pools(&g, &topo);
+        let p = propagate_pools_with(&g, &topo, Pass::Linear);
         for t in g.task_ids() {
             if p.reason(t) != Reason::Forward {
                 continue;
@@ -159,5 +163,71 @@ proptest! {
                 }
             }
         }
+    }
+
+    #[test]
+    fn the_optimiser_is_never_worse_than_the_linear_pass(raw in raw_dag()) {
+        let g = Graph::from_file(&GraphFile { namespace: None, pass: None, tasks: specs(&raw) });
+        let topo = g.validate().unwrap();
+        let lin = propagate_pools_with(&g, &topo, Pass::Linear);
+        let opt = propagate_pools(&g, &topo);
+        prop_assert_eq!(opt.estimate.linear, lin.estimate.full);
+        prop_assert!(opt.estimate.full <= lin.estimate.full, "{:?}", opt.estimate);
+        prop_assert_eq!(opt.estimate.full, cross_pool_bytes(&g, &topo, opt.pools()));
+        for t in g.task_ids() {
+            if opt.reason(t) == Reason::Optimised {
+                prop_assert!(opt.pool(t).is_some() && opt.pool(t) != lin.pool(t));
+            } else {
+                prop_assert_eq!((opt.pool(t), opt.reason(t)), (lin.pool(t), lin.reason(t)));
+            }
+        }
+    }
+}
+
+/// Small graphs in two pools (placements 0..=5 free, 6 in A, 7 in B, 8 any).
+fn two_pool_dag() -> impl Strategy<Value = Vec<RawTask>> {
+    raw_dag().prop_map(|raw| {
+        raw.into_iter()
+            .take(14)
+            .map(|mut t| {
+                t.place = match t.place {
+                    8 => 7,
+                    9 => 9,
+                    p => p,
+                };
+                t
+            })
+            .collect()
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Two pools: the placement equals the best of every placement of the tasks the pass placed
+    /// (tasks it left free have nothing pinned near them and stay free).
+    #[test]
+    fn two_pools_are_placed_optimally(raw in two_pool_dag()) {
+        let g = Graph::from_file(&GraphFile { namespace: None, pass: None, tasks: specs(&raw) });
+        let topo = g.validate().unwrap();
+        let opt = propagate_pools(&g, &topo);
+        let free: Vec<_> = g
+            .task_ids()
+            .filter(|&t| g.place(t) == Place::Free && opt.pool(t).is_some())
+            .collect();
+        prop_assume!(free.len() <= 12);
+        let pools: Vec<_> = g.pools().map(|(id, _)| id).collect();
+        prop_assume!(!pools.is_empty());
+        let mut best = u64::MAX;
+        let mut placement: Vec<_> = opt.pools().to_vec();
+        for mask in 0u32..(1 << free.len()) {
+            for (i, &t) in free.iter().enumerate() {
+                let side = (mask >> i & 1) as usize;
+                placement[t.index()] = Some(pools[side.min(pools.len() - 1)]);
+            }
+            best = best.min(cross_pool_bytes(&g, &topo, &placement));
+        }
+        prop_assert_eq!(opt.estimate.full, best.min(opt.estimate.full));
+        prop_assert!(opt.estimate.full <= best, "pass {} > brute force {}", opt.estimate.full, best);
     }
 }

@@ -29,7 +29,9 @@ fn node_style(fill: &str, reason: Reason) -> String {
             "style=\"filled,bold\", penwidth=3, fillcolor={}",
             quote(fill)
         ),
-        Reason::Forward | Reason::Backward => format!("style=filled, fillcolor={}", quote(fill)),
+        Reason::Forward | Reason::Backward | Reason::Optimised => {
+            format!("style=filled, fillcolor={}", quote(fill))
+        }
         Reason::Any => format!(
             "style=\"filled,dashed,rounded\", fillcolor={}",
             quote(ANY_FILL)

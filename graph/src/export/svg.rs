@@ -54,7 +54,7 @@ fn text_width(line: &str, bold: bool) -> f64 {
 fn border(reason: Reason) -> (&'static str, f64, f64) {
     match reason {
         Reason::Pinned | Reason::OnceCell => ("#000000", 3.0, 0.0),
-        Reason::Forward | Reason::Backward => ("#333333", 1.0, 0.0),
+        Reason::Forward | Reason::Backward | Reason::Optimised => ("#333333", 1.0, 0.0),
         Reason::Any => ("#555555", 1.0, 12.0),
         Reason::Tie | Reason::None => ("#999999", 1.0, 0.0),
     }
