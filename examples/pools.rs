@@ -245,8 +245,8 @@ async fn client(args: Args) -> Result<(), String> {
         );
     }
     println!(
-        "  estimated bytes crossing pools: without the pass {}, forward {}, full {}",
-        e.without, e.forward, e.full
+        "  estimated bytes crossing pools: without the pass {}, linear {}, optimised {}",
+        e.without, e.linear, e.full
     );
     plan.export_svg(&args.svg)
         .map_err(|e| format!("cannot write {}: {e}", args.svg.display()))?;

@@ -331,3 +331,104 @@ fn report_rows_name_the_pool_a_task_ran_in() {
         serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
     assert_eq!(r["tasks"][0]["pool"], "A", "{r}");
 }
+
+/// a (A, 10 B) -> a1 (100 B) -> c <- b (B, 15 B): the linear pass keeps a1 with a and moves b's
+/// 15 bytes; the optimiser moves a1 and c to B and only a's 10 bytes cross.
+const CHAIN: &str = r#"{"tasks": [
+  {"key": "a", "function": "load", "pool": "A", "size_hint": 10},
+  {"key": "b", "function": "load", "pool": "B", "size_hint": 15},
+  {"key": "a1", "function": "f", "inputs": ["a"], "size_hint": 100},
+  {"key": "c", "function": "g", "inputs": ["a1", "b"]}
+]}"#;
+
+#[test]
+fn check_shows_the_optimised_pass_and_its_lower_bound_and_pass_linear_the_old_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = write_temp(&dir, "chain.json", CHAIN);
+    let o = drover(&["check", &f, "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let row = |key: &str| {
+        v["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["key"] == key)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(
+        row("a1"),
+        serde_json::json!({"key": "a1", "pool": "B", "reason": "optimised"})
+    );
+    let est = &v["transfer_estimate"];
+    assert_eq!(est["linear"], 15);
+    assert_eq!(est["full"], 10);
+    assert_eq!(est["lower_bound"], 10);
+    let text = stdout(&drover(&["check", &f]));
+    assert!(
+        text.contains("linear 15, optimised 10 (lower bound 10)"),
+        "{text}"
+    );
+
+    let o = drover(&["check", &f, "--json", "--pass", "linear"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["transfer_estimate"]["full"], 15);
+    assert!(v["transfer_estimate"].get("lower_bound").is_none());
+    let text = stdout(&drover(&["check", &f, "--pass", "linear"]));
+    assert!(text.contains("(the linear pass was asked for)"), "{text}");
+    // The graph file can ask for it too.
+    let linear = CHAIN.replacen('{', r#"{"pass": "linear", "#, 1);
+    let f2 = write_temp(&dir, "linear.json", &linear);
+    let v: serde_json::Value =
+        serde_json::from_slice(&drover(&["check", &f2, "--json"]).stdout).unwrap();
+    assert_eq!(v["transfer_estimate"]["full"], 15);
+    // A bad pass is a usage error naming it.
+    let o = drover(&["check", &f, "--pass", "fast"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("fast"), "{}", stderr(&o));
+}
+
+#[test]
+fn a_real_run_keeps_the_optimised_placement_and_the_linear_pass_on_request() {
+    // The chain above with real built-ins: a1 is a ten times over (100 bytes, as hinted).
+    let graph = |pass: &str| {
+        format!(
+            r#"{{{pass}"tasks": [
+  {{"key": "a", "function": "bytes", "params": {{"n": 10}}, "pool": "A", "size_hint": 10}},
+  {{"key": "b", "function": "bytes", "params": {{"n": 15}}, "pool": "B", "size_hint": 15}},
+  {{"key": "a1", "function": "concat", "inputs": ["a","a","a","a","a","a","a","a","a","a"], "size_hint": 100}},
+  {{"key": "c", "function": "concat", "inputs": ["a1", "b"]}}
+]}}"#
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let pools_ran = |name: &str, text: &str| {
+        let g = write_temp(&dir, name, text);
+        let report = dir.path().join(format!("{name}.report.json"));
+        let o = drover(&[
+            "run",
+            &g,
+            "--local",
+            "A=1,B=1",
+            "--report",
+            report.to_str().unwrap(),
+        ]);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        let r: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+        let pool = |key: &str| {
+            r["tasks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|t| t["key"] == key)
+                .map(|t| t["pool"].clone())
+                .unwrap()
+        };
+        (pool("a1"), pool("c"))
+    };
+    assert_eq!(pools_ran("opt.json", &graph("")), ("B".into(), "B".into()));
+    let (a1, _) = pools_ran("lin.json", &graph(r#""pass": "linear", "#));
+    assert_eq!(a1, "A");
+}

@@ -91,6 +91,11 @@ impl Network {
         while i < self.queue.len() {
             let v = self.queue[i];
             i += 1;
+            let sink = self.level[SINK as usize];
+            if sink != NONE && self.level[v as usize] >= sink {
+                // Levels only grow along the queue: nothing further leads to the sink.
+                break;
+            }
             let mut a = self.head[v as usize];
             while a != NONE {
                 spend(budget)?;

@@ -191,6 +191,7 @@ impl Task {
             waiters: 0,
             holders: Vec::new(),
             size: 0,
+            hint: super::NO_HINT,
             run: 0,
             placed_pool: None,
             told_below: 0,

@@ -151,6 +151,9 @@ impl State {
     }
 }
 
+/// [`Task::hint`] of a task without a size hint.
+pub(crate) const NO_HINT: u64 = u64::MAX;
+
 /// What the pass said about a task's pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum StaticPlace {
@@ -160,6 +163,9 @@ pub(crate) enum StaticPlace {
     Any,
     /// Chosen by the pass (or none): re-decided at run time from real sizes and locations.
     Pass(Option<PoolIdx>),
+    /// Placed by the pass's optimising step for the sizes hinted: kept at run time while the
+    /// inputs' actual sizes are within 2x of their hints, re-decided otherwise.
+    Optimised(PoolIdx),
 }
 
 #[derive(Debug)]
@@ -185,6 +191,9 @@ pub(crate) struct Task {
     pub waiters: u32,
     pub holders: Vec<WorkerId>,
     pub size: u64,
+    /// Its output's size hint ([`NO_HINT`] without one): run-time placement compares actual
+    /// sizes with it.
+    pub hint: u64,
     /// The run that created it; others are in `Core::extra_runs`.
     pub run: u32,
     /// Where it was placed when assigned (for events).

@@ -5,6 +5,9 @@
 //!   forward rule over *actual* result sizes and *actual* locations: every input votes for the
 //!   pools of the worker holding it; the pool with strictly the most bytes wins; a tie leaves it
 //!   unrestricted; with no votes it keeps the pass's pool.
+//! * A task the pass's optimising step placed keeps that pool while its inputs came out the
+//!   sizes they were hinted to be (within 2x): the optimiser weighed the whole graph, which the
+//!   local vote cannot. Inputs without hints, or far from them, send it to the vote above.
 //! * A worker is eligible when it is not retiring, is in the task's pool (if restricted), has
 //!   every function the task needs (its own and its once-cells' loaders) and its consumable
 //!   resources.
@@ -49,6 +52,13 @@ impl Core {
             StaticPlace::Pinned(p) => return Restriction::Pool(p),
             StaticPlace::Any => return Restriction::Anywhere,
             StaticPlace::Pass(p) => p.filter(|&p| self.pool_can_run(p, task.req)),
+            StaticPlace::Optimised(p) => {
+                let runnable = self.pool_can_run(p, task.req);
+                if runnable && self.sizes_as_hinted(t) {
+                    return Restriction::Pool(p);
+                }
+                runnable.then_some(p)
+            }
         };
         let mut votes: Vec<(PoolIdx, u64)> = Vec::new();
         // Each input counts once.
@@ -82,6 +92,21 @@ impl Core {
             (Some(p), None) if self.pool_can_run(p, task.req) => Restriction::Pool(p),
             _ => Restriction::Anywhere,
         }
+    }
+
+    /// Whether every input of `t` that moves (not a once-cell) has a size hint and came out
+    /// within 2x of it: the sizes the optimising pass placed `t` for.
+    fn sizes_as_hinted(&self, t: TaskIdx) -> bool {
+        self.tasks[t as usize].inputs.iter().all(|&i| {
+            let input = &self.tasks[i as usize];
+            if input.cell.is_some() {
+                return true;
+            }
+            let (hint, size) = (input.hint, input.size);
+            hint != super::NO_HINT
+                && size <= hint.saturating_mul(2)
+                && hint <= size.saturating_mul(2)
+        })
     }
 
     /// Whether some connected worker of pool `p` can run tasks of requirements `req`

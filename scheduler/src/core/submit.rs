@@ -409,7 +409,11 @@ impl Core {
                 ),
             ),
             Place::Free => {
-                StaticPlace::Pass(prop.pool_name(graph, gid).map(|n| self.intern_pool(n)))
+                let pool = prop.pool_name(graph, gid).map(|n| self.intern_pool(n));
+                match pool {
+                    Some(p) if prop.reason(gid) == Reason::Optimised => StaticPlace::Optimised(p),
+                    _ => StaticPlace::Pass(pool),
+                }
             }
         };
         let cell = graph.once_cell(gid).map(|c| CellInfo {
@@ -454,6 +458,7 @@ impl Core {
             waiters: 0,
             holders: Vec::new(),
             size: 0,
+            hint: graph.size_hint(gid).unwrap_or(super::NO_HINT),
             run: run_idx,
             placed_pool: None,
             told_below: 0,

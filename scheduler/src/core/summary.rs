@@ -55,6 +55,7 @@ impl Core {
             let pool = task.placed_pool.or(match task.place {
                 StaticPlace::Pinned(p) => Some(p),
                 StaticPlace::Pass(p) => p,
+                StaticPlace::Optimised(p) => Some(p),
                 StaticPlace::Any => None,
             });
             if let Some(p) = pool {
@@ -189,7 +190,7 @@ impl Core {
                         v["pool"] = serde_json::json!(&*self.pools[p as usize])
                     }
                     StaticPlace::Any => v["any_pool"] = serde_json::json!(true),
-                    StaticPlace::Pass(_) => {}
+                    StaticPlace::Pass(_) | StaticPlace::Optimised(_) => {}
                 }
                 if matches!(task.state, State::Memory | State::Released) {
                     v["size_hint"] = serde_json::json!(task.size);

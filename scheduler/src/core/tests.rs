@@ -1176,3 +1176,38 @@ fn a_result_computed_again_for_a_new_run_is_not_reported_to_older_runs() {
         to(0)
     );
 }
+
+/// The optimiser's chain: a1 and c go to B (only a's 10 bytes cross), where the local vote
+/// would put a1 with a in A.
+const OPTIMISED: &str = r#"{"tasks": [
+  {"key": "a", "function": "bytes", "pool": "A", "size_hint": 10},
+  {"key": "b", "function": "bytes", "pool": "B", "size_hint": 15},
+  {"key": "a1", "function": "f", "inputs": ["a"], "size_hint": 100},
+  {"key": "c", "function": "g", "inputs": ["a1", "b"]}
+]}"#;
+
+#[test]
+fn an_optimised_placement_is_kept_while_sizes_are_as_hinted() {
+    let mut s = Sim::new(&[("wa", "pool-A=1", 1), ("wb", "pool-B=1", 1)]);
+    s.submit(OPTIMISED, &["c"]);
+    assert!(matches!(
+        s.core.tasks[s.id("a1") as usize].place,
+        StaticPlace::Optimised(_)
+    ));
+    // a came out 12 bytes (hint 10): a1 stays where the optimiser put it, in B.
+    assert_eq!(
+        computes(&s.finish(0, "a", 12, vec![])),
+        [(1, "a1".to_owned())]
+    );
+}
+
+#[test]
+fn an_optimised_placement_is_re_decided_when_sizes_differ_from_the_hints() {
+    let mut s = Sim::new(&[("wa", "pool-A=1", 1), ("wb", "pool-B=1", 1)]);
+    s.submit(OPTIMISED, &["c"]);
+    // a came out 100 bytes, 10x its hint: the vote on real sizes sends a1 to A.
+    assert_eq!(
+        computes(&s.finish(0, "a", 100, vec![])),
+        [(0, "a1".to_owned())]
+    );
+}

@@ -4,14 +4,20 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::{load, Failure};
+use crate::Failure;
 
 /// Arguments of `drover check`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The JSON graph file.
     graph: PathBuf,
-    /// Print JSON: {"tasks": [{"key", "pool", "reason"}], "transfer_estimate": {...}}.
+    /// The placement rule: `optimised` (default: the linear pass, then the min-cut
+    /// refinement) or `linear` (the forward and backward sweeps only). Overrides the file's
+    /// `pass` field.
+    #[arg(long)]
+    pass: Option<drover::Pass>,
+    /// Print JSON: {"tasks": [{"key", "pool", "reason"}], "transfer_estimate": {"without",
+    /// "forward", "linear", "full", "lower_bound"}} (bytes crossing pools).
     #[arg(long)]
     json: bool,
 }
@@ -62,7 +68,7 @@ fn table(rows: &[TaskRow]) -> String {
 
 /// Runs the command.
 pub fn run(args: Args) -> Result<(), Failure> {
-    let planned = load(&args.graph)?;
+    let planned = crate::load_with(&args.graph, args.pass)?;
     let g = &planned.graph;
     let p = &planned.propagation;
     // Rows in the file's order, which is the order the user wrote.
@@ -75,9 +81,13 @@ pub fn run(args: Args) -> Result<(), Failure> {
             reason: p.reason(id),
         })
         .collect();
+    let mut estimate = p.estimate;
+    if g.pass() == drover::Pass::Optimised {
+        estimate.lower_bound = drover::optimise::bound::lower_bound(g, &planned.topology, p);
+    }
     let report = Report {
         tasks,
-        transfer_estimate: p.estimate,
+        transfer_estimate: estimate,
     };
     if args.json {
         let text = serde_json::to_string_pretty(&report).expect("report serialises") + "\n";
@@ -86,9 +96,20 @@ pub fn run(args: Args) -> Result<(), Failure> {
     let out = table(&report.tasks);
     let e = report.transfer_estimate;
     let mut out = out;
+    // The objective: each output counts once per other pool that consumes it.
     out.push_str(&format!(
-        "\nestimated bytes crossing pools: without the pass {}, forward only {}, full pass {}\n",
-        e.without, e.forward, e.full
+        "\nestimated bytes crossing pools: without the pass {}, forward {}, linear {}",
+        e.without, e.forward, e.linear
     ));
+    match g.pass() {
+        drover::Pass::Optimised => {
+            out.push_str(&format!(", optimised {}", e.full));
+            if let Some(lb) = e.lower_bound {
+                out.push_str(&format!(" (lower bound {lb})"));
+            }
+        }
+        drover::Pass::Linear => out.push_str(" (the linear pass was asked for)"),
+    }
+    out.push('\n');
     crate::write_output(Path::new("-"), &out)
 }

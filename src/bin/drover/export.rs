@@ -4,13 +4,18 @@ use std::path::PathBuf;
 
 use drover::export::{ExportOptions, Format};
 
-use crate::{load, Failure};
+use crate::Failure;
 
 /// Arguments of `drover export`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The JSON graph file.
     graph: PathBuf,
+    /// The placement rule: `optimised` (default: the linear pass, then the min-cut
+    /// refinement) or `linear` (the forward and backward sweeps only). Overrides the file's
+    /// `pass` field.
+    #[arg(long)]
+    pass: Option<drover::Pass>,
     /// Output format.
     #[arg(long, value_parser = ["dot", "json", "svg"])]
     format: String,
@@ -32,7 +37,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
             args.output.display()
         )));
     }
-    let planned = load(&args.graph)?;
+    let planned = crate::load_with(&args.graph, args.pass)?;
     let options = ExportOptions {
         summarise_above: (args.summarise_above > 0).then_some(args.summarise_above),
     };

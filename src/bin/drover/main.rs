@@ -73,6 +73,11 @@ pub(crate) enum Failure {
 /// Reads, validates and propagates a graph file (its tasks in the file's order are
 /// `graph.definition_order()`).
 pub(crate) fn load(path: &Path) -> Result<Planned, Failure> {
+    load_with(path, None)
+}
+
+/// [`load`], with the pass of `pass` instead of the one the file names (if any).
+pub(crate) fn load_with(path: &Path, pass: Option<drover::Pass>) -> Result<Planned, Failure> {
     let bytes = std::fs::read(path)
         .map_err(|e| Failure::Usage(format!("cannot read graph file {}: {e}", path.display())))?;
     // Not text is a malformed graph, like any other.
@@ -83,8 +88,11 @@ pub(crate) fn load(path: &Path) -> Result<Planned, Failure> {
             e.utf8_error().valid_up_to()
         ))
     })?;
-    let graph = Graph::from_json_str(&text)
+    let mut graph = Graph::from_json_str(&text)
         .map_err(|e| Failure::BadGraph(format!("{}: {e}", path.display())))?;
+    if let Some(pass) = pass {
+        graph.set_pass(pass);
+    }
     drop(text);
     let planned = Planned::new(graph).map_err(|e| {
         let n = e.errors.len();
