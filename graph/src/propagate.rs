@@ -681,7 +681,11 @@ mod tests {
         let y = g.task("b", &()).key("y").input(x).add();
         let a = pinned(&mut g, "a", "A", Some(10));
         let z = g.any_pool(|g| g.task("z", &()).key("z").input(a).add());
+        // A task near the pin shares the refinement's window with x and y.
+        let w = g.task("w", &()).key("w").input(a).add();
         let p = optimised(&g);
+        assert_eq!(at(&g, &p, w), some("A", Reason::Forward));
+        assert_eq!(at(&g, &p, x), (None, Reason::None));
         assert_eq!(at(&g, &p, y), (None, Reason::None));
         assert_eq!(at(&g, &p, z), (None, Reason::Any));
     }

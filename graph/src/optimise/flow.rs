@@ -1,6 +1,6 @@
 //! A minimum s-t cut by maximum flow (Dinic's algorithm), with a work budget.
 //!
-//! Arcs are added in pairs (forward, residual) into per-node linked lists; the flow is computed
+//! Arcs are collected, then laid out per node with their residual twins; the flow is computed
 //! by blocking flows on BFS level graphs with an iterative depth-first search, so deep graphs
 //! cannot overflow the stack. Every arc looked at costs one unit of work: a solve that would
 //! exceed its budget stops and says so, which makes the refinement's cut-off deterministic
@@ -15,13 +15,23 @@ pub(crate) const MAX_WEIGHT: u64 = 1 << 40;
 
 const NONE: u32 = u32::MAX;
 
-/// A flow network with source 0 and sink 1.
+/// An arc of the residual network: its head, its residual twin's index, its room.
+#[derive(Debug, Clone, Copy)]
+struct Arc {
+    to: u32,
+    rev: u32,
+    cap: u64,
+}
+
+/// A flow network with source 0 and sink 1. Arcs are collected, then laid out per node
+/// (compressed rows) for the solve: each node's arcs are contiguous, which the searches
+/// read in order.
 #[derive(Debug, Default)]
 pub(crate) struct Network {
-    head: Vec<u32>,
-    to: Vec<u32>,
-    next: Vec<u32>,
-    cap: Vec<u64>,
+    nodes: u32,
+    pending: Vec<(u32, u32, u64)>,
+    start: Vec<u32>,
+    arcs: Vec<Arc>,
     // Scratch of the solve, kept to reuse the memory.
     level: Vec<u32>,
     current: Vec<u32>,
@@ -37,17 +47,14 @@ pub(crate) const SINK: u32 = 1;
 impl Network {
     /// Empties the network to `nodes` nodes (source and sink included), keeping its memory.
     pub fn reset(&mut self, nodes: usize) {
-        self.head.clear();
-        self.head.resize(nodes.max(2), NONE);
-        self.to.clear();
-        self.next.clear();
-        self.cap.clear();
+        self.nodes = nodes.max(2) as u32;
+        self.pending.clear();
     }
 
     /// Adds a node and returns it.
     pub fn node(&mut self) -> u32 {
-        self.head.push(NONE);
-        (self.head.len() - 1) as u32
+        self.nodes += 1;
+        self.nodes - 1
     }
 
     /// Adds an arc `a -> b` of capacity `cap` (and its residual). Zero capacities are skipped.
@@ -55,11 +62,44 @@ impl Network {
         if cap == 0 || a == b {
             return;
         }
-        for (from, to, c) in [(a, b, cap), (b, a, 0)] {
-            self.to.push(to);
-            self.next.push(self.head[from as usize]);
-            self.cap.push(c);
-            self.head[from as usize] = (self.to.len() - 1) as u32;
+        self.pending.push((a, b, cap));
+    }
+
+    /// Lays the collected arcs out per node.
+    fn build(&mut self) {
+        let n = self.nodes as usize;
+        self.start.clear();
+        self.start.resize(n + 1, 0);
+        for &(a, b, _) in &self.pending {
+            self.start[a as usize + 1] += 1;
+            self.start[b as usize + 1] += 1;
+        }
+        for i in 1..=n {
+            self.start[i] += self.start[i - 1];
+        }
+        self.current.clear();
+        self.current.extend_from_slice(&self.start[..n]);
+        let fill = &mut self.current;
+        self.arcs.clear();
+        self.arcs.resize(
+            2 * self.pending.len(),
+            Arc {
+                to: 0,
+                rev: 0,
+                cap: 0,
+            },
+        );
+        for &(a, b, cap) in &self.pending {
+            let p = fill[a as usize];
+            fill[a as usize] += 1;
+            let q = fill[b as usize];
+            fill[b as usize] += 1;
+            self.arcs[p as usize] = Arc { to: b, rev: q, cap };
+            self.arcs[q as usize] = Arc {
+                to: a,
+                rev: p,
+                cap: 0,
+            };
         }
     }
 
@@ -67,44 +107,44 @@ impl Network {
     /// (`side[v]` true), or `None` when the solve would have taken more than `budget` units
     /// of work (then `budget` is left at 0). Spent work is taken off `budget`.
     pub fn min_cut(&mut self, budget: &mut u64) -> Option<Vec<bool>> {
-        let n = self.head.len();
+        take(budget, self.pending.len() as u64)?;
+        self.build();
+        let n = self.nodes as usize;
         loop {
             if !self.levels(budget)? {
                 let side = self.level.iter().map(|&l| l != NONE).collect();
                 return Some(side);
             }
             self.current.clear();
-            self.current.extend_from_slice(&self.head);
+            self.current.extend_from_slice(&self.start[..n]);
             while self.augment(budget)? {}
-            debug_assert_eq!(self.level.len(), n);
         }
     }
 
     /// BFS levels from the source over arcs with room; whether the sink is reached.
     fn levels(&mut self, budget: &mut u64) -> Option<bool> {
         self.level.clear();
-        self.level.resize(self.head.len(), NONE);
+        self.level.resize(self.nodes as usize, NONE);
         self.queue.clear();
         self.level[SOURCE as usize] = 0;
         self.queue.push(SOURCE);
         let mut i = 0;
         while i < self.queue.len() {
-            let v = self.queue[i];
+            let v = self.queue[i] as usize;
             i += 1;
             let sink = self.level[SINK as usize];
-            if sink != NONE && self.level[v as usize] >= sink {
+            if sink != NONE && self.level[v] >= sink {
                 // Levels only grow along the queue: nothing further leads to the sink.
                 break;
             }
-            let mut a = self.head[v as usize];
-            while a != NONE {
-                spend(budget)?;
-                let w = self.to[a as usize];
-                if self.cap[a as usize] > 0 && self.level[w as usize] == NONE {
-                    self.level[w as usize] = self.level[v as usize] + 1;
-                    self.queue.push(w);
+            let (from, to) = (self.start[v] as usize, self.start[v + 1] as usize);
+            take(budget, (to - from) as u64 + 1)?;
+            let next = self.level[v] + 1;
+            for arc in &self.arcs[from..to] {
+                if arc.cap > 0 && self.level[arc.to as usize] == NONE {
+                    self.level[arc.to as usize] = next;
+                    self.queue.push(arc.to);
                 }
-                a = self.next[a as usize];
             }
         }
         Some(self.level[SINK as usize] != NONE)
@@ -114,55 +154,65 @@ impl Network {
     /// level graph is blocked.
     fn augment(&mut self, budget: &mut u64) -> Option<bool> {
         self.path.clear();
-        let mut v = SOURCE;
+        let mut v = SOURCE as usize;
         loop {
-            if v == SINK {
+            if v == SINK as usize {
                 let f = self
                     .path
                     .iter()
-                    .map(|&a| self.cap[a as usize])
+                    .map(|&a| self.arcs[a as usize].cap)
                     .min()
                     .unwrap_or(0);
                 for &a in &self.path {
-                    self.cap[a as usize] -= f;
-                    self.cap[(a ^ 1) as usize] += f;
+                    let arc = &mut self.arcs[a as usize];
+                    arc.cap -= f;
+                    let rev = arc.rev as usize;
+                    self.arcs[rev].cap += f;
                 }
                 return Some(true);
             }
+            let end = self.start[v + 1];
+            let want = self.level[v].wrapping_add(1);
             let mut advanced = false;
-            while self.current[v as usize] != NONE {
-                spend(budget)?;
-                let a = self.current[v as usize];
-                let w = self.to[a as usize];
-                if self.cap[a as usize] > 0
-                    && self.level[w as usize] != NONE
-                    && self.level[w as usize] == self.level[v as usize] + 1
-                {
+            while self.current[v] < end {
+                take(budget, 1)?;
+                let a = self.current[v];
+                let arc = self.arcs[a as usize];
+                if arc.cap > 0 && self.level[arc.to as usize] == want {
                     self.path.push(a);
-                    v = w;
+                    v = arc.to as usize;
                     advanced = true;
                     break;
                 }
-                self.current[v as usize] = self.next[a as usize];
+                self.current[v] += 1;
             }
             if advanced {
                 continue;
             }
             // A dead end: no path to the sink through v in this level graph.
-            self.level[v as usize] = NONE;
+            self.level[v] = NONE;
             let Some(a) = self.path.pop() else {
                 return Some(false);
             };
-            v = self.to[(a ^ 1) as usize];
-            self.current[v as usize] = self.next[a as usize];
+            v = self.arcs[self.arcs[a as usize].rev as usize].to as usize;
+            self.current[v] += 1;
         }
     }
 }
 
+/// Takes `n` units off `budget`; `None` (and an empty budget) when it has fewer.
 #[inline]
-fn spend(budget: &mut u64) -> Option<()> {
-    *budget = budget.checked_sub(1)?;
-    Some(())
+pub(crate) fn take(budget: &mut u64, n: u64) -> Option<()> {
+    match budget.checked_sub(n) {
+        Some(left) => {
+            *budget = left;
+            Some(())
+        }
+        None => {
+            *budget = 0;
+            None
+        }
+    }
 }
 
 #[cfg(test)]

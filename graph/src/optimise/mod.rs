@@ -13,14 +13,15 @@
 //! arc, or one auxiliary node with infinite arcs. Moves are accepted only when they lower the
 //! cost, and rounds repeat until none does. Why this method:
 //!
-//! * It is exact where exactness is cheap: a component with two candidate pools is solved in
-//!   one cut from "everything in the second" (every two-pool labelling is one expansion away),
-//!   which is the global optimum.
+//! * It is exact where exactness is cheap: with two candidate pools, one cut from "everything
+//!   in the second" reaches every two-pool labelling, so it is the global optimum.
 //! * Each move is the optimum of an exponential neighbourhood, so it escapes the local minima
 //!   of one-task-at-a-time sweeps (the greedy rule's weakness on general DAGs).
-//! * It scales: the graph splits into independent components (tasks joined through free tasks'
-//!   outputs and inputs), each solved alone, and each cut is a max-flow on a network linear in
-//!   the component's size.
+//! * It scales: a cut is a max-flow on a network linear in the tasks it moves. Graphs of up to
+//!   [`GLOBAL_MAX`] movable tasks (and two-pool graphs of any size) are first refined whole;
+//!   otherwise, or when that runs out of its half of the budget, the refinement works on
+//!   windows of [`WINDOW`] tasks in topological order (neighbours together), the rest held in
+//!   place, alternate rounds shifting the windows by half so no boundary stays one.
 //! * An LP relaxation with rounding ([`bound`]) is kept for what it is best at: a lower bound to
 //!   judge the result by, on small graphs.
 //!
@@ -29,15 +30,15 @@
 //! source side reachable in the residual network), which does not depend on the order arcs were
 //! added. Never worse than the linear pass: it starts from it (or, with two pools, keeps the
 //! better of the two) and accepts only improvements. Pinned, once-cell-bound and any-pool tasks
-//! never move. A component whose outputs and inputs touch no pinned task is left alone (its
-//! tasks stay free for the scheduler). The work is budgeted in arc visits, proportional to the
+//! never move. A part of the graph (tasks joined through outputs) that no pinned task touches is
+//! left alone: its tasks stay free for the scheduler. The work is budgeted in arc visits, proportional to the
 //! graph's size: beyond the budget the best placement found so far is kept, and the cut-off is
 //! the same on every run of the same graph.
 
 pub mod bound;
 mod flow;
 
-use flow::{Network, INFINITE, MAX_WEIGHT, SINK, SOURCE};
+use flow::{take, Network, INFINITE, MAX_WEIGHT, SINK, SOURCE};
 
 use crate::cost::estimated_size;
 use crate::{Graph, PoolId, TaskId, Topology};
@@ -49,7 +50,7 @@ use crate::{Graph, PoolId, TaskId, Topology};
 pub const WORK_PER_ELEMENT: u64 = 8;
 
 /// Work units every graph may spend, however small.
-pub const MIN_WORK: u64 = 1 << 22;
+pub const MIN_WORK: u64 = 1 << 24;
 
 /// The refinement's work budget for `graph`: [`WORK_PER_ELEMENT`] per task plus edge, at
 /// least [`MIN_WORK`].
@@ -62,9 +63,13 @@ pub fn budget(graph: &Graph) -> u64 {
 /// Rounds over every window, at most.
 const MAX_ROUNDS: usize = 8;
 
+/// Graphs with at most this many movable tasks are first refined as one window (graphs in two
+/// pools always are).
+pub const GLOBAL_MAX: usize = 100_000;
+
 /// Movable tasks per window: each move is a cut over one window's tasks, the rest held where
 /// they are. Windows follow the topological order, so a window holds neighbours.
-const WINDOW: usize = 2048;
+pub const WINDOW: usize = 2048;
 
 /// The placement problem as the refinement sees it.
 pub(crate) struct Problem<'a> {
@@ -111,13 +116,70 @@ impl<'a> Problem<'a> {
             .collect();
         let mut by_name: Vec<u32> = (0..k).collect();
         by_name.sort_by(|a, b| graph.pool_name(PoolId(*a)).cmp(graph.pool_name(PoolId(*b))));
-        Problem {
+        let mut problem = Problem {
             topo,
             weight,
             label,
             movable,
             pools: k,
             by_name,
+        };
+        problem.hold_unanchored();
+        problem
+    }
+
+    /// Whether `u`'s output counts: it has a size and consumers.
+    fn relevant(&self, u: TaskId) -> bool {
+        self.weight[u.index()] > 0 && !self.topo.consumers(u).is_empty()
+    }
+
+    /// Holds in place (unmovable) the tasks of every part of the graph, joined through
+    /// outputs, that no pinned task touches: nothing pulls them anywhere, and left free the
+    /// scheduler places them on real sizes. Union-find, near-linear.
+    fn hold_unanchored(&mut self) {
+        let n = self.label.len();
+        let mut parent: Vec<u32> = (0..n as u32).collect();
+        fn find(parent: &mut [u32], mut x: u32) -> u32 {
+            while parent[x as usize] != x {
+                let up = parent[parent[x as usize] as usize];
+                parent[x as usize] = up;
+                x = up;
+            }
+            x
+        }
+        let mut anchored = vec![false; n];
+        for u in 0..n {
+            let ut = TaskId(u as u32);
+            if !self.relevant(ut) {
+                continue;
+            }
+            let (mut first, mut pinned) = (None::<u32>, false);
+            for m in std::iter::once(ut).chain(self.topo.consumers(ut).iter().copied()) {
+                if !self.movable[m.index()] {
+                    pinned |= self.label[m.index()] < self.pools;
+                    continue;
+                }
+                match first {
+                    None => first = Some(m.0),
+                    Some(f) => {
+                        let (a, b) = (find(&mut parent, f), find(&mut parent, m.0));
+                        if a != b {
+                            parent[b as usize] = a;
+                            anchored[a as usize] |= anchored[b as usize];
+                        }
+                    }
+                }
+            }
+            if let (Some(f), true) = (first, pinned) {
+                let r = find(&mut parent, f);
+                anchored[r as usize] = true;
+            }
+        }
+        for t in 0..n {
+            if self.movable[t] {
+                let r = find(&mut parent, t as u32);
+                self.movable[t] = anchored[r as usize];
+            }
         }
     }
 
@@ -139,6 +201,23 @@ impl<'a> Problem<'a> {
         let mut solver = Solver::new(self.label.len(), self.pools as usize);
         let mut outcome = Outcome::default();
         let mut window_id = 0u32;
+        if tasks.len() > WINDOW && (tasks.len() <= GLOBAL_MAX || self.pools == 2) {
+            // The whole graph as one window first: exact with two pools, and better than
+            // windows with more. Half the budget; out of it, the windows go on from where the
+            // linear pass left things.
+            let mut half = budget / 2;
+            window_id += 1;
+            if let Some(hedges) = self.window(graph, &tasks, window_id, &mut solver, &mut half) {
+                let terminals = self.terminals(&hedges, &mut solver.seen);
+                let done =
+                    self.refine_window(&tasks, &hedges, &terminals, &mut solver, &mut half);
+                if let Some(moves) = done {
+                    outcome.moves += moves;
+                    return outcome;
+                }
+            }
+            budget -= budget / 2;
+        }
         let mut idle_rounds = 0;
         for round in 0..MAX_ROUNDS {
             // Odd rounds shift the windows by half, so no boundary stays a boundary.
@@ -198,13 +277,12 @@ impl<'a> Problem<'a> {
         for &t in window {
             solver.window[t as usize] = id;
         }
-        let relevant = |u: TaskId| self.weight[u.index()] > 0 && !self.topo.consumers(u).is_empty();
         for &t in window {
             let t = TaskId(t);
             let inputs = graph.inputs(t);
-            *budget = budget.checked_sub(inputs.len() as u64 + 1)?;
+            take(budget, inputs.len() as u64 + 1)?;
             for u in std::iter::once(t).chain(inputs.iter().copied()) {
-                if relevant(u) && solver.hedge_seen[u.index()] != id {
+                if self.relevant(u) && solver.hedge_seen[u.index()] != id {
                     solver.hedge_seen[u.index()] = id;
                     hedges.push(u.0);
                 }
@@ -329,7 +407,7 @@ impl<'a> Problem<'a> {
                 groups.push((self.label[c.index()], c.0));
             }
             groups.sort_unstable();
-            *budget = budget.checked_sub(groups.len() as u64 + 1)?;
+            take(budget, groups.len() as u64 + 1)?;
             // The alpha term: alpha among the consumers after the move, u not in alpha.
             if lu != alpha {
                 let fixed = groups.iter().any(|&(l, _)| l == alpha);
