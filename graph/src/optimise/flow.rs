@@ -1,8 +1,8 @@
 //! A minimum s-t cut by maximum flow (Dinic's algorithm), with a work budget.
 //!
 //! Arcs are collected, then laid out per node with their residual twins; the flow is computed
-//! by blocking flows on BFS level graphs with an iterative depth-first search, so deep graphs
-//! cannot overflow the stack. Every arc looked at costs one unit of work: a solve that would
+//! by Boykov and Kolmogorov's two-tree augmenting paths, iteratively (deep networks cannot
+//! overflow the stack). Every arc looked at costs one unit of work: a solve that would
 //! exceed its budget stops and says so, which makes the refinement's cut-off deterministic
 //! (the same graph always stops at the same point, however loaded the machine).
 
@@ -32,11 +32,8 @@ pub(crate) struct Network {
     pending: Vec<(u32, u32, u64)>,
     start: Vec<u32>,
     arcs: Vec<Arc>,
-    // Scratch of the solve, kept to reuse the memory.
-    level: Vec<u32>,
-    current: Vec<u32>,
-    queue: Vec<u32>,
-    path: Vec<u32>,
+    /// Scratch of the layout.
+    fill: Vec<u32>,
 }
 
 /// The source node.
@@ -77,9 +74,9 @@ impl Network {
         for i in 1..=n {
             self.start[i] += self.start[i - 1];
         }
-        self.current.clear();
-        self.current.extend_from_slice(&self.start[..n]);
-        let fill = &mut self.current;
+        self.fill.clear();
+        self.fill.extend_from_slice(&self.start[..n]);
+        let fill = &mut self.fill;
         self.arcs.clear();
         self.arcs.resize(
             2 * self.pending.len(),
@@ -106,97 +103,262 @@ impl Network {
     /// Computes a maximum flow. Returns the nodes on the source side of a minimum cut
     /// (`side[v]` true), or `None` when the solve would have taken more than `budget` units
     /// of work (then `budget` is left at 0). Spent work is taken off `budget`.
+    ///
+    /// Boykov and Kolmogorov's algorithm: a search tree grows from the source and one from the
+    /// sink; where they touch there is a path to augment; the arcs it saturates cut subtrees
+    /// off, whose nodes look for new parents in their tree (or leave it). The trees are kept
+    /// between augmentations instead of being searched again, which on these networks (many
+    /// nodes tied to a terminal, short paths) is much cheaper than new searches. At the end
+    /// the source tree is exactly the nodes reachable from the source in the residual network:
+    /// the minimal minimum cut, whatever the order of the arcs.
     pub fn min_cut(&mut self, budget: &mut u64) -> Option<Vec<bool>> {
         take(budget, self.pending.len() as u64)?;
         self.build();
-        let n = self.nodes as usize;
-        loop {
-            if !self.levels(budget)? {
-                let side = self.level.iter().map(|&l| l != NONE).collect();
-                return Some(side);
-            }
-            self.current.clear();
-            self.current.extend_from_slice(&self.start[..n]);
-            while self.augment(budget)? {}
+        let mut bk = Trees::new(self.nodes as usize);
+        bk.run(self, budget)?;
+        Some(bk.tree.iter().map(|&t| t == S).collect())
+    }
+}
+
+const FREE: u8 = 0;
+const S: u8 = 1;
+const T: u8 = 2;
+
+/// The two search trees of [`Network::min_cut`].
+struct Trees {
+    /// Per node: FREE, S or T.
+    tree: Vec<u8>,
+    /// Per node: the arc (in its own row) to its parent; NONE for the terminals and orphans.
+    parent: Vec<u32>,
+    /// Per node: when its distance to its terminal was last known to hold, and that distance.
+    stamp: Vec<u32>,
+    dist: Vec<u32>,
+    time: u32,
+    active: std::collections::VecDeque<u32>,
+    orphans: Vec<u32>,
+}
+
+impl Trees {
+    fn new(n: usize) -> Trees {
+        let mut t = Trees {
+            tree: vec![FREE; n],
+            parent: vec![NONE; n],
+            stamp: vec![0; n],
+            dist: vec![0; n],
+            time: 1,
+            active: std::collections::VecDeque::new(),
+            orphans: Vec::new(),
+        };
+        for (node, side) in [(SOURCE, S), (SINK, T)] {
+            t.tree[node as usize] = side;
+            t.active.push_back(node);
+        }
+        t
+    }
+
+    /// Whether the arc `a` of node `p`'s row (p -> q) has room in the direction of `p`'s tree:
+    /// away from the source in S (p -> q), towards the sink in T (q -> p).
+    #[inline]
+    fn room(net: &Network, side: u8, a: u32) -> bool {
+        let arc = &net.arcs[a as usize];
+        if side == S {
+            arc.cap > 0
+        } else {
+            net.arcs[arc.rev as usize].cap > 0
         }
     }
 
-    /// BFS levels from the source over arcs with room; whether the sink is reached.
-    fn levels(&mut self, budget: &mut u64) -> Option<bool> {
-        self.level.clear();
-        self.level.resize(self.nodes as usize, NONE);
-        self.queue.clear();
-        self.level[SOURCE as usize] = 0;
-        self.queue.push(SOURCE);
-        let mut i = 0;
-        while i < self.queue.len() {
-            let v = self.queue[i] as usize;
-            i += 1;
-            let sink = self.level[SINK as usize];
-            if sink != NONE && self.level[v] >= sink {
-                // Levels only grow along the queue: nothing further leads to the sink.
-                break;
-            }
-            let (from, to) = (self.start[v] as usize, self.start[v + 1] as usize);
-            take(budget, (to - from) as u64 + 1)?;
-            let next = self.level[v] + 1;
-            for arc in &self.arcs[from..to] {
-                if arc.cap > 0 && self.level[arc.to as usize] == NONE {
-                    self.level[arc.to as usize] = next;
-                    self.queue.push(arc.to);
-                }
-            }
-        }
-        Some(self.level[SINK as usize] != NONE)
-    }
-
-    /// Finds one augmenting path in the level graph and pushes flow along it; false when the
-    /// level graph is blocked.
-    fn augment(&mut self, budget: &mut u64) -> Option<bool> {
-        self.path.clear();
-        let mut v = SOURCE as usize;
-        loop {
-            if v == SINK as usize {
-                let f = self
-                    .path
-                    .iter()
-                    .map(|&a| self.arcs[a as usize].cap)
-                    .min()
-                    .unwrap_or(0);
-                for &a in &self.path {
-                    let arc = &mut self.arcs[a as usize];
-                    arc.cap -= f;
-                    let rev = arc.rev as usize;
-                    self.arcs[rev].cap += f;
-                }
-                return Some(true);
-            }
-            let end = self.start[v + 1];
-            let want = self.level[v].wrapping_add(1);
-            let mut advanced = false;
-            while self.current[v] < end {
-                take(budget, 1)?;
-                let a = self.current[v];
-                let arc = self.arcs[a as usize];
-                if arc.cap > 0 && self.level[arc.to as usize] == want {
-                    self.path.push(a);
-                    v = arc.to as usize;
-                    advanced = true;
-                    break;
-                }
-                self.current[v] += 1;
-            }
-            if advanced {
+    fn run(&mut self, net: &mut Network, budget: &mut u64) -> Option<()> {
+        while let Some(p) = self.active.pop_front() {
+            let side = self.tree[p as usize];
+            if side == FREE {
                 continue;
             }
-            // A dead end: no path to the sink through v in this level graph.
-            self.level[v] = NONE;
-            let Some(a) = self.path.pop() else {
-                return Some(false);
-            };
-            v = self.arcs[self.arcs[a as usize].rev as usize].to as usize;
-            self.current[v] += 1;
+            let (from, to) = (net.start[p as usize], net.start[p as usize + 1]);
+            take(budget, u64::from(to - from) + 1)?;
+            let mut meet = None;
+            for a in from..to {
+                if !Self::room(net, side, a) {
+                    continue;
+                }
+                let q = net.arcs[a as usize].to as usize;
+                match self.tree[q] {
+                    FREE => {
+                        self.tree[q] = side;
+                        self.parent[q] = net.arcs[a as usize].rev;
+                        self.stamp[q] = 0;
+                        self.active.push_back(q as u32);
+                    }
+                    other if other != side => {
+                        // The middle arc, from the source's tree to the sink's.
+                        meet = Some(if side == S {
+                            a
+                        } else {
+                            net.arcs[a as usize].rev
+                        });
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            if let Some(m) = meet {
+                self.time += 1;
+                self.augment(net, m, budget)?;
+                self.adopt(net, budget)?;
+                // It may have more to give.
+                if self.tree[p as usize] != FREE {
+                    self.active.push_front(p);
+                }
+            }
         }
+        Some(())
+    }
+
+    /// Pushes the bottleneck along the path through middle arc `m`; saturated tree arcs
+    /// make orphans.
+    fn augment(&mut self, net: &mut Network, m: u32, budget: &mut u64) -> Option<()> {
+        let x = net.arcs[net.arcs[m as usize].rev as usize].to;
+        let y = net.arcs[m as usize].to;
+        let mut f = net.arcs[m as usize].cap;
+        let mut v = x;
+        while v != SOURCE {
+            take(budget, 1)?;
+            let a = self.parent[v as usize];
+            f = f.min(net.arcs[net.arcs[a as usize].rev as usize].cap);
+            v = net.arcs[a as usize].to;
+        }
+        let mut v = y;
+        while v != SINK {
+            take(budget, 1)?;
+            let a = self.parent[v as usize];
+            f = f.min(net.arcs[a as usize].cap);
+            v = net.arcs[a as usize].to;
+        }
+        let push = |net: &mut Network, a: u32| {
+            net.arcs[a as usize].cap -= f;
+            let rev = net.arcs[a as usize].rev;
+            net.arcs[rev as usize].cap += f;
+        };
+        push(net, m);
+        let mut v = x;
+        while v != SOURCE {
+            let a = self.parent[v as usize];
+            let up = net.arcs[a as usize].rev;
+            push(net, up);
+            let next = net.arcs[a as usize].to;
+            if net.arcs[up as usize].cap == 0 {
+                self.parent[v as usize] = NONE;
+                self.orphans.push(v);
+            }
+            v = next;
+        }
+        let mut v = y;
+        while v != SINK {
+            let a = self.parent[v as usize];
+            push(net, a);
+            let next = net.arcs[a as usize].to;
+            if net.arcs[a as usize].cap == 0 {
+                self.parent[v as usize] = NONE;
+                self.orphans.push(v);
+            }
+            v = next;
+        }
+        Some(())
+    }
+
+    /// The distance from `q` to its tree's terminal through parents, or `None` when the way up
+    /// ends at an orphan. Nodes on a way found good are stamped with the current time.
+    fn root_distance(&mut self, net: &Network, q: u32, budget: &mut u64) -> Option<Option<u32>> {
+        let terminal = |v: u32| v == SOURCE || v == SINK;
+        let mut v = q;
+        let mut d = 0u32;
+        loop {
+            take(budget, 1)?;
+            if terminal(v) {
+                break;
+            }
+            if self.stamp[v as usize] == self.time {
+                d = d.saturating_add(self.dist[v as usize]);
+                break;
+            }
+            let a = self.parent[v as usize];
+            if a == NONE {
+                return Some(None);
+            }
+            v = net.arcs[a as usize].to;
+            d += 1;
+        }
+        // Stamp the way with the distances found.
+        let mut v = q;
+        let mut left = d;
+        while !terminal(v) && self.stamp[v as usize] != self.time {
+            self.stamp[v as usize] = self.time;
+            self.dist[v as usize] = left;
+            left = left.saturating_sub(1);
+            v = net.arcs[self.parent[v as usize] as usize].to;
+        }
+        Some(Some(d))
+    }
+
+    /// Finds orphans new parents in their trees, or frees them.
+    fn adopt(&mut self, net: &Network, budget: &mut u64) -> Option<()> {
+        while let Some(p) = self.orphans.pop() {
+            let side = self.tree[p as usize];
+            let (from, to) = (net.start[p as usize], net.start[p as usize + 1]);
+            take(budget, u64::from(to - from) + 1)?;
+            // The parent must be in the same tree with room towards p (S) or from p (T).
+            let mut best: Option<(u32, u32)> = None;
+            for a in from..to {
+                let q = net.arcs[a as usize].to;
+                if self.tree[q as usize] != side {
+                    continue;
+                }
+                let twin = net.arcs[a as usize].rev;
+                let usable = if side == S {
+                    net.arcs[twin as usize].cap > 0
+                } else {
+                    net.arcs[a as usize].cap > 0
+                };
+                if !usable {
+                    continue;
+                }
+                if let Some(d) = self.root_distance(net, q, budget)? {
+                    if best.is_none_or(|(_, bd)| d < bd) {
+                        best = Some((a, d));
+                    }
+                }
+            }
+            if let Some((a, d)) = best {
+                self.parent[p as usize] = a;
+                self.stamp[p as usize] = self.time;
+                self.dist[p as usize] = d + 1;
+                continue;
+            }
+            // No parent: p leaves its tree; its children are orphans, its neighbours in the
+            // tree that could reach it become active.
+            for a in from..to {
+                let q = net.arcs[a as usize].to;
+                if self.tree[q as usize] != side {
+                    continue;
+                }
+                let twin = net.arcs[a as usize].rev;
+                let reaches = if side == S {
+                    net.arcs[twin as usize].cap > 0
+                } else {
+                    net.arcs[a as usize].cap > 0
+                };
+                if reaches {
+                    self.active.push_back(q);
+                }
+                let qp = self.parent[q as usize];
+                if qp != NONE && net.arcs[qp as usize].to == p {
+                    self.parent[q as usize] = NONE;
+                    self.orphans.push(q);
+                }
+            }
+            self.tree[p as usize] = FREE;
+        }
+        Some(())
     }
 }
 
@@ -274,17 +436,21 @@ mod tests {
                     (rnd(nodes as u64) as u32, rnd(nodes as u64) as u32, c)
                 })
                 .collect();
-            let (_, v) = solve(nodes, &arcs);
+            let (side, v) = solve(nodes, &arcs);
             let inner = nodes - 2;
-            let best = (0..1u32 << inner)
+            let sides: Vec<Vec<bool>> = (0..1u32 << inner)
                 .map(|mask| {
                     let mut side = vec![true, false];
                     side.extend((0..inner).map(|i| mask >> i & 1 == 1));
-                    cut_value(&side, &arcs)
+                    side
                 })
-                .min()
-                .unwrap();
+                .collect();
+            let best = sides.iter().map(|s| cut_value(s, &arcs)).min().unwrap();
             assert_eq!(v, best, "{arcs:?}");
+            // The answer is the smallest minimum cut: inside every other one.
+            for other in sides.iter().filter(|s| cut_value(s, &arcs) == best) {
+                assert!(side.iter().zip(other).all(|(a, b)| !a || *b), "{arcs:?}");
+            }
         }
     }
 

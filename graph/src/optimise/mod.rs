@@ -44,13 +44,13 @@ use crate::cost::estimated_size;
 use crate::{Graph, PoolId, TaskId, Topology};
 
 /// Work units (arc visits) the refinement may spend per task plus edge of the graph.
-/// Calibrated on random DAGs of 1,000,000 tasks so the whole pass takes about 3x the linear
-/// pass (a unit is an arc visit of a few nanoseconds; the linear pass costs about 200 ns per
-/// task).
-pub const WORK_PER_ELEMENT: u64 = 8;
+/// Calibrated on random DAGs of 1,000,000 tasks so the whole pass takes under 3x the linear
+/// pass (a unit is an arc or node visit of a few nanoseconds; the linear pass costs about
+/// 250 ns per task).
+pub const WORK_PER_ELEMENT: u64 = 24;
 
 /// Work units every graph may spend, however small.
-pub const MIN_WORK: u64 = 1 << 24;
+pub const MIN_WORK: u64 = 1 << 26;
 
 /// The refinement's work budget for `graph`: [`WORK_PER_ELEMENT`] per task plus edge, at
 /// least [`MIN_WORK`].
@@ -65,7 +65,7 @@ const MAX_ROUNDS: usize = 8;
 
 /// Graphs with at most this many movable tasks are first refined as one window (graphs in two
 /// pools always are).
-pub const GLOBAL_MAX: usize = 100_000;
+pub const GLOBAL_MAX: usize = 50_000;
 
 /// Movable tasks per window: each move is a cut over one window's tasks, the rest held where
 /// they are. Windows follow the topological order, so a window holds neighbours.
@@ -209,8 +209,14 @@ impl<'a> Problem<'a> {
             window_id += 1;
             if let Some(hedges) = self.window(graph, &tasks, window_id, &mut solver, &mut half) {
                 let terminals = self.terminals(&hedges, &mut solver.seen);
-                let done =
-                    self.refine_window(&tasks, &hedges, &terminals, &mut solver, &mut half);
+                let done = self.refine_window(
+                    &tasks,
+                    &hedges,
+                    &terminals,
+                    MAX_ROUNDS,
+                    &mut solver,
+                    &mut half,
+                );
                 if let Some(moves) = done {
                     outcome.moves += moves;
                     return outcome;
@@ -243,7 +249,7 @@ impl<'a> Problem<'a> {
                 if terminals.is_empty() {
                     continue;
                 }
-                match self.refine_window(window, &hedges, &terminals, &mut solver, &mut budget) {
+                match self.refine_window(window, &hedges, &terminals, 1, &mut solver, &mut budget) {
                     Some(moves) => {
                         outcome.moves += moves;
                         moved |= moves > 0;
@@ -319,13 +325,16 @@ impl<'a> Problem<'a> {
             .collect()
     }
 
-    /// Refines one window: the number of improving moves, or `None` out of budget (the window
-    /// keeps its best labelling so far).
+    /// Refines one window with up to `rounds` expansions per pool (stopping at a round that
+    /// improves nothing): the number of improving moves, or `None` out of budget (the window
+    /// keeps its best labelling so far). Windows take one round each time round: the next
+    /// round of windows, shifted, goes on where it left off.
     fn refine_window(
         &mut self,
         tasks: &[u32],
         hedges: &[u32],
         terminals: &[u32],
+        rounds: usize,
         solver: &mut Solver,
         budget: &mut u64,
     ) -> Option<u64> {
@@ -348,7 +357,7 @@ impl<'a> Problem<'a> {
             return done.map(|c| u64::from(c < start_cost));
         }
         let mut cost = start_cost;
-        for _ in 0..MAX_ROUNDS {
+        for _ in 0..rounds {
             let before = cost;
             for &alpha in terminals {
                 let c = self.expand(alpha, tasks, hedges, cost, solver, budget)?;
