@@ -152,13 +152,19 @@ fn quality_row(name: &str, graphs: impl Iterator<Item = Graph>) {
         count += 1;
     }
     let r = |x: u64| x as f64 / pins.max(1) as f64;
+    let h = drover::export::human_bytes;
     println!(
-        "{name:<34} {count:>3} graphs  pins only 1.00  linear {:.3}  optimised {:.3}  lower bound {:.3}  optimised/bound {:.3} (worst graph {:.3})",
+        "{name:<34} {count:>3} graphs  pins only 1.00 ({})  linear {:.4} ({})  optimised {:.4} ({})  lower bound {:.4} ({})  optimised/bound {:.3} (worst graph {:.3})  linear/optimised {:.2}",
+        h(pins),
         r(lin),
+        h(lin),
         r(opt),
+        h(opt),
         r(lb),
+        h(lb),
         opt as f64 / lb.max(1) as f64,
-        worst
+        worst,
+        lin as f64 / opt.max(1) as f64,
     );
 }
 
