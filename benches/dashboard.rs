@@ -74,6 +74,7 @@ fn status_cost(n: usize) -> (f64, f64) {
                 nthreads: 4,
                 peer_addr: "127.0.0.1:1".parse().unwrap(),
                 peer_cert: vec![],
+                data_addr: None,
                 functions: vec!["noop".into()],
             },
         });

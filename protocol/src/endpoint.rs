@@ -73,8 +73,8 @@ pub fn server_endpoint(
 /// Binds the UDP socket a server endpoint will use. Separate from [`server_endpoint_on`] so a
 /// server can find its port taken before it writes anything (certificates, tokens).
 pub fn bind_udp(bind: SocketAddr) -> Result<std::net::UdpSocket, EndpointError> {
-    let socket =
-        std::net::UdpSocket::bind(bind).map_err(|error| EndpointError::Bind { addr: bind, error })?;
+    let socket = std::net::UdpSocket::bind(bind)
+        .map_err(|error| EndpointError::Bind { addr: bind, error })?;
     // Bulk transfers arrive in bursts: a small receive buffer drops datagrams, and QUIC's
     // congestion control then slows the whole transfer down. The kernel caps these at its
     // limits (net.core.rmem_max, wmem_max); a refusal is harmless.
@@ -83,19 +83,6 @@ pub fn bind_udp(bind: SocketAddr) -> Result<std::net::UdpSocket, EndpointError> 
     let _ = s.set_send_buffer_size(UDP_BUFFER);
     Ok(socket)
 }
-
-/// Endpoint settings: datagrams up to the largest UDP payload may be received, so path MTU
-/// discovery (see [`crate::tls::transport`]) can grow packets as far as the path allows —
-/// loopback and jumbo-frame networks move bulk data in far fewer, larger packets.
-fn endpoint_config() -> quinn::EndpointConfig {
-    let mut c = quinn::EndpointConfig::default();
-    c.max_udp_payload_size(MAX_UDP_PAYLOAD)
-        .expect("a valid UDP payload size");
-    c
-}
-
-/// The largest UDP payload over IPv4.
-pub const MAX_UDP_PAYLOAD: u16 = 65_527;
 
 /// The UDP socket buffers asked for (the kernel may give less).
 const UDP_BUFFER: usize = 16 << 20;
@@ -115,7 +102,7 @@ pub fn server_endpoint_on(
         error: std::io::Error::other("no async runtime to drive the endpoint"),
     })?;
     quinn::Endpoint::new(
-        endpoint_config(),
+        quinn::EndpointConfig::default(),
         Some(config),
         socket,
         runtime,
@@ -131,7 +118,7 @@ pub fn client_endpoint() -> Result<quinn::Endpoint, EndpointError> {
         addr: bind,
         error: std::io::Error::other("no async runtime to drive the endpoint"),
     })?;
-    quinn::Endpoint::new(endpoint_config(), None, socket, runtime)
+    quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)
         .map_err(|error| EndpointError::Bind { addr: bind, error })
 }
 

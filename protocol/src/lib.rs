@@ -12,6 +12,7 @@
 
 pub mod access;
 pub mod codec;
+pub mod data;
 pub mod endpoint;
 pub mod lifeline;
 pub mod logging;
@@ -26,7 +27,7 @@ pub use messages::*;
 pub use status::*;
 
 /// The protocol version; a peer speaking another one is refused.
-pub const PROTOCOL_VERSION: u32 = 6;
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// The reason a scheduler closes every connection with when it shuts down on purpose: workers
 /// exit 0 and clients end their runs, rather than retrying as after a loss.

@@ -48,6 +48,8 @@ pub struct WorkerHello {
     pub peer_cert: Vec<u8>,
     /// The functions its registry knows.
     pub functions: Vec<String>,
+    /// Where it serves large results over TLS on TCP (same certificate and token), if it does.
+    pub data_addr: Option<SocketAddr>,
 }
 
 /// The scheduler's answer to [`Hello`].
@@ -92,6 +94,8 @@ pub struct PeerInfo {
     pub addr: SocketAddr,
     /// Its DER certificate.
     pub cert: Vec<u8>,
+    /// Where it serves large results over TLS on TCP, if it does.
+    pub data_addr: Option<SocketAddr>,
 }
 
 /// A task for a worker to run.
@@ -530,6 +534,9 @@ pub struct FetchRequest {
     pub token: String,
     /// Results wanted, in order.
     pub ids: Vec<TaskIdx>,
+    /// The fetcher can take large results over the holder's data path: the holder may answer
+    /// [`FetchReply::Bulk`] for them instead of sending them on this stream.
+    pub bulk: bool,
 }
 
 /// Header before each result on a peer fetch stream.
@@ -537,6 +544,13 @@ pub struct FetchRequest {
 pub enum FetchReply {
     /// `len` raw bytes follow.
     Data {
+        /// The result.
+        id: TaskIdx,
+        /// Its size.
+        len: u64,
+    },
+    /// Held here, and large: fetch it on the data path (TLS on TCP) instead.
+    Bulk {
         /// The result.
         id: TaskIdx,
         /// Its size.

@@ -65,11 +65,9 @@ pub fn transport(idle_timeout: Duration) -> Arc<quinn::TransportConfig> {
     t.receive_window(quinn::VarInt::from_u32(256 << 20));
     t.send_window(256 << 20);
     t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(1024));
-    // Probe for datagrams up to jumbo-frame size: loopback and jumbo networks move bulk data
-    // with far fewer packets; elsewhere the probes fail and the usual ~1.4 KB stays.
-    let mut mtu = quinn::MtuDiscoveryConfig::default();
-    mtu.upper_bound(8952);
-    t.mtu_discovery_config(Some(mtu));
+    // Datagrams stay at the endpoint default (1,472 bytes): bulk results take the data path
+    // (TLS on TCP, `crate::data`), and larger datagrams would make every endpoint's receive
+    // buffers many times larger.
     Arc::new(t)
 }
 

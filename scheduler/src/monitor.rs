@@ -625,6 +625,7 @@ mod tests {
             nthreads,
             peer_addr: "127.0.0.1:1".parse().unwrap(),
             peer_cert: vec![],
+            data_addr: None,
             functions: vec!["bytes".into(), "len".into()],
         }
     }

@@ -1187,6 +1187,7 @@ impl World {
             nthreads: machine.nthreads,
             peer_addr: "127.0.0.1:1".parse().expect("addr"),
             peer_cert: vec![],
+            data_addr: None,
             functions: machine.functions.iter().map(|f| f.to_string()).collect(),
         };
         let core = WorkerCore::new(

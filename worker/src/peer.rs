@@ -2,13 +2,20 @@
 //! a connection that pinned the holder's certificate, sends a [`FetchRequest`] with the token,
 //! and reads, per result, a [`FetchReply`] header followed by the raw bytes (no re-encoding of
 //! bulk data). A request without the right token is refused and logged.
+//!
+//! Large results (at least [`BULK_MIN`] bytes) between workers take the data path instead
+//! (TLS on TCP, same pinned certificate and token; see [`drover_protocol::data`]): the holder
+//! answers [`FetchReply::Bulk`] on the QUIC stream, and the fetcher reads those results on a
+//! data connection it keeps per peer. If the data path cannot be reached, the fetcher asks
+//! again on QUIC for the whole result.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use drover_protocol::codec::{read_frame, write_frame};
+use drover_protocol::codec::{read_frame, read_frame_from, write_frame, write_frame_to};
+use drover_protocol::data::{self, BULK_MIN};
 use drover_protocol::endpoint::connect;
 use drover_protocol::{tokens_equal, FetchReply, FetchRequest, PeerInfo, TaskIdx, WorkerId};
 use tokio::sync::Mutex;
@@ -25,7 +32,10 @@ const MAX_HEADER: usize = 4096;
 const RESERVE_LIMIT: u64 = 1 << 30;
 
 /// Serves fetches of the results in `store` on `endpoint` until the endpoint closes.
-pub async fn serve(endpoint: quinn::Endpoint, store: Arc<Store>, token: Arc<str>) {
+///
+/// With `bulk`, results of at least [`BULK_MIN`] bytes are sent on the data path (see
+/// [`serve_data`]) to fetchers that can take them.
+pub async fn serve(endpoint: quinn::Endpoint, store: Arc<Store>, token: Arc<str>, bulk: bool) {
     while let Some(incoming) = endpoint.accept().await {
         let (store, token) = (store.clone(), token.clone());
         tokio::spawn(async move {
@@ -34,7 +44,7 @@ pub async fn serve(endpoint: quinn::Endpoint, store: Arc<Store>, token: Arc<str>
                 let (store, token) = (store.clone(), token.clone());
                 let remote = conn.remote_address();
                 tokio::spawn(async move {
-                    if let Err(e) = serve_fetch(send, recv, &store, &token).await {
+                    if let Err(e) = serve_fetch(send, recv, &store, &token, bulk).await {
                         warn!(%remote, error = %e, "peer fetch failed");
                     }
                 });
@@ -48,17 +58,13 @@ async fn serve_fetch(
     mut recv: quinn::RecvStream,
     store: &Store,
     token: &str,
+    bulk: bool,
 ) -> Result<(), String> {
     let req: FetchRequest = read_frame(&mut recv, MAX_REQUEST)
         .await
         .map_err(|e| e.to_string())?
         .ok_or("stream ended before the request")?;
-    if !tokens_equal(&req.token, token) {
-        let reason = if req.token.is_empty() {
-            "no token"
-        } else {
-            "wrong token"
-        };
+    if let Some(reason) = refusal(&req, token) {
         let _ = write_frame(
             &mut send,
             &FetchReply::Refused {
@@ -71,6 +77,15 @@ async fn serve_fetch(
     }
     for id in req.ids {
         match store.get(id) {
+            Some(bytes) if bulk && req.bulk && bytes.len() as u64 >= BULK_MIN => {
+                let reply = FetchReply::Bulk {
+                    id,
+                    len: bytes.len() as u64,
+                };
+                write_frame(&mut send, &reply)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
             Some(bytes) => {
                 write_frame(
                     &mut send,
@@ -91,6 +106,86 @@ async fn serve_fetch(
     send.finish().map_err(|e| e.to_string())
 }
 
+/// Why a request is refused (no token or a wrong one), if it is.
+fn refusal(req: &FetchRequest, token: &str) -> Option<&'static str> {
+    if tokens_equal(&req.token, token) {
+        None
+    } else if req.token.is_empty() {
+        Some("no token")
+    } else {
+        Some("wrong token")
+    }
+}
+
+/// Serves the data path: TLS connections on `listener`, each a sequence of requests answered
+/// as on QUIC (a [`FetchReply`] header, then the raw bytes), until the endpoint's worker ends.
+pub async fn serve_data(
+    listener: tokio::net::TcpListener,
+    acceptor: data::TlsAcceptor,
+    store: Arc<Store>,
+    token: Arc<str>,
+) {
+    loop {
+        let Ok((tcp, remote)) = listener.accept().await else {
+            continue;
+        };
+        data::tune(&tcp);
+        let (acceptor, store, token) = (acceptor.clone(), store.clone(), token.clone());
+        tokio::spawn(async move {
+            let tls = match acceptor.accept(tcp).await {
+                Ok(t) => t,
+                Err(e) => {
+                    warn!(%remote, error = %e, "data connection: TLS handshake failed");
+                    return;
+                }
+            };
+            if let Err(e) = serve_data_connection(tls, &store, &token).await {
+                warn!(%remote, error = %e, "data connection failed");
+            }
+        });
+    }
+}
+
+async fn serve_data_connection(
+    mut tls: data::ServerStream,
+    store: &Store,
+    token: &str,
+) -> Result<(), String> {
+    use tokio::io::AsyncWriteExt;
+    while let Some(req) = read_frame_from::<_, FetchRequest>(&mut tls, MAX_REQUEST)
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        if let Some(reason) = refusal(&req, token) {
+            let reply = FetchReply::Refused {
+                reason: reason.to_owned(),
+            };
+            let _ = write_frame_to(&mut tls, &reply).await;
+            let _ = tls.shutdown().await;
+            return Err(format!("refused a fetch: {reason}"));
+        }
+        for id in req.ids {
+            match store.get(id) {
+                Some(bytes) => {
+                    let reply = FetchReply::Data {
+                        id,
+                        len: bytes.len() as u64,
+                    };
+                    write_frame_to(&mut tls, &reply)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    tls.write_all(&bytes).await.map_err(|e| e.to_string())?;
+                }
+                None => write_frame_to(&mut tls, &FetchReply::Missing { id })
+                    .await
+                    .map_err(|e| e.to_string())?,
+            }
+        }
+        tls.flush().await.map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
 /// Whether `conn`'s peer presented exactly the certificate `cert`.
 fn presents(conn: &quinn::Connection, cert: &[u8]) -> bool {
     conn.peer_identity()
@@ -107,6 +202,10 @@ pub struct Fetcher {
     token: String,
     idle_timeout: Duration,
     conns: Mutex<HashMap<WorkerId, quinn::Connection>>,
+    /// Idle data-path connections per peer, each for one fetch at a time.
+    data: Mutex<HashMap<WorkerId, Vec<data::ClientStream>>>,
+    /// Results that came on the data path.
+    data_results: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Fetcher {
@@ -126,7 +225,14 @@ impl Fetcher {
             token,
             idle_timeout,
             conns: Mutex::new(HashMap::new()),
+            data: Mutex::new(HashMap::new()),
+            data_results: Default::default(),
         }
+    }
+
+    /// How many results came on the data path (TLS on TCP) so far.
+    pub fn data_results(&self) -> u64 {
+        self.data_results.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     async fn connection(&self, peer: &PeerInfo) -> Result<quinn::Connection, String> {
@@ -161,9 +267,11 @@ impl Fetcher {
         if let Some(c) = self.conns.lock().await.remove(&peer) {
             c.close(quinn::VarInt::from_u32(0), b"peer gone");
         }
+        self.data.lock().await.remove(&peer);
     }
 
-    /// Fetches `ids` from `peer`, in order; all or an error.
+    /// Fetches `ids` from `peer` (each result with its id: those that came on QUIC first, then
+    /// those that came on the data path); all or an error.
     pub async fn fetch(
         &self,
         peer: &PeerInfo,
@@ -204,6 +312,95 @@ impl Fetcher {
         who: &str,
         out: &mut Fetched,
     ) -> Result<(), String> {
+        let mut bulk = Vec::new();
+        let quic = self.fetch_quic(peer, ids, true, who, out, &mut bulk).await;
+        if !bulk.is_empty() {
+            if let Err(e) = self.fetch_data(peer, &bulk, who, out).await {
+                // The data path is blocked or broke: the whole results again, on QUIC.
+                warn!(peer = %who, error = %e, "data path failed; fetching on QUIC");
+                let again: Vec<TaskIdx> = bulk
+                    .iter()
+                    .map(|&(id, _)| id)
+                    .filter(|id| !out.got.iter().any(|(g, _)| g == id))
+                    .collect();
+                self.fetch_quic(peer, &again, false, who, out, &mut Vec::new())
+                    .await?;
+            }
+        }
+        quic
+    }
+
+    /// Reads `bulk` (id, length) results from `peer`'s data path into `out`, on an idle data
+    /// connection or a new one (kept for the next fetch if this one ends well).
+    async fn fetch_data(
+        &self,
+        peer: &PeerInfo,
+        bulk: &[(TaskIdx, u64)],
+        who: &str,
+        out: &mut Fetched,
+    ) -> Result<(), String> {
+        use tokio::io::AsyncReadExt;
+        let addr = peer.data_addr.ok_or("no data path")?;
+        let idle = self
+            .data
+            .lock()
+            .await
+            .get_mut(&peer.id)
+            .and_then(|v| v.pop());
+        let mut tls = match idle {
+            Some(t) => t,
+            None => data::connect(addr, &peer.cert).await?,
+        };
+        let req = FetchRequest {
+            token: self.token.clone(),
+            ids: bulk.iter().map(|&(id, _)| id).collect(),
+            bulk: false,
+        };
+        write_frame_to(&mut tls, &req)
+            .await
+            .map_err(|e| e.to_string())?;
+        for &(id, len) in bulk {
+            let header: FetchReply = read_frame_from(&mut tls, MAX_HEADER)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("{who} ended the data connection early"))?;
+            match header {
+                FetchReply::Data { id: got, len: n } if got == id && n == len => {
+                    let mut buf = Vec::with_capacity(len.min(RESERVE_LIMIT) as usize);
+                    (&mut tls)
+                        .take(len)
+                        .read_to_end(&mut buf)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    if buf.len() as u64 != len {
+                        return Err(format!("{who} ended the transfer of result {id} early"));
+                    }
+                    out.got.push((id, Bytes::from(buf)));
+                    self.data_results
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                FetchReply::Missing { id } => out.missing.push(id),
+                FetchReply::Refused { reason } => {
+                    return Err(format!("{who} refused the fetch: {reason}"))
+                }
+                other => return Err(format!("{who} answered {other:?} for result {id}")),
+            }
+        }
+        self.data.lock().await.entry(peer.id).or_default().push(tls);
+        Ok(())
+    }
+
+    /// Fetches `ids` on QUIC; results the holder sends to the data path (when `bulk`) are
+    /// listed in `to_data` with their lengths.
+    async fn fetch_quic(
+        &self,
+        peer: &PeerInfo,
+        ids: &[TaskIdx],
+        bulk: bool,
+        who: &str,
+        out: &mut Fetched,
+        to_data: &mut Vec<(TaskIdx, u64)>,
+    ) -> Result<(), String> {
         let conn = self
             .connection(peer)
             .await
@@ -212,6 +409,7 @@ impl Fetcher {
         let req = FetchRequest {
             token: self.token.clone(),
             ids: ids.to_vec(),
+            bulk: bulk && peer.data_addr.is_some(),
         };
         write_frame(&mut send, &req)
             .await
@@ -243,6 +441,7 @@ impl Fetcher {
                     }
                     out.got.push((id, Bytes::from(buf)));
                 }
+                FetchReply::Bulk { id, len } => to_data.push((id, len)),
                 FetchReply::Missing { id } => {
                     out.missing.push(id);
                     first_missing.get_or_insert_with(|| format!("{who} does not hold result {id}"));

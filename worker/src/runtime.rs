@@ -258,6 +258,16 @@ async fn session(
     let peer_addr = endpoint
         .local_addr()
         .map_err(|e| WorkerError::Access(e.to_string()))?;
+    // The data path for large results: TLS on TCP, same address and certificate. Without it
+    // (the port cannot be had) everything goes on QUIC.
+    let data = match drover_protocol::data::listen(&identity, peer_addr.ip()).await {
+        Ok((listener, acceptor)) => listener.local_addr().ok().map(|a| (a, listener, acceptor)),
+        Err(e) => {
+            warn!(error = %e, "no data path: large results go on QUIC");
+            None
+        }
+    };
+    let data_addr = data.as_ref().map(|(a, _, _)| *a);
     let conn = connect(&endpoint, sched_addr, &sched_cert, config.idle_timeout).await?;
     let hello = Hello {
         protocol: PROTOCOL_VERSION,
@@ -273,6 +283,7 @@ async fn session(
             peer_addr,
             peer_cert: identity.cert.clone(),
             functions: registry.names(),
+            data_addr,
         }),
     };
     let session = say_hello(&conn, &hello).await?;
@@ -288,7 +299,21 @@ async fn session(
 
     let store = Arc::new(Store::new());
     let token: Arc<str> = Arc::from(config.access.token.as_str());
-    tokio::spawn(serve(endpoint.clone(), store.clone(), token.clone()));
+    tokio::spawn(serve(
+        endpoint.clone(),
+        store.clone(),
+        token.clone(),
+        data.is_some(),
+    ));
+    // Ends with this session (a worker that reconnects listens anew).
+    let _data_server = data.map(|(_, listener, acceptor)| {
+        AbortOnDrop(tokio::spawn(crate::peer::serve_data(
+            listener,
+            acceptor,
+            store.clone(),
+            token.clone(),
+        )))
+    });
     let (out_tx, out_rx) = mpsc::unbounded_channel();
     tokio::spawn(batch_writer(session.send, out_rx));
     let (thread_tx, mut thread_rx) = mpsc::unbounded_channel::<ThreadMsg>();
@@ -622,5 +647,14 @@ impl Shell {
             });
         }
         self.cells.insert(spec.id, (spec, input));
+    }
+}
+
+/// Aborts a spawned task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

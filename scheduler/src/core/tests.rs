@@ -10,6 +10,7 @@ fn hello(name: &str, resources: &str, nthreads: u32) -> WorkerHello {
         nthreads,
         peer_addr: "127.0.0.1:1".parse().unwrap(),
         peer_cert: vec![],
+        data_addr: None,
         functions: FUNCTIONS.iter().map(|f| f.to_string()).collect(),
     }
 }

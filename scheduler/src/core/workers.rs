@@ -73,6 +73,7 @@ impl Core {
             name: hello.name.clone(),
             addr: hello.peer_addr,
             cert: hello.peer_cert.clone(),
+            data_addr: hello.data_addr,
         };
         let others: Vec<PeerInfo> = self.workers.values().map(|w| w.peer.clone()).collect();
         for &other in self.workers.keys() {

@@ -33,6 +33,7 @@ fn peer(id: WorkerId) -> PeerInfo {
         name: format!("w{id}"),
         addr: "127.0.0.1:1".parse().unwrap(),
         cert: vec![],
+        data_addr: None,
     }
 }
 
