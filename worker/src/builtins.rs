@@ -79,12 +79,10 @@ fn output_buffer(ctx: &TaskContext, n: u64) -> Result<Vec<u8>, String> {
             ));
         }
     }
-    let mut out = Vec::new();
     usize::try_from(n)
         .ok()
-        .and_then(|n| out.try_reserve_exact(n).ok())
-        .ok_or_else(|| format!("refusing to make a {n}-byte output: cannot allocate it"))?;
-    Ok(out)
+        .and_then(crate::buffers::take)
+        .ok_or_else(|| format!("refusing to make a {n}-byte output: cannot allocate it"))
 }
 
 fn no_params(params: Option<&str>) -> Result<(), String> {

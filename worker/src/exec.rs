@@ -228,7 +228,8 @@ fn run(
                 worker: local.clone(),
                 objects,
             };
-            call_function(f.as_ref(), &ctx, job.task.params.as_deref(), &inputs).map(Bytes::from)
+            call_function(f.as_ref(), &ctx, job.task.params.as_deref(), &inputs)
+                .map(crate::buffers::into_bytes)
         }
     };
     (job.job, result, start.elapsed().as_micros() as u64)

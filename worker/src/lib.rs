@@ -19,6 +19,7 @@
 
 #![warn(missing_docs, missing_debug_implementations)]
 
+pub mod buffers;
 pub mod builtins;
 mod cells;
 pub mod context;

@@ -366,7 +366,8 @@ impl Fetcher {
                 .ok_or_else(|| format!("{who} ended the data connection early"))?;
             match header {
                 FetchReply::Data { id: got, len: n } if got == id && n == len => {
-                    let mut buf = Vec::with_capacity(len.min(RESERVE_LIMIT) as usize);
+                    let mut buf = crate::buffers::take(len.min(RESERVE_LIMIT) as usize)
+                        .ok_or_else(|| format!("cannot allocate {len} bytes for result {id}"))?;
                     (&mut tls)
                         .take(len)
                         .read_to_end(&mut buf)
@@ -375,7 +376,7 @@ impl Fetcher {
                     if buf.len() as u64 != len {
                         return Err(format!("{who} ended the transfer of result {id} early"));
                     }
-                    out.got.push((id, Bytes::from(buf)));
+                    out.got.push((id, crate::buffers::into_bytes(buf)));
                     self.data_results
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
@@ -423,7 +424,8 @@ impl Fetcher {
                 .ok_or_else(|| format!("{who} ended the transfer early"))?;
             match header {
                 FetchReply::Data { id, len } => {
-                    let mut buf = Vec::with_capacity(len.min(RESERVE_LIMIT) as usize);
+                    let mut buf = crate::buffers::take(len.min(RESERVE_LIMIT) as usize)
+                        .ok_or_else(|| format!("cannot allocate {len} bytes for result {id}"))?;
                     while (buf.len() as u64) < len {
                         let want = (len - buf.len() as u64).min(1 << 20) as usize;
                         match recv
@@ -439,7 +441,7 @@ impl Fetcher {
                             }
                         }
                     }
-                    out.got.push((id, Bytes::from(buf)));
+                    out.got.push((id, crate::buffers::into_bytes(buf)));
                 }
                 FetchReply::Bulk { id, len } => to_data.push((id, len)),
                 FetchReply::Missing { id } => {

@@ -298,6 +298,14 @@ async fn session(
     }
 
     let store = Arc::new(Store::new());
+    if let Some((budget, _)) = me.memory_budget() {
+        // Recycled buffers are memory too: at most a quarter of what this worker may use.
+        crate::buffers::set_limit(
+            usize::try_from(budget / 4)
+                .unwrap_or(usize::MAX)
+                .min(crate::buffers::POOL_LIMIT),
+        );
+    }
     let token: Arc<str> = Arc::from(config.access.token.as_str());
     tokio::spawn(serve(
         endpoint.clone(),
@@ -370,7 +378,7 @@ async fn session(
                 info!(worker = id, "retiring: finishing my tasks and handing over my results");
                 Event::Retire
             }
-            _ = memory_check.tick() => match resident_memory() {
+            _ = memory_check.tick() => match trim_and_measure() {
                 Some(rss) => Event::Memory(rss),
                 None => continue,
             },
@@ -657,4 +665,10 @@ impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
     }
+}
+
+/// Frees recycled buffers idle too long, then measures the resident memory.
+fn trim_and_measure() -> Option<u64> {
+    crate::buffers::trim();
+    resident_memory()
 }
