@@ -231,6 +231,34 @@ fn benches(c: &mut Criterion) {
         total as f64 / N as f64
     );
     println!("transfer estimate: {:?}", p.estimate);
+    // Submission forms, min of 3: what the client writes plus what the scheduler reads.
+    let min3 = |f: &dyn Fn() -> usize| {
+        (0..3)
+            .map(|_| {
+                let t = Instant::now();
+                let n = f();
+                (t.elapsed().as_secs_f64(), n)
+            })
+            .min_by(|a, b| a.0.total_cmp(&b.0))
+            .expect("three runs")
+    };
+    let (json_s, json_len) = min3(&|| {
+        let text = serde_json::to_string(&g.to_file()).unwrap();
+        Graph::from_json_str(&text).unwrap().len() + text.len()
+    });
+    let (wire_s, wire_len) = min3(&|| {
+        let bytes = g.to_wire();
+        Graph::from_wire(&bytes).unwrap().len() + bytes.len()
+    });
+    println!(
+        "submission form, encode + decode of {} tasks: JSON text {:.0} ms ({} MB), binary wire {:.0} ms ({} MB): {:.2}x faster",
+        g.len(),
+        json_s * 1e3,
+        (json_len - g.len()) / 1_000_000,
+        wire_s * 1e3,
+        (wire_len - g.len()) / 1_000_000,
+        json_s / wire_s
+    );
 
     let mut group = c.benchmark_group("1M tasks");
     group.sample_size(10);

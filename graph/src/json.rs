@@ -172,12 +172,37 @@ impl Graph {
 
     /// Adds one task from its file form. Problems are recorded for [`Graph::validate`].
     pub fn add_spec(&mut self, t: &TaskSpec) -> crate::TaskId {
+        self.pending_inputs.clear();
+        for k in &t.inputs {
+            let id = self.slot(k);
+            self.pending_inputs.push(id);
+        }
+        let params = (!t.params.is_null()).then(|| t.params.to_string().into_boxed_str());
+        self.add_parts(SpecParts {
+            key: &t.key,
+            function: &t.function,
+            params,
+            pool: t.pool.as_deref(),
+            any_pool: t.any_pool,
+            resources: spec_resources(&t.resources),
+            priority: t.priority,
+            retries: t.retries,
+            size_hint: t.size_hint,
+            timeout: t.timeout,
+            once_cell: t.once_cell,
+            durable: t.durable.and_then(DurableSpec::version),
+        })
+    }
+
+    /// Adds one task whose inputs are already in `pending_inputs`, checking its annotations as
+    /// the file form does (the JSON file and the binary wire form share this).
+    pub(crate) fn add_parts(&mut self, t: SpecParts<'_>) -> crate::TaskId {
         let mut errors = Vec::new();
-        let place = match (&t.pool, t.any_pool) {
+        let place = match (t.pool, t.any_pool) {
             (Some(p), true) => {
                 errors.push(GraphError::PoolAndAnyPool {
-                    task: t.key.clone(),
-                    pool: p.clone(),
+                    task: t.key.to_owned(),
+                    pool: p.to_owned(),
                 });
                 Place::Any
             }
@@ -185,7 +210,7 @@ impl Graph {
                 Ok(pool) => Place::Pinned(self.intern_pool(&pool)),
                 Err(error) => {
                     errors.push(GraphError::BadPool {
-                        task: t.key.clone(),
+                        task: t.key.to_owned(),
                         error,
                     });
                     Place::Free
@@ -194,11 +219,11 @@ impl Graph {
             (None, true) => Place::Any,
             (None, false) => Place::Free,
         };
-        let resources = match spec_resources(&t.resources) {
+        let resources = match t.resources {
             Ok(r) => {
                 if let Some(resource) = pool_resource(&r) {
                     errors.push(GraphError::PoolResourceOnTask {
-                        task: t.key.clone(),
+                        task: t.key.to_owned(),
                         pool: resource[drover_annotations::POOL_RESOURCE_PREFIX.len()..].to_owned(),
                         resource,
                     });
@@ -207,7 +232,7 @@ impl Graph {
             }
             Err(error) => {
                 errors.push(GraphError::BadResources {
-                    task: t.key.clone(),
+                    task: t.key.to_owned(),
                     error,
                 });
                 0
@@ -218,22 +243,16 @@ impl Graph {
             Some(s) if s.is_finite() && s > 0.0 => Some(((s * 1000.0).ceil() as u64).max(1)),
             Some(seconds) => {
                 errors.push(GraphError::BadTimeout {
-                    task: t.key.clone(),
+                    task: t.key.to_owned(),
                     seconds,
                 });
                 None
             }
         };
-        self.pending_inputs.clear();
-        for k in &t.inputs {
-            let id = self.slot(k);
-            self.pending_inputs.push(id);
-        }
-        let params = (!t.params.is_null()).then(|| t.params.to_string().into_boxed_str());
         let id = self.store(NewTask {
-            key: Some(&t.key),
-            function: &t.function,
-            params,
+            key: Some(t.key),
+            function: t.function,
+            params: t.params,
             place,
             resources,
             priority: t.priority,
@@ -241,7 +260,7 @@ impl Graph {
             size_hint: t.size_hint,
             timeout_ms,
             once_cell: t.once_cell,
-            durable: t.durable.and_then(DurableSpec::version),
+            durable: t.durable,
         });
         self.errors.append(&mut errors);
         id
@@ -293,8 +312,27 @@ impl Graph {
     }
 }
 
+/// One task's fields as the file and wire forms give them (inputs aside).
+pub(crate) struct SpecParts<'a> {
+    pub key: &'a str,
+    pub function: &'a str,
+    /// Params as canonical JSON text.
+    pub params: Option<Box<str>>,
+    pub pool: Option<&'a str>,
+    pub any_pool: bool,
+    pub resources: Result<Resources, AnnotationError>,
+    pub priority: i32,
+    pub retries: u32,
+    pub size_hint: Option<u64>,
+    pub timeout: Option<f64>,
+    pub once_cell: Option<crate::OnceCell>,
+    pub durable: Option<u64>,
+}
+
 /// Checks a file's resource map: names, numeric and non-negative amounts.
-fn spec_resources(map: &BTreeMap<String, serde_json::Value>) -> Result<Resources, AnnotationError> {
+pub(crate) fn spec_resources(
+    map: &BTreeMap<String, serde_json::Value>,
+) -> Result<Resources, AnnotationError> {
     let mut r = Resources::new();
     for (name, v) in map {
         let amount = v

@@ -25,6 +25,7 @@ pub mod optimise;
 pub mod propagate;
 pub mod typed;
 mod validate;
+pub mod wire;
 
 pub use builder::{Handle, TaskBuilder, Untyped};
 pub use cost::{TransferEstimate, DEFAULT_SIZE_HINT};

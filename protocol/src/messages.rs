@@ -272,6 +272,16 @@ pub enum FromClient {
         /// Keys whose results the client will fetch: kept until released.
         wants: Vec<String>,
     },
+    /// [`FromClient::Submit`] with the graph in the binary wire form (`Graph::to_wire`), as the
+    /// Rust client sends it: no JSON text to write or parse.
+    SubmitWire {
+        /// The client's run number.
+        run: u32,
+        /// The graph, `drover_graph::wire` bytes.
+        graph: Vec<u8>,
+        /// Keys whose results the client will fetch: kept until released.
+        wants: Vec<String>,
+    },
     /// Where are these results? Answered by [`ToClient::Located`] with the same `req`; a
     /// result being computed (or recomputed after a loss) is answered once it is held.
     Locate {

@@ -71,10 +71,37 @@ pub(super) struct RunRoute {
     pub seen: u32,
 }
 
+/// A submitted graph, as sent (and sent again after a reconnection).
+#[derive(Clone)]
+pub(super) enum Payload {
+    /// JSON text.
+    Json(Arc<str>),
+    /// The binary wire form.
+    Wire(Arc<[u8]>),
+}
+
+impl Payload {
+    /// The submission message of run `run`.
+    pub(super) fn submit(&self, run: u32, wants: Vec<String>) -> FromClient {
+        match self {
+            Payload::Json(text) => FromClient::Submit {
+                run,
+                graph_json: text.to_string(),
+                wants,
+            },
+            Payload::Wire(bytes) => FromClient::SubmitWire {
+                run,
+                graph: bytes.to_vec(),
+                wants,
+            },
+        }
+    }
+}
+
 /// Where a run of the client comes from.
 pub(super) enum RunSource {
     /// A graph submitted by this client.
-    Graph(Arc<str>),
+    Graph(Payload),
     /// A detached run followed by its id.
     Detached(String),
 }
@@ -297,11 +324,7 @@ fn replay(s: &mut Shared, tx: &mpsc::UnboundedSender<Vec<FromClient>>) -> usize 
     let mut batch: Vec<FromClient> = Vec::with_capacity(runs.len());
     for (run, r) in &runs {
         match &r.source {
-            RunSource::Graph(graph_json) => batch.push(FromClient::Submit {
-                run: *run,
-                graph_json: graph_json.to_string(),
-                wants: r.wants.clone(),
-            }),
+            RunSource::Graph(payload) => batch.push(payload.submit(*run, r.wants.clone())),
             RunSource::Detached(id) => reattach.push((*run, id.clone(), r.seen)),
         }
     }

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use link::{Dialer, Located, RunRoute, RunSource, Shared, Where};
+use link::{Dialer, Located, Payload, RunRoute, RunSource, Shared, Where};
 
 use bytes::Bytes;
 use drover_graph::{Graph, Handle};
@@ -218,9 +218,10 @@ impl Client {
     }
 
     /// Submits `graph`, keeping the outputs of `wants` for fetching.
+    /// The graph travels in the binary wire form (`Graph::to_wire`), not JSON text.
     pub async fn submit_with(&self, graph: &Graph, wants: &[String]) -> Result<Run, ClientError> {
-        let graph_json = serde_json::to_string(&graph.to_file()).expect("graph files serialise");
-        self.submit_json(graph_json, wants).await
+        self.submit_source(Payload::Wire(graph.to_wire().into()), wants)
+            .await
     }
 
     /// Submits a graph in the JSON graph format, keeping the outputs of `wants`.
@@ -229,11 +230,15 @@ impl Client {
         graph_json: String,
         wants: &[String],
     ) -> Result<Run, ClientError> {
+        self.submit_source(Payload::Json(graph_json.into()), wants)
+            .await
+    }
+
+    async fn submit_source(&self, payload: Payload, wants: &[String]) -> Result<Run, ClientError> {
         let run = self.inner.next_run.fetch_add(1, Ordering::Relaxed);
         let submitted = std::time::Instant::now();
         let (acc_tx, acc_rx) = oneshot::channel();
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
-        let graph_json: Arc<str> = graph_json.into();
         {
             let mut s = self.lock();
             if let Some(why) = s.gone() {
@@ -244,18 +249,14 @@ impl Client {
                 run,
                 RunRoute {
                     events: ev_tx,
-                    source: RunSource::Graph(graph_json.clone()),
+                    source: RunSource::Graph(payload.clone()),
                     wants: wants.to_vec(),
                     complete: false,
                     seen: 0,
                 },
             );
-            s.send(FromClient::Submit {
-                run,
-                graph_json: graph_json.to_string(),
-                wants: wants.to_vec(),
-            })
-            .map_err(ClientError::Lost)?;
+            s.send(payload.submit(run, wants.to_vec()))
+                .map_err(ClientError::Lost)?;
         }
         let tasks = match acc_rx.await {
             Ok(Ok(n)) => n,

@@ -175,7 +175,9 @@ impl Core {
                     },
                 );
                 self.clients.entry(stand_in).or_default();
-                self.submit(stand_in, 0, &graph_json, &wants);
+                let graph =
+                    drover_graph::Graph::from_json_str(&graph_json).map_err(|e| e.to_string());
+                self.submit(stand_in, 0, graph, &wants);
             }
             RunsRequest::Attach { run, id, from } => {
                 let retention = self.config.retention_ms;

@@ -462,7 +462,18 @@ impl Core {
                     run,
                     graph_json,
                     wants,
-                } => self.submit(c, run, &graph_json, &wants),
+                } => self.submit(
+                    c,
+                    run,
+                    drover_graph::Graph::from_json_str(&graph_json).map_err(|e| e.to_string()),
+                    &wants,
+                ),
+                FromClient::SubmitWire { run, graph, wants } => self.submit(
+                    c,
+                    run,
+                    drover_graph::Graph::from_wire(&graph).map_err(|e| e.to_string()),
+                    &wants,
+                ),
                 FromClient::Locate { req, keys } => {
                     self.pending_locates.push((c, req, keys));
                 }

@@ -60,16 +60,16 @@ impl Core {
         &mut self,
         client: ClientId,
         run: u32,
-        graph_json: &str,
+        graph: Result<Graph, String>,
         wants: &[String],
     ) {
         let reject = |core: &mut Core, error: String| {
             core.out
                 .push(Command::Client(client, ToClient::Rejected { run, error }));
         };
-        let graph = match Graph::from_json_str(graph_json) {
+        let graph = match graph {
             Ok(g) => g,
-            Err(e) => return reject(self, e.to_string()),
+            Err(e) => return reject(self, e),
         };
         let topo = match graph.validate() {
             Ok(t) => t,

@@ -1,0 +1,284 @@
+//! The binary wire form of a graph: what the Rust client sends the scheduler instead of JSON
+//! text (JSON stays for files and other languages).
+//!
+//! Postcard of a [`WireGraph`]: every key once, in a table; each defined task names its inputs
+//! by index into that table, so decoding interns each key once and resolves edges without
+//! hashing; params travel as their JSON text. The decoder checks everything the JSON reader
+//! checks (annotations through the same code, params as JSON, indices in range), and
+//! canonicalises params the same way, so a graph gets the same fingerprints whichever form
+//! it came in.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::json::{spec_resources, SpecParts};
+use crate::model::Place;
+use crate::{Graph, Lifetime, OnceCell, Pass, TaskId};
+
+/// The version of the wire form: a decoder refuses others.
+pub const WIRE_VERSION: u32 = 1;
+
+/// A graph on the wire.
+#[derive(Debug, Serialize, Deserialize)]
+struct WireGraph {
+    version: u32,
+    namespace: Option<String>,
+    /// 0: optimised, 1: linear.
+    pass: u8,
+    /// Every key the graph mentions, defined or not.
+    keys: Vec<String>,
+    /// The defined tasks, in definition order.
+    tasks: Vec<WireTask>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct WireTask {
+    /// Index into `keys`.
+    key: u32,
+    function: String,
+    /// Params as JSON text.
+    params: Option<String>,
+    /// Indices into `keys`.
+    inputs: Vec<u32>,
+    pool: Option<String>,
+    any_pool: bool,
+    resources: Vec<(String, f64)>,
+    priority: i32,
+    retries: u32,
+    size_hint: Option<u64>,
+    /// Seconds.
+    timeout: Option<f64>,
+    /// (lifetime is the run's, lazy).
+    once_cell: Option<(bool, bool)>,
+    durable: Option<u64>,
+}
+
+/// What can be wrong with wire bytes.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    /// Not a wire graph at all.
+    #[error("malformed graph (binary form): {0}")]
+    Malformed(#[from] postcard::Error),
+    /// Another version of the form.
+    #[error("graph in binary form version {0}, expected {WIRE_VERSION}")]
+    Version(u32),
+    /// An index past the key table.
+    #[error("malformed graph (binary form): key index {0} out of range")]
+    Index(u32),
+    /// Params that are not JSON.
+    #[error("task {key:?}: params are not JSON: {error}")]
+    Params {
+        /// The task.
+        key: String,
+        /// The parser's complaint.
+        error: String,
+    },
+}
+
+impl Graph {
+    /// The graph in the binary wire form ([`Graph::from_wire`] reads it back).
+    pub fn to_wire(&self) -> Vec<u8> {
+        let keys: Vec<String> = self.task_ids().map(|t| self.key(t).to_owned()).collect();
+        let tasks = self
+            .definition_order()
+            .iter()
+            .map(|&id| WireTask {
+                key: id.0,
+                function: self.function(id).to_owned(),
+                params: self.params(id).map(str::to_owned),
+                inputs: self.inputs(id).iter().map(|i| i.0).collect(),
+                pool: match self.place(id) {
+                    Place::Pinned(p) => Some(self.pool_name(p).to_owned()),
+                    _ => None,
+                },
+                any_pool: self.place(id) == Place::Any,
+                resources: self
+                    .resources(id)
+                    .iter()
+                    .map(|(k, v)| (k.to_owned(), v))
+                    .collect(),
+                priority: self.priority(id),
+                retries: self.retries(id),
+                size_hint: self.size_hint(id),
+                timeout: self.timeout(id).map(|d| d.as_secs_f64()),
+                once_cell: self
+                    .once_cell(id)
+                    .map(|c| (c.lifetime == Lifetime::Run, c.lazy)),
+                durable: self.durable(id),
+            })
+            .collect();
+        let wire = WireGraph {
+            version: WIRE_VERSION,
+            namespace: self.namespace.clone(),
+            pass: u8::from(self.pass == Pass::Linear),
+            keys,
+            tasks,
+        };
+        postcard::to_stdvec(&wire).expect("wire graphs serialise")
+    }
+
+    /// Reads a graph in the binary wire form. Bad annotations are recorded for
+    /// [`Graph::validate`], as for a JSON file; bytes that are not a wire graph are an error.
+    pub fn from_wire(bytes: &[u8]) -> Result<Graph, WireError> {
+        let wire: WireGraph = postcard::from_bytes(bytes)?;
+        if wire.version != WIRE_VERSION {
+            return Err(WireError::Version(wire.version));
+        }
+        let edges = wire.tasks.iter().map(|t| t.inputs.len()).sum();
+        let mut g = Graph::with_capacity(wire.keys.len(), edges);
+        g.namespace = wire.namespace;
+        g.pass = if wire.pass == 1 {
+            Pass::Linear
+        } else {
+            Pass::Optimised
+        };
+        let ids: Vec<TaskId> = wire.keys.iter().map(|k| g.slot(k)).collect();
+        let id = |i: u32| ids.get(i as usize).copied().ok_or(WireError::Index(i));
+        for t in &wire.tasks {
+            let key = wire
+                .keys
+                .get(t.key as usize)
+                .ok_or(WireError::Index(t.key))?;
+            g.pending_inputs.clear();
+            for &i in &t.inputs {
+                let input = id(i)?;
+                g.pending_inputs.push(input);
+            }
+            // Canonical text, as the JSON reader makes it: the same graph, the same fingerprint.
+            let params = match &t.params {
+                None => None,
+                Some(text) => {
+                    let v: serde_json::Value =
+                        serde_json::from_str(text).map_err(|e| WireError::Params {
+                            key: key.clone(),
+                            error: e.to_string(),
+                        })?;
+                    (!v.is_null()).then(|| v.to_string().into_boxed_str())
+                }
+            };
+            let resources: BTreeMap<String, serde_json::Value> = t
+                .resources
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::json!(v)))
+                .collect();
+            g.add_parts(SpecParts {
+                key,
+                function: &t.function,
+                params,
+                pool: t.pool.as_deref(),
+                any_pool: t.any_pool,
+                resources: spec_resources(&resources),
+                priority: t.priority,
+                retries: t.retries,
+                size_hint: t.size_hint,
+                timeout: t.timeout,
+                once_cell: t.once_cell.map(|(run, lazy)| OnceCell {
+                    lifetime: if run { Lifetime::Run } else { Lifetime::Worker },
+                    lazy,
+                }),
+                durable: t.durable,
+            });
+        }
+        Ok(g)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fingerprints;
+
+    fn sample() -> Graph {
+        let text = r#"{"namespace": "ns", "pass": "linear", "tasks": [
+          {"key": "a", "function": "load", "pool": "A", "size_hint": 800, "params": {"z": 1, "a": [1, 2]}},
+          {"key": "cell", "function": "model", "once_cell": {"lifetime": "run", "lazy": true}},
+          {"key": "b", "function": "f", "inputs": ["a", "cell", "a"], "resources": {"gpu": 1.5},
+           "priority": 3, "retries": 2, "timeout": 0.25, "durable": {"version": 4}},
+          {"key": "c", "function": "g", "inputs": ["b"], "any_pool": true, "durable": true}
+        ]}"#;
+        Graph::from_json_str(text).unwrap()
+    }
+
+    #[test]
+    fn round_trips_with_the_same_file_form_and_fingerprints() {
+        let g = sample();
+        let back = Graph::from_wire(&g.to_wire()).unwrap();
+        assert_eq!(back.to_file(), g.to_file());
+        assert_eq!(back.pass(), Pass::Linear);
+        let (t1, t2) = (g.validate().unwrap(), back.validate().unwrap());
+        assert_eq!(fingerprints(&g, &t1), fingerprints(&back, &t2));
+    }
+
+    #[test]
+    fn the_rust_api_graph_gets_the_fingerprints_of_its_json_text() {
+        #[derive(serde::Serialize)]
+        struct P {
+            z: u32,
+            a: u32,
+        }
+        let mut g = Graph::new();
+        let a = g.task("load", &P { z: 1, a: 2 }).key("a").add();
+        g.task("f", &()).key("b").input(a).add();
+        let via_json = Graph::from_json_str(&serde_json::to_string(&g.to_file()).unwrap()).unwrap();
+        let via_wire = Graph::from_wire(&g.to_wire()).unwrap();
+        let p = |g: &Graph| fingerprints(g, &g.validate().unwrap());
+        assert_eq!(p(&via_json), p(&via_wire));
+    }
+
+    #[test]
+    fn bad_annotations_are_recorded_like_json_and_garbage_is_an_error() {
+        let task = |pool: &str| WireTask {
+            key: 0,
+            function: "f".into(),
+            params: None,
+            inputs: vec![1],
+            pool: Some(pool.into()),
+            any_pool: false,
+            resources: vec![("gpu".into(), -1.0)],
+            priority: 0,
+            retries: 0,
+            size_hint: None,
+            timeout: Some(-2.0),
+            once_cell: None,
+            durable: None,
+        };
+        let wire = WireGraph {
+            version: WIRE_VERSION,
+            namespace: None,
+            pass: 0,
+            keys: vec!["x".into(), "missing".into()],
+            tasks: vec![task("bad pool!")],
+        };
+        let g = Graph::from_wire(&postcard::to_stdvec(&wire).unwrap()).unwrap();
+        let errors = g.validate().unwrap_err().to_string();
+        let json = r#"{"tasks": [{"key": "x", "function": "f", "inputs": ["missing"],
+            "pool": "bad pool!", "resources": {"gpu": -1.0}, "timeout": -2.0}]}"#;
+        let from_json = Graph::from_json_str(json).unwrap().validate().unwrap_err();
+        assert_eq!(errors, from_json.to_string());
+        assert!(
+            errors.contains("missing") && errors.contains("bad pool!"),
+            "{errors}"
+        );
+        // Garbage, an index out of range, params that are not JSON, another version.
+        for junk in [&b""[..], b"\x01\x02\x03", &[0xff; 40]] {
+            assert!(Graph::from_wire(junk).is_err());
+        }
+        let mut bad = WireGraph {
+            tasks: vec![WireTask {
+                inputs: vec![7],
+                ..task("A")
+            }],
+            ..wire
+        };
+        let err = Graph::from_wire(&postcard::to_stdvec(&bad).unwrap()).unwrap_err();
+        assert!(matches!(err, WireError::Index(7)), "{err}");
+        bad.tasks[0].inputs = vec![];
+        bad.tasks[0].params = Some("{not json".into());
+        let err = Graph::from_wire(&postcard::to_stdvec(&bad).unwrap()).unwrap_err();
+        assert!(err.to_string().contains("params are not JSON"), "{err}");
+        bad.version = 9;
+        let err = Graph::from_wire(&postcard::to_stdvec(&bad).unwrap()).unwrap_err();
+        assert!(matches!(err, WireError::Version(9)), "{err}");
+    }
+}
