@@ -407,6 +407,7 @@ impl<'g, T> TaskBuilder<'g, T> {
             Err(e) => (None, Some(e)),
         };
         let id = graph.store(NewTask {
+            slot: None,
             key: key.as_deref(),
             function,
             params,

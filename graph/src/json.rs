@@ -180,6 +180,7 @@ impl Graph {
         let params = (!t.params.is_null()).then(|| t.params.to_string().into_boxed_str());
         self.add_parts(SpecParts {
             key: &t.key,
+            slot: None,
             function: &t.function,
             params,
             pool: t.pool.as_deref(),
@@ -250,6 +251,7 @@ impl Graph {
             }
         };
         let id = self.store(NewTask {
+            slot: t.slot,
             key: Some(t.key),
             function: t.function,
             params: t.params,
@@ -315,6 +317,8 @@ impl Graph {
 /// One task's fields as the file and wire forms give them (inputs aside).
 pub(crate) struct SpecParts<'a> {
     pub key: &'a str,
+    /// The key's slot, if already interned.
+    pub slot: Option<crate::TaskId>,
     pub function: &'a str,
     /// Params as canonical JSON text.
     pub params: Option<Box<str>>,

@@ -102,6 +102,8 @@ impl TaskRecord {
 pub(crate) struct NewTask<'a> {
     /// The key, or `None` to derive one from function, params and inputs.
     pub key: Option<&'a str>,
+    /// The key's slot, when the caller interned it already (the wire form does).
+    pub slot: Option<TaskId>,
     pub function: &'a str,
     pub params: Option<Box<str>>,
     pub place: Place,
@@ -421,7 +423,10 @@ impl Graph {
                 task: key.to_owned(),
             });
         }
-        let id = self.slot(key);
+        let id = match task.slot {
+            Some(id) => id,
+            None => self.slot(key),
+        };
         let function = self.functions.intern(task.function).0;
         let inputs_start =
             u32::try_from(self.input_arena.len()).expect("more than 2^32 input edges");

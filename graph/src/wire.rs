@@ -20,30 +20,38 @@ use crate::{Graph, Lifetime, OnceCell, Pass, TaskId};
 pub const WIRE_VERSION: u32 = 1;
 
 /// A graph on the wire.
+/// Strings are borrowed both ways: encoding copies nothing but into the output, decoding reads
+/// keys and names in place.
 #[derive(Debug, Serialize, Deserialize)]
-struct WireGraph {
+struct WireGraph<'a> {
     version: u32,
-    namespace: Option<String>,
+    #[serde(borrow)]
+    namespace: Option<&'a str>,
     /// 0: optimised, 1: linear.
     pass: u8,
     /// Every key the graph mentions, defined or not.
-    keys: Vec<String>,
+    #[serde(borrow)]
+    keys: Vec<&'a str>,
     /// The defined tasks, in definition order.
-    tasks: Vec<WireTask>,
+    #[serde(borrow)]
+    tasks: Vec<WireTask<'a>>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-struct WireTask {
+struct WireTask<'a> {
     /// Index into `keys`.
     key: u32,
-    function: String,
+    function: &'a str,
     /// Params as JSON text.
-    params: Option<String>,
+    #[serde(borrow)]
+    params: Option<&'a str>,
     /// Indices into `keys`.
     inputs: Vec<u32>,
-    pool: Option<String>,
+    #[serde(borrow)]
+    pool: Option<&'a str>,
     any_pool: bool,
-    resources: Vec<(String, f64)>,
+    #[serde(borrow)]
+    resources: Vec<(&'a str, f64)>,
     priority: i32,
     retries: u32,
     size_hint: Option<u64>,
@@ -79,25 +87,21 @@ pub enum WireError {
 impl Graph {
     /// The graph in the binary wire form ([`Graph::from_wire`] reads it back).
     pub fn to_wire(&self) -> Vec<u8> {
-        let keys: Vec<String> = self.task_ids().map(|t| self.key(t).to_owned()).collect();
+        let keys: Vec<&str> = self.task_ids().map(|t| self.key(t)).collect();
         let tasks = self
             .definition_order()
             .iter()
             .map(|&id| WireTask {
                 key: id.0,
-                function: self.function(id).to_owned(),
-                params: self.params(id).map(str::to_owned),
+                function: self.function(id),
+                params: self.params(id),
                 inputs: self.inputs(id).iter().map(|i| i.0).collect(),
                 pool: match self.place(id) {
-                    Place::Pinned(p) => Some(self.pool_name(p).to_owned()),
+                    Place::Pinned(p) => Some(self.pool_name(p)),
                     _ => None,
                 },
                 any_pool: self.place(id) == Place::Any,
-                resources: self
-                    .resources(id)
-                    .iter()
-                    .map(|(k, v)| (k.to_owned(), v))
-                    .collect(),
+                resources: self.resources(id).iter().collect(),
                 priority: self.priority(id),
                 retries: self.retries(id),
                 size_hint: self.size_hint(id),
@@ -110,7 +114,7 @@ impl Graph {
             .collect();
         let wire = WireGraph {
             version: WIRE_VERSION,
-            namespace: self.namespace.clone(),
+            namespace: self.namespace.as_deref(),
             pass: u8::from(self.pass == Pass::Linear),
             keys,
             tasks,
@@ -127,7 +131,7 @@ impl Graph {
         }
         let edges = wire.tasks.iter().map(|t| t.inputs.len()).sum();
         let mut g = Graph::with_capacity(wire.keys.len(), edges);
-        g.namespace = wire.namespace;
+        g.namespace = wire.namespace.map(str::to_owned);
         g.pass = if wire.pass == 1 {
             Pass::Linear
         } else {
@@ -136,7 +140,7 @@ impl Graph {
         let ids: Vec<TaskId> = wire.keys.iter().map(|k| g.slot(k)).collect();
         let id = |i: u32| ids.get(i as usize).copied().ok_or(WireError::Index(i));
         for t in &wire.tasks {
-            let key = wire
+            let key: &str = wire
                 .keys
                 .get(t.key as usize)
                 .ok_or(WireError::Index(t.key))?;
@@ -146,12 +150,12 @@ impl Graph {
                 g.pending_inputs.push(input);
             }
             // Canonical text, as the JSON reader makes it: the same graph, the same fingerprint.
-            let params = match &t.params {
+            let params = match t.params {
                 None => None,
                 Some(text) => {
                     let v: serde_json::Value =
                         serde_json::from_str(text).map_err(|e| WireError::Params {
-                            key: key.clone(),
+                            key: key.to_owned(),
                             error: e.to_string(),
                         })?;
                     (!v.is_null()).then(|| v.to_string().into_boxed_str())
@@ -160,13 +164,14 @@ impl Graph {
             let resources: BTreeMap<String, serde_json::Value> = t
                 .resources
                 .iter()
-                .map(|(k, v)| (k.clone(), serde_json::json!(v)))
+                .map(|(k, v)| ((*k).to_owned(), serde_json::json!(v)))
                 .collect();
             g.add_parts(SpecParts {
                 key,
-                function: &t.function,
+                slot: Some(id(t.key)?),
+                function: t.function,
                 params,
-                pool: t.pool.as_deref(),
+                pool: t.pool,
                 any_pool: t.any_pool,
                 resources: spec_resources(&resources),
                 priority: t.priority,
@@ -228,14 +233,14 @@ mod tests {
 
     #[test]
     fn bad_annotations_are_recorded_like_json_and_garbage_is_an_error() {
-        let task = |pool: &str| WireTask {
+        let task = |pool: &'static str| WireTask {
             key: 0,
-            function: "f".into(),
+            function: "f",
             params: None,
             inputs: vec![1],
-            pool: Some(pool.into()),
+            pool: Some(pool),
             any_pool: false,
-            resources: vec![("gpu".into(), -1.0)],
+            resources: vec![("gpu", -1.0)],
             priority: 0,
             retries: 0,
             size_hint: None,
@@ -247,7 +252,7 @@ mod tests {
             version: WIRE_VERSION,
             namespace: None,
             pass: 0,
-            keys: vec!["x".into(), "missing".into()],
+            keys: vec!["x", "missing"],
             tasks: vec![task("bad pool!")],
         };
         let g = Graph::from_wire(&postcard::to_stdvec(&wire).unwrap()).unwrap();
@@ -274,7 +279,7 @@ mod tests {
         let err = Graph::from_wire(&postcard::to_stdvec(&bad).unwrap()).unwrap_err();
         assert!(matches!(err, WireError::Index(7)), "{err}");
         bad.tasks[0].inputs = vec![];
-        bad.tasks[0].params = Some("{not json".into());
+        bad.tasks[0].params = Some("{not json");
         let err = Graph::from_wire(&postcard::to_stdvec(&bad).unwrap()).unwrap_err();
         assert!(err.to_string().contains("params are not JSON"), "{err}");
         bad.version = 9;

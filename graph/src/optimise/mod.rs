@@ -47,7 +47,7 @@ use crate::{Graph, PoolId, TaskId, Topology};
 /// Calibrated on random DAGs of 1,000,000 tasks so the whole pass takes under 3x the linear
 /// pass (a unit is an arc or node visit of a few nanoseconds; the linear pass costs about
 /// 250 ns per task).
-pub const WORK_PER_ELEMENT: u64 = 24;
+pub const WORK_PER_ELEMENT: u64 = 16;
 
 /// Work units every graph may spend, however small.
 pub const MIN_WORK: u64 = 1 << 26;
