@@ -50,7 +50,7 @@ use crate::{Graph, PoolId, TaskId, Topology};
 pub const WORK_PER_ELEMENT: u64 = 16;
 
 /// Work units every graph may spend, however small.
-pub const MIN_WORK: u64 = 1 << 26;
+pub const MIN_WORK: u64 = 1 << 25;
 
 /// The refinement's work budget for `graph`: [`WORK_PER_ELEMENT`] per task plus edge, at
 /// least [`MIN_WORK`].
