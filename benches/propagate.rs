@@ -15,7 +15,7 @@
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use drover::optimise::bound::lower_bound;
-use drover::{propagate_pools, propagate_pools_with, Graph, Handle, Pass};
+use drover::{propagate_pools, propagate_pools_with, Graph, Handle, Pass, Untyped};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::time::Instant;
@@ -31,25 +31,42 @@ static ALLOC: Counting = Counting;
 const N: usize = 1_000_000;
 const POOLS: [&str; 4] = ["A", "B", "C", "D"];
 
-fn build(n: usize, seed: u64) -> Graph {
+/// A random DAG of `n` tasks: each has 1 to `max_inputs` inputs, mostly among the `recent`
+/// tasks before it (like real pipelines), sometimes anything earlier; `annotate` places each
+/// task and gives it a size.
+fn dag(
+    n: usize,
+    seed: u64,
+    max_inputs: usize,
+    recent: usize,
+    mut annotate: impl FnMut(&mut StdRng, drover::TaskBuilder<'_, Untyped>) -> Handle,
+) -> Graph {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut g = Graph::with_capacity(n, 2 * n);
     let mut handles: Vec<Handle> = Vec::with_capacity(n);
     for i in 0..n {
         let mut b = g.task("work", &()).key(format!("t{i}"));
         if i > 0 {
-            for _ in 0..rng.gen_range(1..=3) {
-                // Mostly recent tasks, like real pipelines; sometimes anything earlier.
+            for _ in 0..rng.gen_range(1..=max_inputs) {
                 let j = if rng.gen_bool(0.8) {
-                    i - 1 - rng.gen_range(0..i.min(64))
+                    i - 1 - rng.gen_range(0..i.min(recent))
                 } else {
                     rng.gen_range(0..i)
                 };
                 b = b.input(handles[j]);
             }
         }
+        handles.push(annotate(&mut rng, b));
+    }
+    g
+}
+
+/// The criterion graph: about 2 inputs each, 10% pinned to one of 4 pools, 2% any-pool, half
+/// with a size hint.
+fn build(n: usize, seed: u64) -> Graph {
+    dag(n, seed, 3, 64, |rng, b| {
         let r: f64 = rng.gen();
-        b = if r < 0.10 {
+        let b = if r < 0.10 {
             b.pool(POOLS[rng.gen_range(0..POOLS.len())])
         } else if r < 0.12 {
             b.any_pool()
@@ -57,38 +74,25 @@ fn build(n: usize, seed: u64) -> Graph {
             b
         };
         if rng.gen_bool(0.5) {
-            b = b.size_hint(rng.gen_range(0..1_000_000));
+            b.size_hint(rng.gen_range(0..1_000_000)).add()
+        } else {
+            b.add()
         }
-        handles.push(b.add());
-    }
-    g
+    })
 }
 
 /// The quality family: `n` tasks, 1 or 2 inputs each (mostly recent ones), log-uniform sizes
 /// from 1 B to 1 MB, `pinned` of them pinned to one of `pools` pools.
 fn random_dag(n: usize, pools: usize, pinned: f64, seed: u64) -> Graph {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let mut g = Graph::with_capacity(n, 2 * n);
-    let mut handles: Vec<Handle> = Vec::with_capacity(n);
-    for i in 0..n {
-        let mut b = g.task("work", &()).key(format!("t{i}"));
-        if i > 0 {
-            for _ in 0..rng.gen_range(1..=2) {
-                let j = if rng.gen_bool(0.8) {
-                    i - 1 - rng.gen_range(0..i.min(32))
-                } else {
-                    rng.gen_range(0..i)
-                };
-                b = b.input(handles[j]);
-            }
-        }
-        if rng.gen_bool(pinned) {
-            b = b.pool(POOLS[rng.gen_range(0..pools)]);
-        }
+    dag(n, seed, 2, 32, |rng, b| {
+        let b = if rng.gen_bool(pinned) {
+            b.pool(POOLS[rng.gen_range(0..pools)])
+        } else {
+            b
+        };
         let size = 10f64.powf(rng.gen_range(0.0..6.0)) as u64;
-        handles.push(b.size_hint(size.max(1)).add());
-    }
-    g
+        b.size_hint(size.max(1)).add()
+    })
 }
 
 /// A data lake: per pool, pinned sources, a cleaning chain and a summary; a join of a few

@@ -41,8 +41,8 @@ pub use drover_graph::export;
 pub use drover_graph::optimise;
 pub use drover_graph::{
     propagate_pools, propagate_pools_with, Graph, GraphError, GraphFile, Handle, HandleList,
-    InvalidGraph, JsonError, Pass, Place, PoolId, Propagation, Reason, TaskFn, TaskId, TaskSpec,
-    Topology, TransferEstimate, Untyped, DEFAULT_SIZE_HINT,
+    InvalidGraph, JsonError, Pass, Place, PoolId, Propagation, Reason, TaskBuilder, TaskFn, TaskId,
+    TaskSpec, Topology, TransferEstimate, Untyped, DEFAULT_SIZE_HINT,
 };
 pub use drover_graph::{Lifetime, Loader, OnceCell, PerWorker, Shared};
 pub use drover_protocol::{AccessFile, ClusterStatus, TaskEvent, TaskStatus};

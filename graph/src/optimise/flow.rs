@@ -168,6 +168,18 @@ impl Trees {
         }
     }
 
+    /// Whether the arc `a` of node `p`'s row (p -> q) could make q p's parent in `side`'s
+    /// tree: room from q to p in S (towards p, away from the source), from p to q in T.
+    #[inline]
+    fn links(net: &Network, side: u8, a: u32) -> bool {
+        let arc = &net.arcs[a as usize];
+        if side == S {
+            net.arcs[arc.rev as usize].cap > 0
+        } else {
+            arc.cap > 0
+        }
+    }
+
     fn run(&mut self, net: &mut Network, budget: &mut u64) -> Option<()> {
         while let Some(p) = self.active.pop_front() {
             let side = self.tree[p as usize];
@@ -313,13 +325,7 @@ impl Trees {
                 if self.tree[q as usize] != side {
                     continue;
                 }
-                let twin = net.arcs[a as usize].rev;
-                let usable = if side == S {
-                    net.arcs[twin as usize].cap > 0
-                } else {
-                    net.arcs[a as usize].cap > 0
-                };
-                if !usable {
+                if !Self::links(net, side, a) {
                     continue;
                 }
                 if let Some(d) = self.root_distance(net, q, budget)? {
@@ -341,13 +347,7 @@ impl Trees {
                 if self.tree[q as usize] != side {
                     continue;
                 }
-                let twin = net.arcs[a as usize].rev;
-                let reaches = if side == S {
-                    net.arcs[twin as usize].cap > 0
-                } else {
-                    net.arcs[a as usize].cap > 0
-                };
-                if reaches {
+                if Self::links(net, side, a) {
                     self.active.push_back(q);
                 }
                 let qp = self.parent[q as usize];
