@@ -226,25 +226,33 @@ impl Trees {
         Some(())
     }
 
+    /// The arc that carries the flow between a node and its parent along parent arc `a`:
+    /// from the parent down in the source's tree (the twin of `a`), up to it in the sink's.
+    #[inline]
+    fn carrier(net: &Network, side: u8, a: u32) -> u32 {
+        if side == S {
+            net.arcs[a as usize].rev
+        } else {
+            a
+        }
+    }
+
     /// Pushes the bottleneck along the path through middle arc `m`; saturated tree arcs
     /// make orphans.
     fn augment(&mut self, net: &mut Network, m: u32, budget: &mut u64) -> Option<()> {
         let x = net.arcs[net.arcs[m as usize].rev as usize].to;
         let y = net.arcs[m as usize].to;
+        // Each half of the path: from the middle arc's end up to its tree's terminal.
+        let halves = [(x, SOURCE, S), (y, SINK, T)];
         let mut f = net.arcs[m as usize].cap;
-        let mut v = x;
-        while v != SOURCE {
-            take(budget, 1)?;
-            let a = self.parent[v as usize];
-            f = f.min(net.arcs[net.arcs[a as usize].rev as usize].cap);
-            v = net.arcs[a as usize].to;
-        }
-        let mut v = y;
-        while v != SINK {
-            take(budget, 1)?;
-            let a = self.parent[v as usize];
-            f = f.min(net.arcs[a as usize].cap);
-            v = net.arcs[a as usize].to;
+        for (start, terminal, side) in halves {
+            let mut v = start;
+            while v != terminal {
+                take(budget, 1)?;
+                let a = self.parent[v as usize];
+                f = f.min(net.arcs[Self::carrier(net, side, a) as usize].cap);
+                v = net.arcs[a as usize].to;
+            }
         }
         let push = |net: &mut Network, a: u32| {
             net.arcs[a as usize].cap -= f;
@@ -252,28 +260,19 @@ impl Trees {
             net.arcs[rev as usize].cap += f;
         };
         push(net, m);
-        let mut v = x;
-        while v != SOURCE {
-            let a = self.parent[v as usize];
-            let up = net.arcs[a as usize].rev;
-            push(net, up);
-            let next = net.arcs[a as usize].to;
-            if net.arcs[up as usize].cap == 0 {
-                self.parent[v as usize] = NONE;
-                self.orphans.push(v);
+        for (start, terminal, side) in halves {
+            let mut v = start;
+            while v != terminal {
+                let a = self.parent[v as usize];
+                let carrier = Self::carrier(net, side, a);
+                push(net, carrier);
+                let next = net.arcs[a as usize].to;
+                if net.arcs[carrier as usize].cap == 0 {
+                    self.parent[v as usize] = NONE;
+                    self.orphans.push(v);
+                }
+                v = next;
             }
-            v = next;
-        }
-        let mut v = y;
-        while v != SINK {
-            let a = self.parent[v as usize];
-            push(net, a);
-            let next = net.arcs[a as usize].to;
-            if net.arcs[a as usize].cap == 0 {
-                self.parent[v as usize] = NONE;
-                self.orphans.push(v);
-            }
-            v = next;
         }
         Some(())
     }
