@@ -198,7 +198,8 @@ pub(crate) struct Task {
     pub run: u32,
     /// Where it was placed when assigned (for events).
     pub placed_pool: Option<PoolIdx>,
-    /// Runs below this number were told it finished: a later computation of its freed result
+    /// Runs below this number were told it finished (or, at their submission, that it was
+    /// done or skipped): a later computation of its freed result
     /// (for a newer run) is news to the newer runs only. 0 after a loss, so every run hears of
     /// the recomputation (a rerun).
     pub told_below: u32,

@@ -569,5 +569,11 @@ impl Core {
         };
         self.out
             .push(Command::Client(run.client, ToClient::Events(vec![event])));
+        // Told: a later computation of the task (its result freed, made again for a newer
+        // run) is no news to this run. Settled tasks are not computing, so every run below
+        // this one that includes the task was told already (at its submission or at the
+        // task's last finish).
+        let told = &mut self.tasks[t as usize].told_below;
+        *told = (*told).max(run_idx + 1);
     }
 }
