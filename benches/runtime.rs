@@ -10,7 +10,8 @@
 //! 2. A chain of 10,000 dependent `noop` tasks: microseconds per hop.
 //! 3. A 256 MiB result made on one worker and consumed on the other: MB/s.
 //!
-//! Run: `cargo bench --bench runtime` (add `-- quick` for a tenth of the sizes). Each figure
+//! Run: `cargo bench --bench runtime` (add `-- quick` for a tenth of the sizes, `-- transfer`
+//! for 3 alone). Each figure
 //! is printed with a baseline measured in the same run (a plain loop for per-task overhead, a
 //! loopback TCP round trip for a hop, a loopback TCP copy for a transfer), since the machines
 //! are shared and noisy.
@@ -176,125 +177,130 @@ fn plain_loop_per_s(n: usize) -> f64 {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let quick = std::env::args().any(|a| a == "quick");
+    // `transfer`: only the fill and the transfer (e.g. to profile them).
+    let transfer_only = std::env::args().any(|a| a == "transfer");
     let scale = if quick { 10 } else { 1 };
     let (n_indep, n_chain, big) = (100_000 / scale, 10_000 / scale, (256usize << 20) / scale);
 
-    println!(
-        "scheduler core memory: {:.0} bytes per task ({} independent tasks)",
-        core_bytes_per_task(n_indep),
-        n_indep
-    );
-    let (before, loaded, after) = core_memory_with_clients(n_indep / 10);
-    println!(
-        "scheduler core with 20 clients x {} tasks (half shared): heap +{:.1} MiB loaded, +{:.2} MiB after all left",
-        n_indep / 10,
-        (loaded - before) as f64 / (1 << 20) as f64,
-        (after as f64 - before as f64) / (1 << 20) as f64
-    );
+    if !transfer_only {
+        println!(
+            "scheduler core memory: {:.0} bytes per task ({} independent tasks)",
+            core_bytes_per_task(n_indep),
+            n_indep
+        );
+        let (before, loaded, after) = core_memory_with_clients(n_indep / 10);
+        println!(
+            "scheduler core with 20 clients x {} tasks (half shared): heap +{:.1} MiB loaded, +{:.2} MiB after all left",
+            n_indep / 10,
+            (loaded - before) as f64 / (1 << 20) as f64,
+            (after as f64 - before as f64) / (1 << 20) as f64
+        );
 
-    let cluster = LocalCluster::start(&ClusterSpec::plain(2, 1), Registry::with_builtins())
+        let cluster = LocalCluster::start(&ClusterSpec::plain(2, 1), Registry::with_builtins())
+            .await
+            .unwrap();
+        let client = cluster.client().await.unwrap();
+
+        // 1. Independent tasks.
+        let g = independent(n_indep);
+        let heap_before = live_bytes();
+        let start = Instant::now();
+        let mut run = client.submit_with(&g, &[]).await.unwrap();
+        let heap_submitted = live_bytes();
+        let report = run.wait().await.unwrap();
+        let secs = start.elapsed().as_secs_f64();
+        assert_eq!(report.finished, n_indep);
+        let plain = plain_loop_per_s(n_indep);
+        println!(
+            "{n_indep} independent noop tasks: {:.2} s, {:.0} tasks/s (process heap +{:.1} MiB at submit); baseline, the noop body in a plain loop: {:.0} calls/s, so a task costs {:.0}x a call",
+            secs,
+            n_indep as f64 / secs,
+            (heap_submitted as f64 - heap_before as f64) / (1 << 20) as f64,
+            plain,
+            plain / (n_indep as f64 / secs)
+        );
+
+        // 1b. The same number of sinks, each output fetched by the client.
+        let g = independent(n_indep);
+        let keys: Vec<String> = (0..n_indep).map(|i| format!("n{i}")).collect();
+        let start = Instant::now();
+        let mut run = client.submit_with(&g, &keys).await.unwrap();
+        let mut fetched = 0usize;
+        run.fetch_outputs(&keys, |_, r| {
+            r.expect("output");
+            fetched += 1;
+        })
         .await
         .unwrap();
-    let client = cluster.client().await.unwrap();
+        let sink_secs = start.elapsed().as_secs_f64();
+        assert_eq!(fetched, n_indep);
+        drop(run);
+        println!(
+            "{n_indep} sinks with their outputs fetched: {:.2} s, {:.0} tasks/s end to end ({:.2}x the time without fetching)",
+            sink_secs,
+            n_indep as f64 / sink_secs,
+            sink_secs / secs
+        );
+        client.release(keys).unwrap();
 
-    // 1. Independent tasks.
-    let g = independent(n_indep);
-    let heap_before = live_bytes();
-    let start = Instant::now();
-    let mut run = client.submit_with(&g, &[]).await.unwrap();
-    let heap_submitted = live_bytes();
-    let report = run.wait().await.unwrap();
-    let secs = start.elapsed().as_secs_f64();
-    assert_eq!(report.finished, n_indep);
-    let plain = plain_loop_per_s(n_indep);
-    println!(
-        "{n_indep} independent noop tasks: {:.2} s, {:.0} tasks/s (process heap +{:.1} MiB at submit); baseline, the noop body in a plain loop: {:.0} calls/s, so a task costs {:.0}x a call",
-        secs,
-        n_indep as f64 / secs,
-        (heap_submitted as f64 - heap_before as f64) / (1 << 20) as f64,
-        plain,
-        plain / (n_indep as f64 / secs)
-    );
+        // 1c. Load: 20 clients at once, 10,000 tasks each (half the keys shared by all), then all
+        //     leave. Heap is measured before, at the end, and after they left.
+        let heap_start = live_bytes();
+        let n_per_client = n_indep / 10;
+        let start = Instant::now();
+        let mut clients = tokio::task::JoinSet::new();
+        for c in 0..20 {
+            let client = cluster.client().await.unwrap();
+            clients.spawn(async move {
+                let mut g = Graph::with_capacity(n_per_client, 0);
+                for i in 0..n_per_client / 2 {
+                    g.task("noop", &()).key(format!("shared-{i}")).add();
+                    g.task("noop", &()).key(format!("c{c}-{i}")).add();
+                }
+                let mut run = client.submit_with(&g, &[]).await.unwrap();
+                let report = run.wait().await.unwrap();
+                assert_eq!(report.finished, n_per_client);
+                client.close();
+            });
+        }
+        while let Some(r) = clients.join_next().await {
+            r.unwrap();
+        }
+        let secs = start.elapsed().as_secs_f64();
+        // Departures are noticed (and their tables forgotten) within moments: measured after.
+        tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+        let heap_end = live_bytes();
+        println!(
+            "20 clients x {n_per_client} tasks (half shared): {:.2} s; process heap {:.1} MiB before, {:.1} MiB after all left (+{:.0} bytes per distinct task kept)",
+            secs,
+            heap_start as f64 / (1 << 20) as f64,
+            heap_end as f64 / (1 << 20) as f64,
+            (heap_end as f64 - heap_start as f64) / (n_per_client as f64 / 2.0 * 21.0)
+        );
 
-    // 1b. The same number of sinks, each output fetched by the client.
-    let g = independent(n_indep);
-    let keys: Vec<String> = (0..n_indep).map(|i| format!("n{i}")).collect();
-    let start = Instant::now();
-    let mut run = client.submit_with(&g, &keys).await.unwrap();
-    let mut fetched = 0usize;
-    run.fetch_outputs(&keys, |_, r| {
-        r.expect("output");
-        fetched += 1;
-    })
-    .await
-    .unwrap();
-    let sink_secs = start.elapsed().as_secs_f64();
-    assert_eq!(fetched, n_indep);
-    drop(run);
-    println!(
-        "{n_indep} sinks with their outputs fetched: {:.2} s, {:.0} tasks/s end to end ({:.2}x the time without fetching)",
-        sink_secs,
-        n_indep as f64 / sink_secs,
-        sink_secs / secs
-    );
-    client.release(keys).unwrap();
+        // 2. A chain.
+        let g = chain(n_chain);
+        let start = Instant::now();
+        let mut run = client.submit_with(&g, &[]).await.unwrap();
+        let report = run.wait().await.unwrap();
+        let secs = start.elapsed().as_secs_f64();
+        assert_eq!(report.finished, n_chain);
+        let rtt = tcp_round_trip_us();
+        println!(
+            "chain of {n_chain} dependent tasks: {:.2} s, {:.1} us per hop; baseline, a loopback TCP round trip: {:.1} us, so a hop is {:.1} round trips",
+            secs,
+            secs * 1e6 / n_chain as f64,
+            rtt,
+            secs * 1e6 / n_chain as f64 / rtt
+        );
 
-    // 1c. Load: 20 clients at once, 10,000 tasks each (half the keys shared by all), then all
-    //     leave. Heap is measured before, at the end, and after they left.
-    let heap_start = live_bytes();
-    let n_per_client = n_indep / 10;
-    let start = Instant::now();
-    let mut clients = tokio::task::JoinSet::new();
-    for c in 0..20 {
-        let client = cluster.client().await.unwrap();
-        clients.spawn(async move {
-            let mut g = Graph::with_capacity(n_per_client, 0);
-            for i in 0..n_per_client / 2 {
-                g.task("noop", &()).key(format!("shared-{i}")).add();
-                g.task("noop", &()).key(format!("c{c}-{i}")).add();
-            }
-            let mut run = client.submit_with(&g, &[]).await.unwrap();
-            let report = run.wait().await.unwrap();
-            assert_eq!(report.finished, n_per_client);
-            client.close();
-        });
+        drop(client);
+        cluster.shutdown().await;
     }
-    while let Some(r) = clients.join_next().await {
-        r.unwrap();
-    }
-    let secs = start.elapsed().as_secs_f64();
-    // Departures are noticed (and their tables forgotten) within moments: measured after.
-    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
-    let heap_end = live_bytes();
-    println!(
-        "20 clients x {n_per_client} tasks (half shared): {:.2} s; process heap {:.1} MiB before, {:.1} MiB after all left (+{:.0} bytes per distinct task kept)",
-        secs,
-        heap_start as f64 / (1 << 20) as f64,
-        heap_end as f64 / (1 << 20) as f64,
-        (heap_end as f64 - heap_start as f64) / (n_per_client as f64 / 2.0 * 21.0)
-    );
-
-    // 2. A chain.
-    let g = chain(n_chain);
-    let start = Instant::now();
-    let mut run = client.submit_with(&g, &[]).await.unwrap();
-    let report = run.wait().await.unwrap();
-    let secs = start.elapsed().as_secs_f64();
-    assert_eq!(report.finished, n_chain);
-    let rtt = tcp_round_trip_us();
-    println!(
-        "chain of {n_chain} dependent tasks: {:.2} s, {:.1} us per hop; baseline, a loopback TCP round trip: {:.1} us, so a hop is {:.1} round trips",
-        secs,
-        secs * 1e6 / n_chain as f64,
-        rtt,
-        secs * 1e6 / n_chain as f64 / rtt
-    );
 
     // 3. A big result moved between two workers. The same graph runs twice on a cluster with
     //    one worker in pool P and one in Q: once with the consumer in P (no move), once in Q
     //    (the result crosses); the difference in wall time is the transfer.
-    drop(client);
-    cluster.shutdown().await;
     let cluster = LocalCluster::start(
         &ClusterSpec::parse("P=1,Q=1", 1).unwrap(),
         Registry::with_builtins(),

@@ -48,7 +48,7 @@ pub struct WorkerHello {
     pub peer_cert: Vec<u8>,
     /// The functions its registry knows.
     pub functions: Vec<String>,
-    /// Where it serves large results over TLS on TCP (same certificate and token), if it does.
+    /// Where it serves large results on TCP, keyed by a TLS handshake (same certificate and token), if it does.
     pub data_addr: Option<SocketAddr>,
 }
 
@@ -94,7 +94,7 @@ pub struct PeerInfo {
     pub addr: SocketAddr,
     /// Its DER certificate.
     pub cert: Vec<u8>,
-    /// Where it serves large results over TLS on TCP, if it does.
+    /// Where it serves large results on TCP (keyed by a TLS handshake), if it does.
     pub data_addr: Option<SocketAddr>,
 }
 
@@ -559,7 +559,7 @@ pub enum FetchReply {
         /// Its size.
         len: u64,
     },
-    /// Held here, and large: fetch it on the data path (TLS on TCP) instead.
+    /// Held here, and large: fetch it on the data path (TCP, keyed by TLS) instead.
     Bulk {
         /// The result.
         id: TaskIdx,

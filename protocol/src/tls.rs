@@ -66,7 +66,7 @@ pub fn transport(idle_timeout: Duration) -> Arc<quinn::TransportConfig> {
     t.send_window(256 << 20);
     t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(1024));
     // Datagrams stay at the endpoint default (1,472 bytes): bulk results take the data path
-    // (TLS on TCP, `crate::data`), and larger datagrams would make every endpoint's receive
+    // (TCP keyed by TLS, `crate::data`), and larger datagrams would make every endpoint's receive
     // buffers many times larger.
     Arc::new(t)
 }

@@ -60,24 +60,66 @@ impl Pool {
 /// An empty buffer with room for at least `n` bytes: a recycled one when one of between `n`
 /// and `2n` bytes is free, else a new one. `None` when `n` bytes cannot be allocated.
 pub fn take(n: usize) -> Option<Vec<u8>> {
-    if n >= POOL_MIN {
-        let mut p = pool();
-        let best = p
-            .free
-            .iter()
-            .enumerate()
-            .filter(|(_, (b, _))| b.capacity() >= n && b.capacity() <= n.saturating_mul(2))
-            .min_by_key(|(_, (b, _))| b.capacity())
-            .map(|(i, _)| i);
-        if let Some(i) = best {
-            let (mut b, _) = p.free.swap_remove(i);
-            p.bytes -= b.capacity();
-            b.clear();
-            return Some(b);
-        }
+    if let Some(mut b) = recycled(n) {
+        b.clear();
+        return Some(b);
     }
     let mut v = Vec::new();
     v.try_reserve_exact(n).ok()?;
+    Some(v)
+}
+
+/// A buffer of exactly `n` bytes for a reader that overwrites all of them: a recycled one
+/// keeps its old bytes (no pass to clear them), a new one is zeroed by the kernel as it is
+/// first touched. `None` when `n` bytes cannot be allocated.
+pub fn take_len(n: usize) -> Option<Vec<u8>> {
+    if let Some(mut b) = recycled(n) {
+        if b.len() >= n {
+            b.truncate(n);
+        } else {
+            b.resize(n, 0);
+        }
+        return Some(b);
+    }
+    zeroed(n)
+}
+
+/// The smallest free buffer of between `n` and `2n` bytes, as it was returned (its length
+/// that of the result it held).
+fn recycled(n: usize) -> Option<Vec<u8>> {
+    if n < POOL_MIN {
+        return None;
+    }
+    let mut p = pool();
+    let i = p
+        .free
+        .iter()
+        .enumerate()
+        .filter(|(_, (b, _))| b.capacity() >= n && b.capacity() <= n.saturating_mul(2))
+        .min_by_key(|(_, (b, _))| b.capacity())
+        .map(|(i, _)| i)?;
+    let (b, _) = p.free.swap_remove(i);
+    p.bytes -= b.capacity();
+    Some(b)
+}
+
+/// `n` zero bytes without writing them: the allocator's zeroed memory (fresh pages, zero
+/// until touched), or `None`.
+fn zeroed(n: usize) -> Option<Vec<u8>> {
+    if n == 0 {
+        return Some(Vec::new());
+    }
+    let layout = std::alloc::Layout::array::<u8>(n).ok()?;
+    // SAFETY: the layout has a non-zero size; the pointer, if not null, is an allocation of
+    // `n` initialised (zero) bytes with the global allocator and `u8`'s alignment, which is
+    // what a `Vec<u8>` of length and capacity `n` owns.
+    let v = unsafe {
+        let ptr = std::alloc::alloc_zeroed(layout);
+        if ptr.is_null() {
+            return None;
+        }
+        Vec::from_raw_parts(ptr, n, n)
+    };
     Some(v)
 }
 
@@ -151,6 +193,16 @@ mod tests {
         assert_eq!(again.as_ptr(), ptr);
         assert!(again.is_empty());
         assert_eq!(pooled_bytes(), 0);
+        // A buffer of a given length for a reader: the recycled one, of that length.
+        drop(into_bytes(again));
+        let exact = take_len(2 * POOL_MIN + 1).unwrap();
+        assert_eq!((exact.as_ptr(), exact.len()), (ptr, 2 * POOL_MIN + 1));
+        let again = exact;
+        // A new one is zeroed.
+        let fresh = take_len(9 * POOL_MIN).unwrap();
+        assert_eq!(fresh.len(), 9 * POOL_MIN);
+        assert!(fresh.iter().all(|&x| x == 0));
+        drop(fresh);
         // Idle buffers are freed by trim.
         drop(into_bytes(again));
         assert_eq!(pooled_bytes(), 3 * POOL_MIN);

@@ -4,7 +4,8 @@
 //! bulk data). A request without the right token is refused and logged.
 //!
 //! Large results (at least [`BULK_MIN`] bytes) between workers take the data path instead
-//! (TLS on TCP, same pinned certificate and token; see [`drover_protocol::data`]): the holder
+//! (TCP keyed by a TLS handshake, same pinned certificate and token; see
+//! [`drover_protocol::data`]): the holder
 //! answers [`FetchReply::Bulk`] on the QUIC stream, and the fetcher reads those results on a
 //! data connection it keeps per peer. If the data path cannot be reached, the fetcher asks
 //! again on QUIC for the whole result.
@@ -14,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use drover_protocol::codec::{read_frame, read_frame_from, write_frame, write_frame_to};
+use drover_protocol::codec::{read_frame, write_frame};
 use drover_protocol::data::{self, BULK_MIN};
 use drover_protocol::endpoint::connect;
 use drover_protocol::{tokens_equal, FetchReply, FetchRequest, PeerInfo, TaskIdx, WorkerId};
@@ -117,11 +118,12 @@ fn refusal(req: &FetchRequest, token: &str) -> Option<&'static str> {
     }
 }
 
-/// Serves the data path: TLS connections on `listener`, each a sequence of requests answered
-/// as on QUIC (a [`FetchReply`] header, then the raw bytes), until the endpoint's worker ends.
+/// Serves the data path: connections on `listener` (a TLS handshake, then sealed frames),
+/// each a sequence of requests answered as on QUIC (a [`FetchReply`] header, then the raw
+/// bytes), until the endpoint's worker ends.
 pub async fn serve_data(
     listener: tokio::net::TcpListener,
-    acceptor: data::TlsAcceptor,
+    acceptor: data::Acceptor,
     store: Arc<Store>,
     token: Arc<str>,
 ) {
@@ -129,17 +131,16 @@ pub async fn serve_data(
         let Ok((tcp, remote)) = listener.accept().await else {
             continue;
         };
-        data::tune(&tcp);
         let (acceptor, store, token) = (acceptor.clone(), store.clone(), token.clone());
         tokio::spawn(async move {
-            let tls = match acceptor.accept(tcp).await {
-                Ok(t) => t,
+            let sealed = match acceptor.accept(tcp).await {
+                Ok(s) => s,
                 Err(e) => {
-                    warn!(%remote, error = %e, "data connection: TLS handshake failed");
+                    warn!(%remote, error = %e, "data connection: handshake failed");
                     return;
                 }
             };
-            if let Err(e) = serve_data_connection(tls, &store, &token).await {
+            if let Err(e) = serve_data_connection(sealed, &store, &token).await {
                 warn!(%remote, error = %e, "data connection failed");
             }
         });
@@ -147,12 +148,12 @@ pub async fn serve_data(
 }
 
 async fn serve_data_connection(
-    mut tls: data::ServerStream,
+    mut conn: data::Sealed,
     store: &Store,
     token: &str,
 ) -> Result<(), String> {
-    use tokio::io::AsyncWriteExt;
-    while let Some(req) = read_frame_from::<_, FetchRequest>(&mut tls, MAX_REQUEST)
+    while let Some(req) = conn
+        .recv_message::<FetchRequest>(MAX_REQUEST)
         .await
         .map_err(|e| e.to_string())?
     {
@@ -160,28 +161,26 @@ async fn serve_data_connection(
             let reply = FetchReply::Refused {
                 reason: reason.to_owned(),
             };
-            let _ = write_frame_to(&mut tls, &reply).await;
-            let _ = tls.shutdown().await;
+            let _ = conn.send_message(&reply).await;
+            let _ = conn.shutdown().await;
             return Err(format!("refused a fetch: {reason}"));
         }
         for id in req.ids {
-            match store.get(id) {
+            let reply = match store.get(id) {
                 Some(bytes) => {
                     let reply = FetchReply::Data {
                         id,
                         len: bytes.len() as u64,
                     };
-                    write_frame_to(&mut tls, &reply)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    tls.write_all(&bytes).await.map_err(|e| e.to_string())?;
+                    conn.send_message(&reply).await.map_err(|e| e.to_string())?;
+                    conn.send(&bytes).await.map_err(|e| e.to_string())?;
+                    continue;
                 }
-                None => write_frame_to(&mut tls, &FetchReply::Missing { id })
-                    .await
-                    .map_err(|e| e.to_string())?,
-            }
+                None => FetchReply::Missing { id },
+            };
+            conn.send_message(&reply).await.map_err(|e| e.to_string())?;
         }
-        tls.flush().await.map_err(|e| e.to_string())?;
+        conn.flush().await.map_err(|e| e.to_string())?;
     }
     Ok(())
 }
@@ -203,7 +202,7 @@ pub struct Fetcher {
     idle_timeout: Duration,
     conns: Mutex<HashMap<WorkerId, quinn::Connection>>,
     /// Idle data-path connections per peer, each for one fetch at a time.
-    data: Mutex<HashMap<WorkerId, Vec<data::ClientStream>>>,
+    data: Mutex<HashMap<WorkerId, Vec<data::Sealed>>>,
     /// Results that came on the data path.
     data_results: std::sync::atomic::AtomicU64,
 }
@@ -230,7 +229,7 @@ impl Fetcher {
         }
     }
 
-    /// How many results came on the data path (TLS on TCP) so far.
+    /// How many results came on the data path (TCP keyed by TLS) so far.
     pub fn data_results(&self) -> u64 {
         self.data_results.load(std::sync::atomic::Ordering::Relaxed)
     }
@@ -339,7 +338,6 @@ impl Fetcher {
         who: &str,
         out: &mut Fetched,
     ) -> Result<(), String> {
-        use tokio::io::AsyncReadExt;
         let addr = peer.data_addr.ok_or("no data path")?;
         let idle = self
             .data
@@ -347,8 +345,8 @@ impl Fetcher {
             .await
             .get_mut(&peer.id)
             .and_then(|v| v.pop());
-        let mut tls = match idle {
-            Some(t) => t,
+        let mut conn = match idle {
+            Some(c) => c,
             None => data::connect(addr, &peer.cert).await?,
         };
         let req = FetchRequest {
@@ -356,25 +354,33 @@ impl Fetcher {
             ids: bulk.iter().map(|&(id, _)| id).collect(),
             bulk: false,
         };
-        write_frame_to(&mut tls, &req)
-            .await
-            .map_err(|e| e.to_string())?;
+        conn.send_message(&req).await.map_err(|e| e.to_string())?;
+        conn.flush().await.map_err(|e| e.to_string())?;
         for &(id, len) in bulk {
-            let header: FetchReply = read_frame_from(&mut tls, MAX_HEADER)
+            let header: FetchReply = conn
+                .recv_message(MAX_HEADER)
                 .await
                 .map_err(|e| e.to_string())?
                 .ok_or_else(|| format!("{who} ended the data connection early"))?;
             match header {
                 FetchReply::Data { id: got, len: n } if got == id && n == len => {
-                    let mut buf = crate::buffers::take(len.min(RESERVE_LIMIT) as usize)
-                        .ok_or_else(|| format!("cannot allocate {len} bytes for result {id}"))?;
-                    (&mut tls)
-                        .take(len)
-                        .read_to_end(&mut buf)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    if buf.len() as u64 != len {
-                        return Err(format!("{who} ended the transfer of result {id} early"));
+                    let early = |e: std::io::Error| match e.kind() {
+                        std::io::ErrorKind::UnexpectedEof => {
+                            format!("{who} ended the transfer of result {id} early")
+                        }
+                        _ => format!("the transfer of result {id} from {who} failed: {e}"),
+                    };
+                    let cannot = || format!("cannot allocate {len} bytes for result {id}");
+                    // At most RESERVE_LIMIT ahead of what arrived.
+                    let mut buf = crate::buffers::take_len(len.min(RESERVE_LIMIT) as usize)
+                        .ok_or_else(cannot)?;
+                    conn.recv_exact(&mut buf).await.map_err(early)?;
+                    while (buf.len() as u64) < len {
+                        let at = buf.len();
+                        let step = (len - at as u64).min(RESERVE_LIMIT) as usize;
+                        buf.try_reserve_exact(step).map_err(|_| cannot())?;
+                        buf.resize(at + step, 0);
+                        conn.recv_exact(&mut buf[at..]).await.map_err(early)?;
                     }
                     out.got.push((id, crate::buffers::into_bytes(buf)));
                     self.data_results
@@ -387,7 +393,12 @@ impl Fetcher {
                 other => return Err(format!("{who} answered {other:?} for result {id}")),
             }
         }
-        self.data.lock().await.entry(peer.id).or_default().push(tls);
+        self.data
+            .lock()
+            .await
+            .entry(peer.id)
+            .or_default()
+            .push(conn);
         Ok(())
     }
 

@@ -258,7 +258,7 @@ async fn session(
     let peer_addr = endpoint
         .local_addr()
         .map_err(|e| WorkerError::Access(e.to_string()))?;
-    // The data path for large results: TLS on TCP, same address and certificate. Without it
+    // The data path for large results: TCP keyed by a TLS handshake, same address and certificate. Without it
     // (the port cannot be had) everything goes on QUIC.
     let data = match drover_protocol::data::listen(&identity, peer_addr.ip()).await {
         Ok((listener, acceptor)) => listener.local_addr().ok().map(|a| (a, listener, acceptor)),

@@ -1,12 +1,11 @@
-//! The peer fetch protocol over real QUIC and the data path (TLS on TCP): the right token gets
-//! the bytes; a wrong or missing token gets nothing; large results take the data path, and
-//! come on QUIC when it cannot be reached.
+//! The peer fetch protocol over real QUIC and the data path (TCP, keyed by a TLS handshake):
+//! the right token gets the bytes; a wrong or missing token gets nothing; large results take
+//! the data path, and come on QUIC when it cannot be reached.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use drover_protocol::codec::{read_frame_from, write_frame_to};
 use drover_protocol::data::{self, BULK_MIN};
 use drover_protocol::endpoint::{client_endpoint, server_endpoint};
 use drover_protocol::tls::Identity;
@@ -117,14 +116,15 @@ async fn the_data_path_wants_the_token_and_the_pinned_certificate() {
     store.put(1, Bytes::from(vec![1u8; 10]));
     let (peer, id) = holder(store).await;
     let addr = peer.data_addr.unwrap();
-    let mut tls = data::connect(addr, &id.cert).await.unwrap();
+    let mut conn = data::connect(addr, &id.cert).await.unwrap();
     let req = FetchRequest {
         token: "wrong".into(),
         ids: vec![1],
         bulk: false,
     };
-    write_frame_to(&mut tls, &req).await.unwrap();
-    let reply: FetchReply = read_frame_from(&mut tls, 4096).await.unwrap().unwrap();
+    conn.send_message(&req).await.unwrap();
+    conn.flush().await.unwrap();
+    let reply: FetchReply = conn.recv_message(4096).await.unwrap().unwrap();
     assert!(
         matches!(&reply, FetchReply::Refused { reason } if reason == "wrong token"),
         "{reply:?}"
