@@ -9,6 +9,7 @@
 //!    1c. 20 clients at once, half their keys shared.
 //! 2. A chain of 10,000 dependent `noop` tasks: microseconds per hop.
 //! 3. A 256 MiB result made on one worker and consumed on the other: MB/s.
+//! 4. A DAG of 1,000,000 tasks: from submit to its first task's end.
 //!
 //! Run: `cargo bench --bench runtime` (add `-- quick` for a tenth of the sizes, `-- transfer`
 //! for 3 alone). Each figure
@@ -43,6 +44,21 @@ fn chain(n: usize) -> Graph {
     let mut prev = g.task("noop", &()).key("c0").add();
     for i in 1..n {
         prev = g.task("concat", &()).key(format!("c{i}")).input(prev).add();
+    }
+    g
+}
+
+/// A DAG of `n` tasks, each (but the first two) reading the one before it and one about half
+/// way back.
+fn wide_dag(n: usize) -> Graph {
+    let mut g = Graph::with_capacity(n, 2 * n);
+    let mut handles = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut b = g.task("concat", &()).key(format!("g{i}"));
+        if i >= 2 {
+            b = b.input(handles[i - 1]).input(handles[i / 2]);
+        }
+        handles.push(b.add());
     }
     g
 }
@@ -181,6 +197,7 @@ async fn main() {
     let transfer_only = std::env::args().any(|a| a == "transfer");
     let scale = if quick { 10 } else { 1 };
     let (n_indep, n_chain, big) = (100_000 / scale, 10_000 / scale, (256usize << 20) / scale);
+    let n_graph = 1_000_000 / scale;
 
     if !transfer_only {
         println!(
@@ -294,6 +311,30 @@ async fn main() {
             secs * 1e6 / n_chain as f64 / rtt
         );
 
+        // 4. The first task of a big graph: a DAG of `n_graph` tasks (2 inputs each), from
+        //    submit to the first task's event; baseline, validating it and running the pools
+        //    pass here (what the scheduler does too before anything can start).
+        let g = wide_dag(n_graph);
+        let start = Instant::now();
+        let planned = drover::Planned::new(g.clone()).unwrap();
+        let local = start.elapsed().as_secs_f64();
+        drop(planned);
+        let start = Instant::now();
+        let mut run = client.submit_with(&g, &[]).await.unwrap();
+        let accepted = start.elapsed().as_secs_f64();
+        loop {
+            match run.next_event().await {
+                Some(drover::RunEvent::Task(_)) => break,
+                Some(_) => {}
+                None => panic!("the big graph ended before any task"),
+            }
+        }
+        let first = start.elapsed().as_secs_f64();
+        println!(
+            "{n_graph}-task graph: submit returned after {accepted:.2} s, the first task ended {first:.2} s after submit; baseline, validate + pools pass in this process: {local:.2} s ({:.2}x of it)",
+            first / local
+        );
+        drop(run);
         drop(client);
         cluster.shutdown().await;
     }

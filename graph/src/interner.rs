@@ -16,7 +16,16 @@ pub(crate) struct Interner {
     ends: Vec<usize>,
     /// Ids, found by their string's hash.
     index: HashTable<u32>,
+    /// The strings interned or found most recently, by a few bits of their hash (empty
+    /// until the interner holds [`RECENT_FROM`] strings): graphs mostly name tasks defined
+    /// shortly before, and these are found here without a probe of the large table.
+    recent: Vec<(u64, u32)>,
 }
+
+/// Slots of the recent-strings cache (a power of two).
+const RECENT: usize = 4096;
+/// Interners of fewer strings keep no cache (the table itself is in cache then).
+const RECENT_FROM: usize = 1 << 16;
 
 impl std::fmt::Debug for Interner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -44,21 +53,44 @@ impl Interner {
             text: String::with_capacity(n.saturating_mul(8)),
             ends: Vec::with_capacity(n),
             index: HashTable::with_capacity(n),
+            recent: Vec::new(),
         }
     }
 
     /// The id of `s`, adding it if new. The flag says whether it was new.
     pub fn intern(&mut self, s: &str) -> (u32, bool) {
         let h = hash(s);
-        let Interner { text, ends, index } = self;
-        if let Some(&id) = index.find(h, |&id| slice(text, ends, id) == s) {
-            return (id, false);
+        let Interner {
+            text,
+            ends,
+            index,
+            recent,
+        } = self;
+        // Bits the table does not use for its position (the low ones) or its tag (the top 7).
+        let r = (h >> 32) as usize & (RECENT - 1);
+        if let Some(&(rh, id)) = recent.get(r) {
+            if rh == h && slice(text, ends, id) == s {
+                return (id, false);
+            }
         }
-        let id = u32::try_from(ends.len()).expect("more than 2^32 interned strings");
-        text.push_str(s);
-        ends.push(text.len());
-        index.insert_unique(h, id, |&id| hash(slice(text, ends, id)));
-        (id, true)
+        let found = index.find(h, |&id| slice(text, ends, id) == s).copied();
+        let (id, new) = match found {
+            Some(id) => (id, false),
+            None => {
+                let id = u32::try_from(ends.len()).expect("more than 2^32 interned strings");
+                text.push_str(s);
+                ends.push(text.len());
+                index.insert_unique(h, id, |&id| hash(slice(text, ends, id)));
+                if ends.len() == RECENT_FROM {
+                    recent.resize(RECENT, (0, u32::MAX));
+                }
+                (id, true)
+            }
+        };
+        if let Some(slot) = recent.get_mut(r) {
+            *slot = (h, id);
+        }
+        (id, new)
     }
 
     /// The id of `s`, if interned.

@@ -12,6 +12,7 @@
 //! Only `key` and `function` are required. Inputs may name tasks defined later in the file.
 //! Unknown fields are refused (a typo such as `"input"` must not be silently ignored).
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use drover_annotations::{AnnotationError, Pool, Resources};
@@ -104,6 +105,66 @@ pub struct TaskSpec {
     pub durable: Option<DurableSpec>,
 }
 
+/// A task of a graph file as the streaming reader takes it: [`TaskSpec`]'s fields and rules
+/// (a task is read as one exactly when it reads as the other), with its strings borrowed from
+/// the file's text where they need no unescaping. A million tasks' keys, functions and inputs
+/// are then not a few million allocations.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TaskRef<'a> {
+    #[serde(borrow)]
+    key: Text<'a>,
+    #[serde(borrow)]
+    function: Text<'a>,
+    #[serde(default)]
+    params: Cow<'a, serde_json::Value>,
+    #[serde(default, borrow)]
+    inputs: Vec<Text<'a>>,
+    #[serde(default, borrow)]
+    pool: Option<Text<'a>>,
+    #[serde(default)]
+    any_pool: bool,
+    #[serde(default)]
+    resources: Cow<'a, BTreeMap<String, serde_json::Value>>,
+    #[serde(default)]
+    priority: i32,
+    #[serde(default)]
+    retries: u32,
+    #[serde(default)]
+    size_hint: Option<u64>,
+    #[serde(default)]
+    timeout: Option<f64>,
+    #[serde(default)]
+    once_cell: Option<crate::OnceCell>,
+    #[serde(default)]
+    durable: Option<DurableSpec>,
+}
+
+/// A string of the file: borrowed from its text unless it had escapes.
+struct Text<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
 fn is_zero_i32(v: &i32) -> bool {
     *v == 0
 }
@@ -172,18 +233,37 @@ impl Graph {
 
     /// Adds one task from its file form. Problems are recorded for [`Graph::validate`].
     pub fn add_spec(&mut self, t: &TaskSpec) -> crate::TaskId {
+        self.add_ref(&TaskRef {
+            key: Text(Cow::Borrowed(&t.key)),
+            function: Text(Cow::Borrowed(&t.function)),
+            params: Cow::Borrowed(&t.params),
+            inputs: t.inputs.iter().map(|k| Text(Cow::Borrowed(k))).collect(),
+            pool: t.pool.as_deref().map(|p| Text(Cow::Borrowed(p))),
+            any_pool: t.any_pool,
+            resources: Cow::Borrowed(&t.resources),
+            priority: t.priority,
+            retries: t.retries,
+            size_hint: t.size_hint,
+            timeout: t.timeout,
+            once_cell: t.once_cell,
+            durable: t.durable,
+        })
+    }
+
+    /// Adds one task as the file reader saw it.
+    fn add_ref(&mut self, t: &TaskRef<'_>) -> crate::TaskId {
         self.pending_inputs.clear();
         for k in &t.inputs {
-            let id = self.slot(k);
+            let id = self.slot(&k.0);
             self.pending_inputs.push(id);
         }
         let params = (!t.params.is_null()).then(|| t.params.to_string().into_boxed_str());
         self.add_parts(SpecParts {
-            key: &t.key,
+            key: &t.key.0,
             slot: None,
-            function: &t.function,
+            function: &t.function.0,
             params,
-            pool: t.pool.as_deref(),
+            pool: t.pool.as_ref().map(|p| &*p.0),
             any_pool: t.any_pool,
             resources: spec_resources(&t.resources),
             priority: t.priority,
@@ -467,7 +547,7 @@ mod stream {
 
     use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 
-    use super::TaskSpec;
+    use super::TaskRef;
     use crate::Graph;
 
     /// The fields of a graph file.
@@ -543,8 +623,8 @@ mod stream {
             f.write_str("a sequence")
         }
         fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-            while let Some(task) = seq.next_element::<TaskSpec>()? {
-                self.0.add_spec(&task);
+            while let Some(task) = seq.next_element::<TaskRef<'de>>()? {
+                self.0.add_ref(&task);
             }
             Ok(())
         }

@@ -139,7 +139,9 @@ impl Core {
                 v.shrink_to_fit();
             }
         }
-        fn map<K: std::hash::Hash + Eq, V>(m: &mut std::collections::HashMap<K, V>) {
+        fn map<K: std::hash::Hash + Eq, V, S: std::hash::BuildHasher>(
+            m: &mut std::collections::HashMap<K, V, S>,
+        ) {
             if m.capacity() > 4 * m.len() + 64 {
                 m.shrink_to_fit();
             }

@@ -99,14 +99,14 @@ impl Core {
                 nthreads: hello.nthreads.max(1),
                 inflight: 0,
                 peer,
-                has: HashSet::new(),
-                assigned: HashSet::new(),
+                has: Default::default(),
+                assigned: Default::default(),
                 retiring: false,
                 handoffs: Vec::new(),
                 handoff_failures: 0,
                 await_successor: false,
                 replicating: Vec::new(),
-                cells: HashSet::new(),
+                cells: Default::default(),
             },
         );
     }
