@@ -12,7 +12,7 @@
 //! 4. A DAG of 1,000,000 tasks: from submit to its first task's end.
 //!
 //! Run: `cargo bench --bench runtime` (add `-- quick` for a tenth of the sizes, `-- transfer`
-//! for 3 alone). Each figure
+//! for 3 alone, `-- graph` for 4 alone). Each figure
 //! is printed with a baseline measured in the same run (a plain loop for per-task overhead, a
 //! loopback TCP round trip for a hop, a loopback TCP copy for a transfer), since the machines
 //! are shared and noisy.
@@ -190,6 +190,32 @@ fn plain_loop_per_s(n: usize) -> f64 {
     n as f64 / start.elapsed().as_secs_f64()
 }
 
+/// 4: a DAG of `n` tasks (2 inputs each), from submit to the first task's event; baseline,
+/// validating it and running the pools pass here (what the scheduler does too before anything
+/// can start). The run is dropped after its first task (its client then leaves it).
+async fn first_task_of_big_graph(client: &drover::Client, n: usize) {
+    let g = wide_dag(n);
+    let start = Instant::now();
+    let planned = drover::Planned::new(g.clone()).unwrap();
+    let local = start.elapsed().as_secs_f64();
+    drop(planned);
+    let start = Instant::now();
+    let mut run = client.submit_with(&g, &[]).await.unwrap();
+    let accepted = start.elapsed().as_secs_f64();
+    loop {
+        match run.next_event().await {
+            Some(drover::RunEvent::Task(_)) => break,
+            Some(_) => {}
+            None => panic!("the big graph ended before any task"),
+        }
+    }
+    let first = start.elapsed().as_secs_f64();
+    println!(
+        "{n}-task graph: submit returned after {accepted:.2} s, the first task ended {first:.2} s after submit; baseline, validate + pools pass in this process: {local:.2} s ({:.2}x of it)",
+        first / local
+    );
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let quick = std::env::args().any(|a| a == "quick");
@@ -199,6 +225,17 @@ async fn main() {
     let (n_indep, n_chain, big) = (100_000 / scale, 10_000 / scale, (256usize << 20) / scale);
     let n_graph = 1_000_000 / scale;
 
+    // `graph`: only the big graph's submission (4), e.g. to profile it.
+    if std::env::args().any(|a| a == "graph") {
+        let cluster = LocalCluster::start(&ClusterSpec::plain(2, 1), Registry::with_builtins())
+            .await
+            .unwrap();
+        let client = cluster.client().await.unwrap();
+        first_task_of_big_graph(&client, n_graph).await;
+        drop(client);
+        cluster.shutdown().await;
+        return;
+    }
     if !transfer_only {
         println!(
             "scheduler core memory: {:.0} bytes per task ({} independent tasks)",
@@ -311,30 +348,8 @@ async fn main() {
             secs * 1e6 / n_chain as f64 / rtt
         );
 
-        // 4. The first task of a big graph: a DAG of `n_graph` tasks (2 inputs each), from
-        //    submit to the first task's event; baseline, validating it and running the pools
-        //    pass here (what the scheduler does too before anything can start).
-        let g = wide_dag(n_graph);
-        let start = Instant::now();
-        let planned = drover::Planned::new(g.clone()).unwrap();
-        let local = start.elapsed().as_secs_f64();
-        drop(planned);
-        let start = Instant::now();
-        let mut run = client.submit_with(&g, &[]).await.unwrap();
-        let accepted = start.elapsed().as_secs_f64();
-        loop {
-            match run.next_event().await {
-                Some(drover::RunEvent::Task(_)) => break,
-                Some(_) => {}
-                None => panic!("the big graph ended before any task"),
-            }
-        }
-        let first = start.elapsed().as_secs_f64();
-        println!(
-            "{n_graph}-task graph: submit returned after {accepted:.2} s, the first task ended {first:.2} s after submit; baseline, validate + pools pass in this process: {local:.2} s ({:.2}x of it)",
-            first / local
-        );
-        drop(run);
+        // 4. The first task of a big graph.
+        first_task_of_big_graph(&client, n_graph).await;
         drop(client);
         cluster.shutdown().await;
     }

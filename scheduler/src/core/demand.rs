@@ -63,13 +63,27 @@ impl Core {
     }
 
     /// One need of `t` is gone: frees its result when nothing needs it, and cancels it when it
-    /// has not run, nothing needs it and no connected client's run includes it.
+    /// has not run, nothing needs it and no connected client's run includes it. A cancelled
+    /// task's inputs lose its need in turn, all the way up: on a work list, not by recursion
+    /// (a chain of a million tasks cancelled at once must not overflow the stack).
     pub(crate) fn unneed(&mut self, t: TaskIdx) {
+        let mut stack = vec![t];
+        while let Some(t) = stack.pop() {
+            if self.lose_need(t) {
+                // Reversed, so inputs are visited in order, as a recursion would.
+                stack.extend(self.tasks[t as usize].inputs.iter().rev().copied());
+            }
+        }
+    }
+
+    /// [`Core::unneed`] for `t` alone: true when it was cancelled (its inputs are then the
+    /// caller's to unneed).
+    fn lose_need(&mut self, t: TaskIdx) -> bool {
         let task = &mut self.tasks[t as usize];
         debug_assert!(task.waiters > 0, "task {} has no waiter to lose", task.key);
         task.waiters = task.waiters.saturating_sub(1);
         if task.waiters > 0 {
-            return;
+            return false;
         }
         let held = task.state == State::Memory && task.cell.is_none();
         let unstarted = matches!(task.state, State::Waiting | State::Ready);
@@ -80,11 +94,14 @@ impl Core {
         if held {
             self.release(t);
         } else if unstarted && !self.has_connected_run(t) {
-            self.cancel(t);
+            self.tasks[t as usize].state = State::Idle;
+            self.note_done_for_good(t);
+            return true;
         } else if scoped_cell && !self.scoped_cell_in_use(t) {
             // The last user of a run-scoped cell whose runs are over is done.
             self.drop_cell(t);
         }
+        false
     }
 
     /// Frees `t`'s result on every holder (and a stored output the core held).

@@ -417,6 +417,33 @@ fn tasks_no_worker_can_run_are_warned_about_once() {
 }
 
 #[test]
+fn a_departed_client_s_chain_of_a_hundred_thousand_tasks_is_cancelled_without_recursion() {
+    // Cancelling a chain walks it input by input: by recursion this overflowed the stack
+    // (the scheduler aborted when a client with a deep graph left).
+    let n = 100_000;
+    let mut tasks = vec![r#"{"key": "c0", "function": "f"}"#.to_owned()];
+    for i in 1..n {
+        tasks.push(format!(
+            r#"{{"key": "c{i}", "function": "f", "inputs": ["c{}"]}}"#,
+            i - 1
+        ));
+    }
+    let json = format!(r#"{{"tasks": [{}]}}"#, tasks.join(","));
+    let mut s = Sim::new(&[("w", "", 1)]);
+    let last = format!("c{}", n - 1);
+    s.submit(&json, &[&last]);
+    assert!(matches!(
+        s.core.tasks[s.id("c0") as usize].state,
+        State::Assigned(_)
+    ));
+    s.handle(Event::ClientLeft { id: 0 });
+    // Everything but the running first task is cancelled and forgotten.
+    assert!(!s.core.keys.contains_key(last.as_str()));
+    assert!(!s.core.keys.contains_key("c1"));
+    assert!(s.core.keys.len() <= 1, "{} keys left", s.core.keys.len());
+}
+
+#[test]
 fn a_departed_client_s_waiting_tasks_are_cancelled_unless_shared() {
     let mut s = Sim::new(&[("w", "", 1)]);
     s.handle(Event::ClientJoined { id: 1 });
