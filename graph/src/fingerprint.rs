@@ -9,7 +9,7 @@
 //! Annotations that do not change the result (pool, resources, priority, retries, timeout, size
 //! hint) are not part of it.
 
-use xxhash_rust::xxh3::Xxh3;
+use xxhash_rust::xxh3::xxh3_128;
 
 use crate::{Graph, Lifetime, Topology};
 
@@ -19,31 +19,38 @@ pub type Fingerprint = u128;
 /// The fingerprint of every task, indexed by [`crate::TaskId::index`].
 pub fn fingerprints(graph: &Graph, topo: &Topology) -> Vec<Fingerprint> {
     let mut out: Vec<Fingerprint> = vec![0; graph.len()];
-    let mut h = Xxh3::new();
+    // Each task's bytes gathered, then hashed at once: XXH3 of the whole equals its streaming
+    // form over the same bytes (so fingerprints kept in progress stores stay valid), and is
+    // several times faster for a few dozen bytes than many small streaming updates.
+    let mut buf: Vec<u8> = Vec::with_capacity(256);
     for &id in topo.order() {
-        h.reset();
+        buf.clear();
         let function = graph.function(id);
-        h.update(&(function.len() as u64).to_le_bytes());
-        h.update(function.as_bytes());
+        buf.extend_from_slice(&(function.len() as u64).to_le_bytes());
+        buf.extend_from_slice(function.as_bytes());
         match graph.params(id) {
             Some(p) => {
-                h.update(&[1]);
-                h.update(&(p.len() as u64).to_le_bytes());
-                h.update(p.as_bytes());
+                buf.push(1);
+                buf.extend_from_slice(&(p.len() as u64).to_le_bytes());
+                buf.extend_from_slice(p.as_bytes());
             }
-            None => h.update(&[0]),
+            None => buf.push(0),
         }
         match graph.once_cell(id) {
-            Some(c) => h.update(&[1, u8::from(c.lifetime == Lifetime::Run), u8::from(c.lazy)]),
-            None => h.update(&[0]),
+            Some(c) => buf.extend_from_slice(&[
+                1,
+                u8::from(c.lifetime == Lifetime::Run),
+                u8::from(c.lazy),
+            ]),
+            None => buf.push(0),
         }
         for &i in graph.inputs(id) {
             let key = graph.key(i);
-            h.update(&(key.len() as u64).to_le_bytes());
-            h.update(key.as_bytes());
-            h.update(&out[i.index()].to_le_bytes());
+            buf.extend_from_slice(&(key.len() as u64).to_le_bytes());
+            buf.extend_from_slice(key.as_bytes());
+            buf.extend_from_slice(&out[i.index()].to_le_bytes());
         }
-        out[id.index()] = h.digest128();
+        out[id.index()] = xxh3_128(&buf);
     }
     out
 }
@@ -63,6 +70,44 @@ mod tests {
 
     fn of(p: &[(String, Fingerprint)], key: &str) -> Fingerprint {
         p.iter().find(|(k, _)| k == key).unwrap().1
+    }
+
+    #[test]
+    fn fingerprints_are_the_streaming_hash_of_their_bytes() {
+        // The form progress stores were written with: a streaming XXH3 over the same fields.
+        let p = prints(
+            r#"{"tasks": [{"key": "a", "function": "bytes", "params": {"n": 5}},
+              {"key": "c", "function": "concat", "inputs": ["a"]},
+              {"key": "m", "function": "load", "once_cell": {"lazy": true}}]}"#,
+        );
+        let streamed = |parts: &[&[u8]]| {
+            let mut h = xxhash_rust::xxh3::Xxh3::new();
+            for part in parts {
+                h.update(part);
+            }
+            h.digest128()
+        };
+        let a = streamed(&[
+            &5u64.to_le_bytes(),
+            b"bytes",
+            &[1],
+            &7u64.to_le_bytes(),
+            br#"{"n":5}"#,
+            &[0],
+        ]);
+        assert_eq!(of(&p, "a"), a);
+        let c = streamed(&[
+            &6u64.to_le_bytes(),
+            b"concat",
+            &[0],
+            &[0],
+            &1u64.to_le_bytes(),
+            b"a",
+            &a.to_le_bytes(),
+        ]);
+        assert_eq!(of(&p, "c"), c);
+        let m = streamed(&[&4u64.to_le_bytes(), b"load", &[0], &[1, 0, 1]]);
+        assert_eq!(of(&p, "m"), m);
     }
 
     #[test]
