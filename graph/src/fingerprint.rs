@@ -37,11 +37,9 @@ pub fn fingerprints(graph: &Graph, topo: &Topology) -> Vec<Fingerprint> {
             None => buf.push(0),
         }
         match graph.once_cell(id) {
-            Some(c) => buf.extend_from_slice(&[
-                1,
-                u8::from(c.lifetime == Lifetime::Run),
-                u8::from(c.lazy),
-            ]),
+            Some(c) => {
+                buf.extend_from_slice(&[1, u8::from(c.lifetime == Lifetime::Run), u8::from(c.lazy)])
+            }
             None => buf.push(0),
         }
         for &i in graph.inputs(id) {

@@ -369,6 +369,18 @@ pub enum RunsRequest {
         /// The run's id.
         id: String,
     },
+    /// [`RunsRequest::Submit`] with the graph in the binary wire form (`Graph::to_wire`), as
+    /// the Rust client and the CLI send it.
+    SubmitWire {
+        /// The graph, `drover_graph::wire` bytes.
+        graph: Vec<u8>,
+        /// Keys whose outputs are kept (usually the sinks).
+        wants: Vec<String>,
+        /// A name to list it by (default: empty).
+        name: String,
+        /// Who submitted it, as `drover runs` shows it (e.g. `user@host`).
+        by: String,
+    },
 }
 
 /// A detached run as listed.

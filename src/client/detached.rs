@@ -59,8 +59,24 @@ impl Client {
             .filter(|&t| !graph.is_once_cell(t))
             .map(|t| graph.key(t).to_owned())
             .collect();
-        let graph_json = serde_json::to_string(&graph.to_file()).expect("graph files serialise");
-        self.submit_json_detached(graph_json, &sinks, name).await
+        self.submit_detached_with(graph, &sinks, name).await
+    }
+
+    /// [`Client::submit_detached`] keeping the outputs of `wants` (instead of the sinks'),
+    /// the graph sent in the binary wire form.
+    pub async fn submit_detached_with(
+        &self,
+        graph: &Graph,
+        wants: &[String],
+        name: &str,
+    ) -> Result<String, ClientError> {
+        self.submit_request(RunsRequest::SubmitWire {
+            graph: graph.to_wire(),
+            wants: wants.to_vec(),
+            name: name.to_owned(),
+            by: submitter(),
+        })
+        .await
     }
 
     /// [`Client::submit_detached`] for a graph in the JSON graph format, keeping the outputs
@@ -71,18 +87,21 @@ impl Client {
         wants: &[String],
         name: &str,
     ) -> Result<String, ClientError> {
-        let reply = self
-            .runs_request(RunsRequest::Submit {
-                graph_json,
-                wants: wants.to_vec(),
-                name: name.to_owned(),
-                by: submitter(),
-            })
-            .await
-            .map_err(|e| match e {
-                ClientError::Refused(why) => ClientError::Rejected(why),
-                other => other,
-            })?;
+        self.submit_request(RunsRequest::Submit {
+            graph_json,
+            wants: wants.to_vec(),
+            name: name.to_owned(),
+            by: submitter(),
+        })
+        .await
+    }
+
+    /// Sends a detached submission; the run's id.
+    async fn submit_request(&self, request: RunsRequest) -> Result<String, ClientError> {
+        let reply = self.runs_request(request).await.map_err(|e| match e {
+            ClientError::Refused(why) => ClientError::Rejected(why),
+            other => other,
+        })?;
         match reply {
             RunsReply::Submitted { id, .. } => Ok(id),
             other => Err(unexpected(other)),

@@ -136,6 +136,45 @@ impl DetachedRun {
 }
 
 impl Core {
+    /// A detached run of `graph` (as read), submitted by `client`'s request `req`.
+    fn submit_detached(
+        &mut self,
+        client: ClientId,
+        req: u32,
+        graph: Result<drover_graph::Graph, String>,
+        wants: Vec<String>,
+        name: String,
+        by: String,
+    ) {
+        let d = &mut self.detached;
+        d.next += 1;
+        let stand_in = DETACHED_BASE + d.next;
+        let id = format!("{}-{:04x}", d.next, self.config.instance);
+        d.by_id.insert(id.clone(), stand_in);
+        d.runs.insert(
+            stand_in,
+            DetachedRun {
+                id,
+                name,
+                by,
+                submitted_ms: d.now_ms,
+                ended_ms: None,
+                gone_ms: None,
+                phase: Phase::Pending,
+                submitter: Some((client, req)),
+                tasks: 0,
+                wants: wants.clone(),
+                events: Vec::new(),
+                done: HashSet::new(),
+                failed: 0,
+                warnings: Vec::new(),
+                followers: Vec::new(),
+            },
+        );
+        self.clients.entry(stand_in).or_default();
+        self.submit(stand_in, 0, graph, &wants);
+    }
+
     /// A client's request about detached runs.
     pub(crate) fn runs_request(&mut self, client: ClientId, req: u32, request: RunsRequest) {
         let reply = |core: &mut Core, reply: RunsReply| {
@@ -149,35 +188,18 @@ impl Core {
                 name,
                 by,
             } => {
-                let d = &mut self.detached;
-                d.next += 1;
-                let stand_in = DETACHED_BASE + d.next;
-                let id = format!("{}-{:04x}", d.next, self.config.instance);
-                d.by_id.insert(id.clone(), stand_in);
-                d.runs.insert(
-                    stand_in,
-                    DetachedRun {
-                        id,
-                        name,
-                        by,
-                        submitted_ms: d.now_ms,
-                        ended_ms: None,
-                        gone_ms: None,
-                        phase: Phase::Pending,
-                        submitter: Some((client, req)),
-                        tasks: 0,
-                        wants: wants.clone(),
-                        events: Vec::new(),
-                        done: HashSet::new(),
-                        failed: 0,
-                        warnings: Vec::new(),
-                        followers: Vec::new(),
-                    },
-                );
-                self.clients.entry(stand_in).or_default();
                 let graph =
                     drover_graph::Graph::from_json_str(&graph_json).map_err(|e| e.to_string());
-                self.submit(stand_in, 0, graph, &wants);
+                self.submit_detached(client, req, graph, wants, name, by);
+            }
+            RunsRequest::SubmitWire {
+                graph,
+                wants,
+                name,
+                by,
+            } => {
+                let graph = drover_graph::Graph::from_wire(&graph).map_err(|e| e.to_string());
+                self.submit_detached(client, req, graph, wants, name, by);
             }
             RunsRequest::Attach { run, id, from } => {
                 let retention = self.config.retention_ms;

@@ -99,7 +99,6 @@ fn failed(e: ClientError) -> Failure {
 pub fn submit(args: SubmitArgs) -> Result<(), Failure> {
     let planned = load(&args.graph)?;
     let sinks = crate::sinks_in_file_order(&planned);
-    let text = std::fs::read_to_string(&args.graph).map_err(|e| Failure::Usage(e.to_string()))?;
     let name = args.name.clone().unwrap_or_else(|| {
         args.graph
             .file_name()
@@ -108,7 +107,7 @@ pub fn submit(args: SubmitArgs) -> Result<(), Failure> {
     });
     let id = with_client(&args.access.access_file, async |client| {
         client
-            .submit_json_detached(text, &sinks, &name)
+            .submit_detached_with(&planned.graph, &sinks, &name)
             .await
             .map_err(|e| match e {
                 ClientError::Rejected(m) => Failure::BadGraph(m),

@@ -47,6 +47,45 @@ fn submit_detached(s: &mut Sim) -> String {
     }
 }
 
+#[test]
+fn a_detached_run_in_the_wire_form_runs_like_one_in_json() {
+    let mut s = Sim::new(&[("w0", "", 1)]);
+    let wire = drover_graph::Graph::from_json_str(CHAIN).unwrap().to_wire();
+    let cmds = runs(
+        &mut s,
+        0,
+        1,
+        RunsRequest::SubmitWire {
+            graph: wire,
+            wants: vec!["c".into()],
+            name: "chain".into(),
+            by: "ann@box".into(),
+        },
+    );
+    let RunsReply::Submitted { id, tasks } = reply(&cmds, 0, 1) else {
+        panic!("{cmds:?}")
+    };
+    assert_eq!(tasks, 3);
+    s.handle(Event::ClientLeft { id: 0 });
+    run_chain(&mut s);
+    let info = list(&mut s, 1);
+    assert_eq!(info.len(), 1);
+    assert_eq!((info[0].id.as_str(), info[0].done), (id.as_str(), 3));
+    // A wire form that is not one is refused with the decoder's words, like bad JSON.
+    let cmds = runs(
+        &mut s,
+        1,
+        2,
+        RunsRequest::SubmitWire {
+            graph: vec![1, 2, 3],
+            wants: vec![],
+            name: String::new(),
+            by: String::new(),
+        },
+    );
+    assert!(matches!(reply(&cmds, 1, 2), RunsReply::Refused(_)), "{cmds:?}");
+}
+
 fn list(s: &mut Sim, client: ClientId) -> Vec<drover_protocol::RunInfo> {
     let cmds = runs(s, client, 99, RunsRequest::List);
     match reply(&cmds, client, 99) {
