@@ -83,7 +83,10 @@ fn a_detached_run_in_the_wire_form_runs_like_one_in_json() {
             by: String::new(),
         },
     );
-    assert!(matches!(reply(&cmds, 1, 2), RunsReply::Refused(_)), "{cmds:?}");
+    assert!(
+        matches!(reply(&cmds, 1, 2), RunsReply::Refused(_)),
+        "{cmds:?}"
+    );
 }
 
 fn list(s: &mut Sim, client: ClientId) -> Vec<drover_protocol::RunInfo> {
