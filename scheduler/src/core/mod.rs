@@ -334,11 +334,14 @@ pub struct Core {
     pub(crate) keys: FastMap<Arc<str>, TaskIdx>,
     pub(crate) workers: BTreeMap<WorkerId, Worker>,
     pub(crate) pools: Vec<Arc<str>>,
-    pub(crate) pool_index: HashMap<Arc<str>, PoolIdx>,
+    pub(crate) pool_index: FastMap<Arc<str>, PoolIdx>,
     pub(crate) functions: Vec<Arc<str>>,
-    pub(crate) function_index: HashMap<Arc<str>, FnIdx>,
+    pub(crate) function_index: FastMap<Arc<str>, FnIdx>,
     pub(crate) reqs: Vec<Req>,
-    pub(crate) req_index: HashMap<Req, ReqIdx>,
+    pub(crate) req_index: FastMap<Req, ReqIdx>,
+    /// The requirement of a task of one function, no once-cell inputs and no resources (most
+    /// tasks): found here without building and hashing a [`Req`].
+    pub(crate) plain_req: FastMap<FnIdx, ReqIdx>,
     pub(crate) runs: Vec<Run>,
     pub(crate) extra_runs: FastMap<TaskIdx, Vec<u32>>,
     pub(crate) clients: FastMap<ClientId, FastSet<TaskIdx>>,

@@ -429,25 +429,38 @@ impl Core {
         });
         let inputs: Box<[TaskIdx]> = graph.inputs(gid).iter().map(|i| map[i.index()]).collect();
         let function = self.intern_function(graph.function(gid));
-        let mut functions: Vec<super::FnIdx> = vec![function];
-        for &i in inputs.iter() {
-            let input = &self.tasks[i as usize];
-            if input.cell.is_some() {
-                functions.push(input.function);
+        let plain = graph.resources(gid).consumable().next().is_none()
+            && !inputs
+                .iter()
+                .any(|&i| self.tasks[i as usize].cell.is_some());
+        let req = match self.plain_req.get(&function) {
+            Some(&r) if plain => r,
+            _ => {
+                let mut functions: Vec<super::FnIdx> = vec![function];
+                for &i in inputs.iter() {
+                    let input = &self.tasks[i as usize];
+                    if input.cell.is_some() {
+                        functions.push(input.function);
+                    }
+                }
+                functions.sort_unstable();
+                functions.dedup();
+                let mut resources: Vec<(String, u64)> = graph
+                    .resources(gid)
+                    .consumable()
+                    .map(|(k, v)| (k.to_owned(), v.to_bits()))
+                    .collect();
+                resources.sort();
+                let r = self.intern_req(Req {
+                    functions: functions.into_boxed_slice(),
+                    resources,
+                });
+                if plain {
+                    self.plain_req.insert(function, r);
+                }
+                r
             }
-        }
-        functions.sort_unstable();
-        functions.dedup();
-        let mut resources: Vec<(String, u64)> = graph
-            .resources(gid)
-            .consumable()
-            .map(|(k, v)| (k.to_owned(), v.to_bits()))
-            .collect();
-        resources.sort();
-        let req = self.intern_req(Req {
-            functions: functions.into_boxed_slice(),
-            resources,
-        });
+        };
         Task {
             key: graph.key_shared(gid),
             fingerprint: prints[gid.index()],
