@@ -68,8 +68,11 @@ const MAX_ROUNDS: usize = 8;
 pub const GLOBAL_MAX: usize = 50_000;
 
 /// Movable tasks per window: each move is a cut over one window's tasks, the rest held where
-/// they are. Windows follow the topological order, so a window holds neighbours.
-pub const WINDOW: usize = 2048;
+/// they are. Windows follow the topological order, so a window holds neighbours. A cut's work
+/// grows faster than its window: within one budget, windows of 512 covered 26% of a
+/// 1,000,000-task graph and cut its bytes 11.5% below the linear pass's, where windows of
+/// 2,048 covered 9% for 3.4% (and 100,000 tasks: 13% fewer bytes than with 2,048).
+pub const WINDOW: usize = 512;
 
 /// The placement problem as the refinement sees it.
 pub(crate) struct Problem<'a> {
