@@ -83,52 +83,6 @@ pub async fn read_frame<M: DeserializeOwned>(
     decode(&body).map(Some)
 }
 
-/// Writes one frame on any byte stream (the data path's TLS connections).
-pub async fn write_frame_to<W, M>(out: &mut W, msg: &M) -> Result<(), CodecError>
-where
-    W: tokio::io::AsyncWrite + Unpin,
-    M: Serialize + ?Sized,
-{
-    use tokio::io::AsyncWriteExt;
-    let frame = encode(msg)?;
-    out.write_all(&frame)
-        .await
-        .map_err(|e| CodecError::Stream(e.to_string()))
-}
-
-/// Reads one frame of at most `max` bytes from any byte stream. `Ok(None)` means the stream
-/// ended cleanly between frames.
-pub async fn read_frame_from<R, M>(input: &mut R, max: usize) -> Result<Option<M>, CodecError>
-where
-    R: tokio::io::AsyncRead + Unpin,
-    M: DeserializeOwned,
-{
-    use tokio::io::AsyncReadExt;
-    let mut len = [0u8; 4];
-    let mut got = 0;
-    while got < 4 {
-        match input.read(&mut len[got..]).await {
-            Ok(0) if got == 0 => return Ok(None),
-            Ok(0) => return Err(CodecError::Truncated),
-            Ok(n) => got += n,
-            Err(e) => return Err(CodecError::Stream(e.to_string())),
-        }
-    }
-    let len = u32::from_le_bytes(len) as usize;
-    if len > max {
-        return Err(CodecError::TooLarge { len, max });
-    }
-    let mut body = vec![0u8; len];
-    input.read_exact(&mut body).await.map_err(|e| {
-        if e.kind() == std::io::ErrorKind::UnexpectedEof {
-            CodecError::Truncated
-        } else {
-            CodecError::Stream(e.to_string())
-        }
-    })?;
-    decode(&body).map(Some)
-}
-
 /// Most messages in one frame written by [`batch_writer`].
 pub const MAX_BATCH: usize = 65_536;
 

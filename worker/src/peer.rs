@@ -5,9 +5,8 @@
 //!
 //! Large results (at least [`BULK_MIN`] bytes) between workers take the data path instead
 //! (TCP keyed by a TLS handshake, same pinned certificate and token; see
-//! [`drover_protocol::data`]): the holder
-//! answers [`FetchReply::Bulk`] on the QUIC stream, and the fetcher reads those results on a
-//! data connection it keeps per peer. If the data path cannot be reached, the fetcher asks
+//! [`drover_protocol::data`]): the holder answers [`FetchReply::Bulk`] on the QUIC stream, and
+//! the fetcher reads those results on a data connection it keeps per peer. If the data path cannot be reached, the fetcher asks
 //! again on QUIC for the whole result.
 
 use std::collections::HashMap;
@@ -166,7 +165,7 @@ async fn serve_data_connection(
             return Err(format!("refused a fetch: {reason}"));
         }
         for id in req.ids {
-            let reply = match store.get(id) {
+            match store.get(id) {
                 Some(bytes) => {
                     let reply = FetchReply::Data {
                         id,
@@ -174,11 +173,12 @@ async fn serve_data_connection(
                     };
                     conn.send_message(&reply).await.map_err(|e| e.to_string())?;
                     conn.send(&bytes).await.map_err(|e| e.to_string())?;
-                    continue;
                 }
-                None => FetchReply::Missing { id },
-            };
-            conn.send_message(&reply).await.map_err(|e| e.to_string())?;
+                None => conn
+                    .send_message(&FetchReply::Missing { id })
+                    .await
+                    .map_err(|e| e.to_string())?,
+            }
         }
         conn.flush().await.map_err(|e| e.to_string())?;
     }

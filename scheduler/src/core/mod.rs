@@ -35,18 +35,18 @@ mod tests;
 mod workers;
 
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
-
-/// A hash map of the core's hot tables, hashed with foldhash (fast, seeded per map against
-/// crafted collisions): SipHash took about a tenth of a million-task submission.
-pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
-/// A hash set of the core's hot tables (see [`FastMap`]).
-pub(crate) type FastSet<T> = HashSet<T, foldhash::fast::RandomState>;
 use std::sync::Arc;
 
 use drover_protocol::{
     ComputeTask, FromClient, FromWorker, PeerInfo, TaskEvent, TaskIdx, TaskStatus, ToClient,
     ToWorker, WorkerHello, WorkerId,
 };
+
+/// A hash map of the core's hot tables, hashed with foldhash (fast, seeded per map against
+/// crafted collisions): SipHash took about a tenth of a million-task submission.
+pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+/// A hash set of the core's hot tables (see [`FastMap`]).
+pub(crate) type FastSet<T> = HashSet<T, foldhash::fast::RandomState>;
 
 pub use placement::Restriction;
 

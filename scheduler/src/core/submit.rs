@@ -436,25 +436,7 @@ impl Core {
         let req = match self.plain_req.get(&function) {
             Some(&r) if plain => r,
             _ => {
-                let mut functions: Vec<super::FnIdx> = vec![function];
-                for &i in inputs.iter() {
-                    let input = &self.tasks[i as usize];
-                    if input.cell.is_some() {
-                        functions.push(input.function);
-                    }
-                }
-                functions.sort_unstable();
-                functions.dedup();
-                let mut resources: Vec<(String, u64)> = graph
-                    .resources(gid)
-                    .consumable()
-                    .map(|(k, v)| (k.to_owned(), v.to_bits()))
-                    .collect();
-                resources.sort();
-                let r = self.intern_req(Req {
-                    functions: functions.into_boxed_slice(),
-                    resources,
-                });
+                let r = self.req_of(graph, gid, function, &inputs);
                 if plain {
                     self.plain_req.insert(function, r);
                 }
@@ -556,6 +538,37 @@ impl Core {
             }
         }
         skip
+    }
+
+    /// The requirement of graph task `gid` running `function` on `inputs` (core slots): its
+    /// function and the loaders of the once-cells among its inputs, and its consumable
+    /// resources.
+    fn req_of(
+        &mut self,
+        graph: &Graph,
+        gid: TaskId,
+        function: super::FnIdx,
+        inputs: &[TaskIdx],
+    ) -> super::ReqIdx {
+        let mut functions: Vec<super::FnIdx> = vec![function];
+        for &i in inputs {
+            let input = &self.tasks[i as usize];
+            if input.cell.is_some() {
+                functions.push(input.function);
+            }
+        }
+        functions.sort_unstable();
+        functions.dedup();
+        let mut resources: Vec<(String, u64)> = graph
+            .resources(gid)
+            .consumable()
+            .map(|(k, v)| (k.to_owned(), v.to_bits()))
+            .collect();
+        resources.sort();
+        self.intern_req(Req {
+            functions: functions.into_boxed_slice(),
+            resources,
+        })
     }
 
     /// Tells one run that a task it includes is settled at its submission: done before (in
