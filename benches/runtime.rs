@@ -11,7 +11,7 @@
 //! 3. A 256 MiB result made on one worker and consumed on the other: MB/s.
 //! 4. A DAG of 1,000,000 tasks: from submit to its first task's end.
 //!
-//! Run: `cargo bench --bench runtime` (add `-- quick` for a tenth of the sizes, `-- transfer`
+//! Run: `cargo bench --bench runtime` (add `-- quick` for a tenth of the sizes, `-- hops` for 1 and 2 alone, `-- chain` for 2, `-- transfer`
 //! for 3 alone, `-- graph` for 4 alone). Each figure
 //! is printed with a baseline measured in the same run (a plain loop for per-task overhead, a
 //! loopback TCP round trip for a hop, a loopback TCP copy for a transfer), since the machines
@@ -216,6 +216,48 @@ async fn first_task_of_big_graph(client: &drover::Client, n: usize) {
     );
 }
 
+/// 1. `n` independent `noop` tasks: prints tasks/s against the noop body in a plain loop;
+/// returns the seconds taken.
+async fn independent_tasks(client: &drover::Client, n_indep: usize) -> f64 {
+    let g = independent(n_indep);
+    let heap_before = live_bytes();
+    let start = Instant::now();
+    let mut run = client.submit_with(&g, &[]).await.unwrap();
+    let heap_submitted = live_bytes();
+    let report = run.wait().await.unwrap();
+    let secs = start.elapsed().as_secs_f64();
+    assert_eq!(report.finished, n_indep);
+    let plain = plain_loop_per_s(n_indep);
+    println!(
+        "{n_indep} independent noop tasks: {:.2} s, {:.0} tasks/s (process heap +{:.1} MiB at submit); baseline, the noop body in a plain loop: {:.0} calls/s, so a task costs {:.0}x a call",
+        secs,
+        n_indep as f64 / secs,
+        (heap_submitted as f64 - heap_before as f64) / (1 << 20) as f64,
+        plain,
+        plain / (n_indep as f64 / secs)
+    );
+    secs
+}
+
+/// 2. A chain of `n` dependent tasks: prints microseconds per hop against a loopback TCP round
+/// trip.
+async fn chain_of_tasks(client: &drover::Client, n_chain: usize) {
+    let g = chain(n_chain);
+    let start = Instant::now();
+    let mut run = client.submit_with(&g, &[]).await.unwrap();
+    let report = run.wait().await.unwrap();
+    let secs = start.elapsed().as_secs_f64();
+    assert_eq!(report.finished, n_chain);
+    let rtt = tcp_round_trip_us();
+    println!(
+        "chain of {n_chain} dependent tasks: {:.2} s, {:.1} us per hop; baseline, a loopback TCP round trip: {:.1} us, so a hop is {:.1} round trips",
+        secs,
+        secs * 1e6 / n_chain as f64,
+        rtt,
+        secs * 1e6 / n_chain as f64 / rtt
+    );
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let quick = std::env::args().any(|a| a == "quick");
@@ -225,6 +267,21 @@ async fn main() {
     let (n_indep, n_chain, big) = (100_000 / scale, 10_000 / scale, (256usize << 20) / scale);
     let n_graph = 1_000_000 / scale;
 
+    // `hops`: only the independent tasks (1) and the chain (2), e.g. to profile them.
+    let chain_only = std::env::args().any(|a| a == "chain");
+    if chain_only || std::env::args().any(|a| a == "hops") {
+        let cluster = LocalCluster::start(&ClusterSpec::plain(2, 1), Registry::with_builtins())
+            .await
+            .unwrap();
+        let client = cluster.client().await.unwrap();
+        if !chain_only {
+            independent_tasks(&client, n_indep).await;
+        }
+        chain_of_tasks(&client, n_chain).await;
+        drop(client);
+        cluster.shutdown().await;
+        return;
+    }
     // `graph`: only the big graph's submission (4), e.g. to profile it.
     if std::env::args().any(|a| a == "graph") {
         let cluster = LocalCluster::start(&ClusterSpec::plain(2, 1), Registry::with_builtins())
@@ -256,23 +313,7 @@ async fn main() {
         let client = cluster.client().await.unwrap();
 
         // 1. Independent tasks.
-        let g = independent(n_indep);
-        let heap_before = live_bytes();
-        let start = Instant::now();
-        let mut run = client.submit_with(&g, &[]).await.unwrap();
-        let heap_submitted = live_bytes();
-        let report = run.wait().await.unwrap();
-        let secs = start.elapsed().as_secs_f64();
-        assert_eq!(report.finished, n_indep);
-        let plain = plain_loop_per_s(n_indep);
-        println!(
-            "{n_indep} independent noop tasks: {:.2} s, {:.0} tasks/s (process heap +{:.1} MiB at submit); baseline, the noop body in a plain loop: {:.0} calls/s, so a task costs {:.0}x a call",
-            secs,
-            n_indep as f64 / secs,
-            (heap_submitted as f64 - heap_before as f64) / (1 << 20) as f64,
-            plain,
-            plain / (n_indep as f64 / secs)
-        );
+        let secs = independent_tasks(&client, n_indep).await;
 
         // 1b. The same number of sinks, each output fetched by the client.
         let g = independent(n_indep);
@@ -333,20 +374,7 @@ async fn main() {
         );
 
         // 2. A chain.
-        let g = chain(n_chain);
-        let start = Instant::now();
-        let mut run = client.submit_with(&g, &[]).await.unwrap();
-        let report = run.wait().await.unwrap();
-        let secs = start.elapsed().as_secs_f64();
-        assert_eq!(report.finished, n_chain);
-        let rtt = tcp_round_trip_us();
-        println!(
-            "chain of {n_chain} dependent tasks: {:.2} s, {:.1} us per hop; baseline, a loopback TCP round trip: {:.1} us, so a hop is {:.1} round trips",
-            secs,
-            secs * 1e6 / n_chain as f64,
-            rtt,
-            secs * 1e6 / n_chain as f64 / rtt
-        );
+        chain_of_tasks(&client, n_chain).await;
 
         // 4. The first task of a big graph.
         first_task_of_big_graph(&client, n_graph).await;

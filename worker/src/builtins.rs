@@ -72,6 +72,22 @@ fn input_bytes<'a>(ctx: &'a TaskContext, inputs: &'a [Bytes], i: usize) -> &'a B
 /// worker may hold: its memory limit, or what the machine has available. Never aborts the
 /// process: the allocation itself is fallible too.
 fn output_buffer(ctx: &TaskContext, n: u64) -> Result<Vec<u8>, String> {
+    if n >= CHECK_BUDGET_FROM || ctx.worker.memory_limit().is_some() {
+        check_budget(ctx, n)?;
+    }
+    usize::try_from(n)
+        .ok()
+        .and_then(crate::buffers::take)
+        .ok_or_else(|| format!("refusing to make a {n}-byte output: cannot allocate it"))
+}
+
+/// Outputs of fewer bytes than this are not checked against the memory the machine has
+/// available (reading it costs a read of `/proc/meminfo`, more than a small task's whole
+/// run); their allocation stays fallible, and a worker's memory limit is checked always.
+const CHECK_BUDGET_FROM: u64 = 1 << 20;
+
+/// An error when `n` bytes are more than this worker may hold.
+fn check_budget(ctx: &TaskContext, n: u64) -> Result<(), String> {
     if let Some((budget, what)) = ctx.worker.memory_budget() {
         if n > budget {
             return Err(format!(
@@ -79,10 +95,7 @@ fn output_buffer(ctx: &TaskContext, n: u64) -> Result<Vec<u8>, String> {
             ));
         }
     }
-    usize::try_from(n)
-        .ok()
-        .and_then(crate::buffers::take)
-        .ok_or_else(|| format!("refusing to make a {n}-byte output: cannot allocate it"))
+    Ok(())
 }
 
 fn no_params(params: Option<&str>) -> Result<(), String> {

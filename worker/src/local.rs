@@ -54,6 +54,11 @@ impl WorkerLocal {
         self
     }
 
+    /// Its `--memory-limit` in bytes, if it has one.
+    pub fn memory_limit(&self) -> Option<u64> {
+        self.memory_limit
+    }
+
     /// The most bytes one output may take here, and what bounds it: the worker's memory limit,
     /// else the memory the machine has available now (Linux), else nothing known.
     pub fn memory_budget(&self) -> Option<(u64, &'static str)> {
