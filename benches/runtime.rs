@@ -216,7 +216,7 @@ async fn first_task_of_big_graph(client: &drover::Client, n: usize) {
     );
 }
 
-/// 1. `n` independent `noop` tasks: prints tasks/s against the noop body in a plain loop;
+/// Section 1, `n` independent `noop` tasks: prints tasks/s against the noop body in a plain loop;
 /// returns the seconds taken.
 async fn independent_tasks(client: &drover::Client, n_indep: usize) -> f64 {
     let g = independent(n_indep);
@@ -239,7 +239,7 @@ async fn independent_tasks(client: &drover::Client, n_indep: usize) -> f64 {
     secs
 }
 
-/// 2. A chain of `n` dependent tasks: prints microseconds per hop against a loopback TCP round
+/// Section 2, a chain of `n` dependent tasks: prints microseconds per hop against a loopback TCP round
 /// trip.
 async fn chain_of_tasks(client: &drover::Client, n_chain: usize) {
     let g = chain(n_chain);
