@@ -11,8 +11,8 @@
 //! 3. A 256 MiB result made on one worker and consumed on the other: MB/s.
 //! 4. A DAG of 1,000,000 tasks: from submit to its first task's end.
 //!
-//! Run: `cargo bench --bench runtime` (add `-- quick` for a tenth of the sizes, `-- hops` for 1 and 2 alone, `-- chain` for 2, `-- transfer`
-//! for 3 alone, `-- graph` for 4 alone). Each figure
+//! Run: `cargo bench --bench runtime` (add `-- quick` for a tenth of the sizes, `-- hops` for 1
+//! and 2 alone, `-- chain` for 2, `-- transfer` for 3 alone, `-- graph` for 4 alone). Each figure
 //! is printed with a baseline measured in the same run (a plain loop for per-task overhead, a
 //! loopback TCP round trip for a hop, a loopback TCP copy for a transfer), since the machines
 //! are shared and noisy.
@@ -216,8 +216,8 @@ async fn first_task_of_big_graph(client: &drover::Client, n: usize) {
     );
 }
 
-/// Section 1, `n` independent `noop` tasks: prints tasks/s against the noop body in a plain loop;
-/// returns the seconds taken.
+/// Section 1, `n` independent `noop` tasks: prints tasks/s against the noop body in a plain
+/// loop; returns the seconds taken.
 async fn independent_tasks(client: &drover::Client, n_indep: usize) -> f64 {
     let g = independent(n_indep);
     let heap_before = live_bytes();
@@ -239,8 +239,8 @@ async fn independent_tasks(client: &drover::Client, n_indep: usize) -> f64 {
     secs
 }
 
-/// Section 2, a chain of `n` dependent tasks: prints microseconds per hop against a loopback TCP round
-/// trip.
+/// Section 2, a chain of `n` dependent tasks: prints microseconds per hop against a loopback
+/// TCP round trip.
 async fn chain_of_tasks(client: &drover::Client, n_chain: usize) {
     let g = chain(n_chain);
     let start = Instant::now();
@@ -258,6 +258,15 @@ async fn chain_of_tasks(client: &drover::Client, n_chain: usize) {
     );
 }
 
+/// The bench's local cluster (2 workers x 1 thread, the built-ins) and a client of it.
+async fn plain_cluster() -> (LocalCluster, drover::Client) {
+    let cluster = LocalCluster::start(&ClusterSpec::plain(2, 1), Registry::with_builtins())
+        .await
+        .unwrap();
+    let client = cluster.client().await.unwrap();
+    (cluster, client)
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let quick = std::env::args().any(|a| a == "quick");
@@ -267,13 +276,11 @@ async fn main() {
     let (n_indep, n_chain, big) = (100_000 / scale, 10_000 / scale, (256usize << 20) / scale);
     let n_graph = 1_000_000 / scale;
 
-    // `hops`: only the independent tasks (1) and the chain (2), e.g. to profile them.
+    // `hops`: only the independent tasks (1) and the chain (2); `chain`: only the chain. E.g. to
+    // profile them.
     let chain_only = std::env::args().any(|a| a == "chain");
     if chain_only || std::env::args().any(|a| a == "hops") {
-        let cluster = LocalCluster::start(&ClusterSpec::plain(2, 1), Registry::with_builtins())
-            .await
-            .unwrap();
-        let client = cluster.client().await.unwrap();
+        let (cluster, client) = plain_cluster().await;
         if !chain_only {
             independent_tasks(&client, n_indep).await;
         }
@@ -284,10 +291,7 @@ async fn main() {
     }
     // `graph`: only the big graph's submission (4), e.g. to profile it.
     if std::env::args().any(|a| a == "graph") {
-        let cluster = LocalCluster::start(&ClusterSpec::plain(2, 1), Registry::with_builtins())
-            .await
-            .unwrap();
-        let client = cluster.client().await.unwrap();
+        let (cluster, client) = plain_cluster().await;
         first_task_of_big_graph(&client, n_graph).await;
         drop(client);
         cluster.shutdown().await;
@@ -307,10 +311,7 @@ async fn main() {
             (after as f64 - before as f64) / (1 << 20) as f64
         );
 
-        let cluster = LocalCluster::start(&ClusterSpec::plain(2, 1), Registry::with_builtins())
-            .await
-            .unwrap();
-        let client = cluster.client().await.unwrap();
+        let (cluster, client) = plain_cluster().await;
 
         // 1. Independent tasks.
         let secs = independent_tasks(&client, n_indep).await;

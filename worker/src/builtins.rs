@@ -69,8 +69,8 @@ fn input_bytes<'a>(ctx: &'a TaskContext, inputs: &'a [Bytes], i: usize) -> &'a B
 }
 
 /// An empty buffer with room for `n` output bytes, or an error when `n` is more than this
-/// worker may hold: its memory limit, or what the machine has available. Never aborts the
-/// process: the allocation itself is fallible too.
+/// worker may hold: its memory limit, or (from [`CHECK_BUDGET_FROM`] bytes) what the machine
+/// has available. Never aborts the process: the allocation itself is fallible too.
 fn output_buffer(ctx: &TaskContext, n: u64) -> Result<Vec<u8>, String> {
     if n >= CHECK_BUDGET_FROM || ctx.worker.memory_limit().is_some() {
         check_budget(ctx, n)?;
