@@ -27,7 +27,7 @@ pub use messages::*;
 pub use status::*;
 
 /// The protocol version; a peer speaking another one is refused.
-pub const PROTOCOL_VERSION: u32 = 8;
+pub const PROTOCOL_VERSION: u32 = 9;
 
 /// The reason a scheduler closes every connection with when it shuts down on purpose: workers
 /// exit 0 and clients end their runs, rather than retrying as after a loss.

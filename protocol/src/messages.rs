@@ -123,6 +123,12 @@ pub struct ComputeTask {
     /// For a durable task: send its output with [`FromWorker::Finished`] when it is at most
     /// this many bytes (the scheduler keeps it in its progress store).
     pub report_output: Option<u64>,
+    /// Inputs this same worker was given to compute before this task and had not finished
+    /// when the scheduler sent it (each listed once): the task waits here for them and needs
+    /// no fetch. When one of them ends without a result (it fails, times out or is given
+    /// back), the worker drops this task without a report, as does the scheduler, which
+    /// queues it again or fails it.
+    pub after: Vec<TaskIdx>,
 }
 
 /// A once-cell as a worker needs to know it: sent once per worker before its first use there.
@@ -186,6 +192,10 @@ pub enum FromWorker {
         /// A replacement is being started.
         successor: bool,
     },
+    /// These tasks assigned here did not start and will not run here: the worker retires for
+    /// a fresh process (its lifespan or memory limit). Sent after [`FromWorker::Retiring`];
+    /// the scheduler places them elsewhere.
+    Returned(Vec<TaskIdx>),
     /// Inputs fetched from other workers for a task, now held here as replicas: (input, from
     /// worker, bytes). Sent when the fetch ends, before the task's outcome.
     Fetched {

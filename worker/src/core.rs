@@ -15,6 +15,12 @@
 //!   source left is given back to the scheduler ([`FromWorker::InputsLost`]) with every failed
 //!   (input, holder) pair, so the scheduler corrects what it believes. A peer the scheduler says
 //!   is gone is never dialled again, and fetches in flight from it fail at once.
+//! * **Pre-assigned tasks.** A task whose [`ComputeTask::after`] names inputs being made here
+//!   waits for them here, neither fetched nor reported: each result made here starts its
+//!   followers in the same step. If such an input ends without a result (failed, timed out,
+//!   given back), its followers are dropped silently, transitively, as the scheduler drops the
+//!   same ones when it hears of the input; a follower that arrives after its input failed is
+//!   dropped on arrival.
 //! * **Keeping and freeing.** The store holds this worker's results and the replicas it
 //!   fetched; each is reported to the scheduler when it arrives ([`FromWorker::Finished`],
 //!   [`FromWorker::Fetched`], [`FromWorker::Replicated`]), and dropped when the scheduler says
@@ -267,6 +273,9 @@ pub struct WorkerCore {
     pending: HashMap<TaskIdx, Pending>,
     queue: BinaryHeap<Queued>,
     wanted: HashMap<TaskIdx, Wanted>,
+    /// Results being made here (queued or running) that pending tasks here wait for
+    /// ([`ComputeTask::after`]), with those tasks, one entry per input occurrence.
+    after: HashMap<TaskIdx, Vec<TaskIdx>>,
     fetches: HashMap<FetchId, FetchState>,
     jobs: HashMap<JobId, Running>,
     used: HashMap<String, f64>,
@@ -307,6 +316,7 @@ impl WorkerCore {
             pending: HashMap::new(),
             queue: BinaryHeap::new(),
             wanted: HashMap::new(),
+            after: HashMap::new(),
             fetches: HashMap::new(),
             jobs: HashMap::new(),
             used: HashMap::new(),
@@ -451,13 +461,30 @@ impl WorkerCore {
                 *awaited.entry(*t).or_default() += 1;
             }
         }
+        for (i, ws) in &self.after {
+            // Timed out and not reported yet counts as being made: its waiters go with the
+            // report.
+            let unreported = self.jobs.values().any(|r| r.task == *i && !r.lost);
+            if !(self.pending.contains_key(i) || unreported) || ws.is_empty() {
+                return Err(format!(
+                    "tasks {ws:?} wait for {i}, which is not being made here"
+                ));
+            }
+            for t in ws {
+                if !self.pending.contains_key(t) {
+                    return Err(format!("task {t} waits for {i} but is not pending here"));
+                }
+                *awaited.entry(*t).or_default() += 1;
+            }
+        }
         for (t, p) in &self.pending {
             let mut here = 0;
             for i in &p.task.inputs {
                 if self.cells.contains(i) {
                     continue;
                 }
-                let waits = self.wanted.get(i).is_some_and(|w| w.waiters.contains(t));
+                let waits = self.wanted.get(i).is_some_and(|w| w.waiters.contains(t))
+                    || self.after.get(i).is_some_and(|w| w.contains(t));
                 if !waits {
                     if !self.store.contains_key(i) {
                         return Err(format!("task {t}'s input {i} is neither here nor awaited"));
@@ -574,31 +601,104 @@ impl WorkerCore {
             );
             return;
         }
+        if self.recycle {
+            // Sent before the scheduler heard this worker retires: the successor runs it.
+            self.out.push(FromWorker::Returned(vec![id]));
+            return;
+        }
+        // Inputs made here: each must still be on its way (queued or running), else it ended
+        // without a result and the scheduler drops this task too.
+        if let Some(&gone) = task
+            .after
+            .iter()
+            .find(|&&i| !self.store.contains_key(&i) && !self.making(i))
+        {
+            tracing::debug!(
+                task = id,
+                input = gone,
+                "dropping a task whose input made here failed"
+            );
+            return;
+        }
         self.next_order += 1;
         let mut missing: Vec<TaskIdx> = Vec::new();
+        let mut made_here = 0;
         for &i in &task.inputs {
             if self.cells.contains(&i) {
                 continue;
             }
             match self.store.get_mut(&i) {
                 Some(e) => e.pins += 1,
+                None if task.after.contains(&i) => {
+                    self.after.entry(i).or_default().push(id);
+                    made_here += 1;
+                }
                 None => missing.push(i),
             }
         }
         let p = Pending {
-            missing: missing.len() as u32,
+            missing: missing.len() as u32 + made_here,
             task,
             order: self.next_order,
             lost: Vec::new(),
             error: String::new(),
         };
         self.pending.insert(id, p);
-        if missing.is_empty() {
+        if missing.is_empty() && made_here == 0 {
             self.enqueue(id);
             return;
         }
         for i in missing {
             self.want(id, i);
+        }
+    }
+
+    /// Task `t` no longer waits here for input `i` being made here (one occurrence); `false` if
+    /// it did not.
+    fn stop_waiting_after(&mut self, i: TaskIdx, t: TaskIdx) -> bool {
+        let Some(ws) = self.after.get_mut(&i) else {
+            return false;
+        };
+        let Some(pos) = ws.iter().position(|&y| y == t) else {
+            return false;
+        };
+        ws.swap_remove(pos);
+        if ws.is_empty() {
+            self.after.remove(&i);
+        }
+        true
+    }
+
+    /// Whether task `i` is queued or running here and may still make its result.
+    fn making(&self, i: TaskIdx) -> bool {
+        self.pending.contains_key(&i) || self.jobs.values().any(|r| r.task == i && !r.abandoned)
+    }
+
+    /// Task `t` ended here without a result (reported failed, timed out or given back): the
+    /// tasks waiting here for it are dropped, and those waiting for them, all the way down;
+    /// the scheduler drops the same ones when it hears of `t`.
+    fn drop_after(&mut self, t: TaskIdx) {
+        if self.after.is_empty() {
+            return;
+        }
+        let mut stack = vec![t];
+        while let Some(x) = stack.pop() {
+            for d in self.after.remove(&x).unwrap_or_default() {
+                let Some(p) = self.pending.remove(&d) else {
+                    continue; // listed twice: dropped already
+                };
+                tracing::debug!(
+                    task = d,
+                    input = x,
+                    "dropping a task whose input made here failed"
+                );
+                for &i in &p.task.inputs {
+                    if !self.cells.contains(&i) && i != x && !self.stop_waiting_after(i, d) {
+                        self.unpin(i);
+                    }
+                }
+                stack.push(d);
+            }
         }
     }
 
@@ -686,9 +786,20 @@ impl WorkerCore {
             return;
         };
         tracing::warn!(key = %p.task.key, input = i, error = %p.error, "cannot fetch an input; giving the task back");
-        // Each input occurrence is either awaited (listed among its waiters) or here and
-        // pinned by this task: undo whichever it is.
-        for &input in &p.task.inputs {
+        self.release_inputs(t, &p.task.inputs);
+        self.out.push(FromWorker::InputsLost {
+            id: t,
+            lost: p.lost,
+            error: p.error,
+        });
+        self.drop_after(t);
+    }
+
+    /// Pending task `t` (of these inputs) left: each input occurrence is either awaited
+    /// (listed among its waiters, fetched or made here) or here and pinned by it: undoes
+    /// whichever it is.
+    fn release_inputs(&mut self, t: TaskIdx, inputs: &[TaskIdx]) {
+        for &input in inputs {
             if self.cells.contains(&input) {
                 continue;
             }
@@ -697,15 +808,10 @@ impl WorkerCore {
                 w.waiters.swap_remove(pos);
                 Some(())
             });
-            if awaited.is_none() {
+            if awaited.is_none() && !self.stop_waiting_after(input, t) {
                 self.unpin(input);
             }
         }
-        self.out.push(FromWorker::InputsLost {
-            id: t,
-            lost: p.lost,
-            error: p.error,
-        });
     }
 
     /// One pin less on `i` (a task that needed it started or left); drops a freed result
@@ -792,11 +898,14 @@ impl WorkerCore {
     /// Result `i` is here now (made, fetched or copied): stores it unless it was here already
     /// (then `false`), and hands it to every task waiting for it.
     fn arrived(&mut self, i: TaskIdx) -> bool {
-        let waiters = self
+        let mut waiters = self
             .wanted
             .remove(&i)
             .map(|w| w.waiters)
             .unwrap_or_default();
+        if let Some(made_here) = self.after.remove(&i) {
+            waiters.extend(made_here);
+        }
         let new = !self.store.contains_key(&i);
         let e = self.store.entry(i).or_insert(Entry {
             freed: false,
@@ -919,11 +1028,7 @@ impl WorkerCore {
                 Err(e) if e.starts_with(&timeout) => e,
                 _ => timeout,
             };
-            self.out.push(FromWorker::Failed {
-                id: r.task,
-                error,
-                duration_us: r.timeout_ms.unwrap_or(0) * 1000,
-            });
+            self.failed(r.task, error, r.timeout_ms.unwrap_or(0) * 1000);
             self.count_done();
             return;
         }
@@ -942,13 +1047,19 @@ impl WorkerCore {
                     output: None,
                 });
             }
-            Err(error) => self.out.push(FromWorker::Failed {
-                id: r.task,
-                error,
-                duration_us,
-            }),
+            Err(error) => self.failed(r.task, error, duration_us),
         }
         self.count_done();
+    }
+
+    /// Reports task `t` failed; the tasks waiting here for its result go with it.
+    fn failed(&mut self, t: TaskIdx, error: String, duration_us: u64) {
+        self.out.push(FromWorker::Failed {
+            id: t,
+            error,
+            duration_us,
+        });
+        self.drop_after(t);
     }
 
     fn count_done(&mut self) {
@@ -978,6 +1089,7 @@ impl WorkerCore {
         map(&mut self.store);
         map(&mut self.pending);
         map(&mut self.wanted);
+        map(&mut self.after);
         map(&mut self.fetches);
         map(&mut self.jobs);
         if self.queue.capacity() > 4 * self.queue.len() + 64 {
@@ -990,6 +1102,28 @@ impl WorkerCore {
         self.recycle = true;
         self.cmds.push(Command::Recycling);
         self.out.push(FromWorker::Retiring { successor: true });
+        self.give_back_unstarted();
+    }
+
+    /// Retiring for a fresh process: every task assigned here that was not handed to the
+    /// threads goes back to the scheduler ([`FromWorker::Returned`]), so the lifespan bounds
+    /// what one process runs and the successor starts them.
+    fn give_back_unstarted(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let mut ids: Vec<(u64, TaskIdx)> =
+            self.pending.iter().map(|(&t, p)| (p.order, t)).collect();
+        ids.sort_unstable();
+        for &(_, t) in &ids {
+            let p = self.pending.remove(&t).expect("listed from pending");
+            self.release_inputs(t, &p.task.inputs);
+        }
+        self.queue.clear();
+        debug_assert!(self.after.is_empty());
+        self.out.push(FromWorker::Returned(
+            ids.into_iter().map(|(_, t)| t).collect(),
+        ));
     }
 
     fn tick(&mut self, now: Instant) {
@@ -1024,15 +1158,12 @@ impl WorkerCore {
             }
             self.lost_running += 1;
             self.lost_total += 1;
-            self.out.push(FromWorker::Failed {
-                id: task,
-                error: format!(
-                    "{}; its function did not stop, so its thread was given up ({} on this worker)",
-                    timeout_message(Duration::from_millis(timeout_ms)),
-                    self.lost_total
-                ),
-                duration_us: timeout_ms * 1000,
-            });
+            let error = format!(
+                "{}; its function did not stop, so its thread was given up ({} on this worker)",
+                timeout_message(Duration::from_millis(timeout_ms)),
+                self.lost_total
+            );
+            self.failed(task, error, timeout_ms * 1000);
             self.count_done();
             tracing::warn!(
                 worker = self.id,

@@ -179,6 +179,7 @@ impl Core {
                 }
             }
         }
+        self.check_preassigned()?;
         for (k, &t) in &self.keys {
             if self.tasks.get(t as usize).map(|t| &t.key) != Some(k) {
                 return Err(format!("key {k:?} maps to slot {t}, which is another task"));

@@ -27,6 +27,7 @@ pub mod detached;
 mod forget;
 mod invariants;
 mod placement;
+mod preassign;
 mod retire;
 mod submit;
 mod summary;
@@ -272,6 +273,13 @@ pub(crate) struct Worker {
     pub replicating: Vec<(WorkerId, Vec<TaskIdx>)>,
     /// Once-cells this worker was told of: loaded, loading, or to load on first need.
     pub cells: FastSet<TaskIdx>,
+    /// Tasks assigned here whose chain of pre-assigned followers stopped at this worker's
+    /// capacity: extended again when room frees (see `preassign.rs`). At most
+    /// `preassign::MAX_STALLED`; a tail not recorded only costs its chain a round trip.
+    pub stalled: Vec<TaskIdx>,
+    /// Of `inflight`, the pre-assigned tasks still waiting for inputs being made here: they
+    /// take no thread yet, so they do not count against the room for ready tasks.
+    pub waiting: u32,
 }
 
 #[derive(Debug)]
@@ -378,6 +386,9 @@ pub struct Core {
     pub(crate) detached: detached::DetachedRuns,
     /// The propagate-pools pass's estimates of bytes crossing pools, summed over submissions.
     pub(crate) estimated_cross_pool: u64,
+    /// Tasks assigned before their inputs finished, to the worker computing them: the inputs
+    /// they still wait for there (see `preassign.rs`).
+    pub(crate) preassigned: FastMap<TaskIdx, Vec<TaskIdx>>,
 }
 
 /// Limits of the scheduler's rules.
@@ -397,6 +408,9 @@ pub struct CoreConfig {
     /// This scheduler's tag, the second half of detached run ids (`3-1f2a`), so that a run id
     /// of an earlier scheduler is not taken for another run after a restart.
     pub instance: u16,
+    /// Pre-assign tasks to the worker computing all their inputs, before those finish (see
+    /// `preassign.rs`): a chain then runs on its worker without a round trip per task.
+    pub preassign: bool,
 }
 
 impl Default for CoreConfig {
@@ -407,6 +421,7 @@ impl Default for CoreConfig {
             max_output: drover_progress::DEFAULT_MAX_OUTPUT as u64,
             retention_ms: 24 * 3600 * 1000,
             instance: 0,
+            preassign: true,
         }
     }
 }
@@ -754,6 +769,7 @@ impl Core {
             priority: task.priority,
             timeout_ms: task.timeout_ms,
             report_output: task.durable.map(|_| self.config.max_output),
+            after: self.preassigned.get(&t).cloned().unwrap_or_default(),
         })
     }
 }

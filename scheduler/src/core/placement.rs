@@ -111,7 +111,7 @@ impl Core {
 
     /// Whether some connected worker of pool `p` can run tasks of requirements `req`
     /// (remembered until a worker joins, leaves or retires).
-    fn pool_can_run(&self, p: PoolIdx, req: ReqIdx) -> bool {
+    pub(crate) fn pool_can_run(&self, p: PoolIdx, req: ReqIdx) -> bool {
         if let Some(&known) = self.pool_can.borrow().get(&(p, req)) {
             return known;
         }
@@ -123,7 +123,15 @@ impl Core {
         can
     }
 
-    fn capacity(&self, w: &Worker) -> u32 {
+    /// Tasks in flight on `w` that take (or soon take) its threads: all but the pre-assigned
+    /// ones still waiting for their inputs.
+    pub(crate) fn load(&self, w: &Worker) -> u32 {
+        w.inflight - w.waiting
+    }
+
+    /// How many tasks `w` may have in flight: its threads, and enough queued ahead of them
+    /// to cover a round trip at the mean task duration.
+    pub(crate) fn capacity(&self, w: &Worker) -> u32 {
         let per_thread = (PREFETCH_US / self.mean_duration_us.max(1.0)).ceil() as u32;
         w.nthreads + (per_thread.saturating_mul(w.nthreads)).clamp(1, MAX_PREFETCH)
     }
@@ -161,7 +169,7 @@ impl Core {
                 continue;
             }
             any_eligible = true;
-            if w.inflight >= self.capacity(w) {
+            if self.load(w) >= self.capacity(w) {
                 continue;
             }
             let (mut missing_bytes, mut missing, mut loads_us) = (0u64, 0usize, 0f64);
@@ -180,7 +188,7 @@ impl Core {
                     }
                 }
             }
-            let start = f64::from(w.inflight) / f64::from(w.nthreads) * self.mean_duration_us
+            let start = f64::from(self.load(w)) / f64::from(w.nthreads) * self.mean_duration_us
                 + missing_bytes as f64 / self.bandwidth
                 + loads_us;
             let better = match best {
@@ -201,7 +209,7 @@ impl Core {
         }
         // Nothing can be placed while every worker is full; warnings can wait for room too.
         let mut active = self.workers.values().filter(|w| !w.retiring).peekable();
-        if active.peek().is_some() && active.all(|w| w.inflight >= self.capacity(w)) {
+        if active.peek().is_some() && active.all(|w| self.load(w) >= self.capacity(w)) {
             return;
         }
         let classes: Vec<Class> = self.ready.keys().copied().collect();
@@ -244,6 +252,9 @@ impl Core {
                 self.hand_stored(t, w);
                 let msg = self.compute_message(t, w);
                 self.out.push(Command::Worker(w, msg));
+                if self.config.preassign {
+                    self.preassign_after(t, w);
+                }
             }
         }
         self.ready.retain(|_, q| !q.is_empty());

@@ -54,8 +54,22 @@ impl Sim {
         cmds
     }
 
+    /// A core that assigns tasks only once their inputs are done (most tests are about other
+    /// rules; [`Sim::preassigning`] tests pre-assignment), with these workers and client 0.
     fn new(workers: &[(&str, &str, u32)]) -> Sim {
-        let core = Core::new();
+        Sim::with(workers, false)
+    }
+
+    /// [`Sim::new`] with pre-assignment on, as it is by default.
+    fn preassigning(workers: &[(&str, &str, u32)]) -> Sim {
+        Sim::with(workers, true)
+    }
+
+    fn with(workers: &[(&str, &str, u32)], preassign: bool) -> Sim {
+        let core = Core::with_config(CoreConfig {
+            preassign,
+            ..CoreConfig::default()
+        });
         let mut s = Sim { core };
         for (i, (name, res, n)) in workers.iter().enumerate() {
             s.handle(Event::WorkerJoined {
@@ -1154,6 +1168,7 @@ fn a_copy_under_way_keeps_its_result_needed_until_it_is_answered() {
 
 mod detached;
 mod durable;
+mod preassign;
 
 /// A freed result computed again for a newer run is news to the newer run only: the run that
 /// saw it finish does not hear of it again (its report would count a rerun).

@@ -24,6 +24,7 @@ impl Core {
                     worker.await_successor = successor;
                 }
             }
+            FromWorker::Returned(ids) => self.returned(w, &ids),
             FromWorker::Replicated { from, ids, failed } => self.replicated(w, from, &ids, failed),
             FromWorker::Started(id) => self.mark_started(w, id),
             FromWorker::Fetched { task, inputs, .. } => self.fetched(w, task, &inputs),
@@ -107,6 +108,8 @@ impl Core {
                 await_successor: false,
                 replicating: Vec::new(),
                 cells: Default::default(),
+                stalled: Vec::new(),
+                waiting: 0,
             },
         );
     }
@@ -183,6 +186,7 @@ impl Core {
         let mut requeued = Vec::with_capacity(assigned.len());
         for t in assigned {
             self.moved.remove(&t);
+            self.preassigned.remove(&t);
             if running.contains(&t) {
                 let deaths = self.deaths.entry(t).or_default();
                 deaths.push(w.name.clone());
@@ -225,6 +229,7 @@ impl Core {
         if self.tasks.get(t as usize).map(|t| &t.state) != Some(&State::Assigned(w)) {
             return false;
         }
+        self.unwait(t, w);
         if let Some(worker) = self.workers.get_mut(&w) {
             worker.inflight -= 1;
             worker.assigned.remove(&t);
@@ -311,6 +316,7 @@ impl Core {
             None,
         );
         self.deaths.remove(&t);
+        self.preassigned_input_done(t, w);
         if let Some(version) = self.tasks[t as usize].durable {
             // Its output goes with it when the worker sent it (small enough to keep).
             let task = &self.tasks[t as usize];
@@ -323,6 +329,7 @@ impl Core {
             });
         }
         self.arrive(t, w, size);
+        self.resume_stalled(w);
     }
 
     fn failed(&mut self, w: WorkerId, t: TaskIdx, error: String, duration_us: u64) {
@@ -331,13 +338,41 @@ impl Core {
             return;
         }
         self.moved.remove(&t);
+        let dropped = self.drop_preassigned(t, w);
         let task = &mut self.tasks[t as usize];
         if task.retries_left > 0 {
             task.retries_left -= 1;
             task.state = State::Waiting;
-            return self.settle(t);
+            self.settle(t);
+        } else {
+            self.fail(t, Arc::from(error.as_str()), Some(w), duration_us);
         }
-        self.fail(t, Arc::from(error.as_str()), Some(w), duration_us);
+        self.settle_all(&dropped);
+    }
+
+    /// `w` gave back these unstarted tasks (it retires): they wait again, to be placed
+    /// elsewhere, with the tasks pre-assigned there after them (the worker drops those, or
+    /// gives them back too: then they are stale here).
+    fn returned(&mut self, w: WorkerId, ids: &[TaskIdx]) {
+        let mut back = Vec::with_capacity(ids.len());
+        for &t in ids {
+            if self.unassign(w, t) {
+                self.moved.remove(&t);
+                self.tasks[t as usize].state = State::Waiting;
+                back.push(t);
+                let dropped = self.drop_preassigned(t, w);
+                back.extend(dropped);
+            }
+        }
+        tracing::debug!(worker = w, tasks = back.len(), "unstarted tasks given back");
+        self.settle_all(&back);
+    }
+
+    /// Settles tasks taken back from a worker (in order: inputs first).
+    fn settle_all(&mut self, tasks: &[TaskIdx]) {
+        for &t in tasks {
+            self.settle(t);
+        }
     }
 
     /// `w` could not get some inputs of `t`: each failed (input, holder) copy stops being
@@ -349,6 +384,7 @@ impl Core {
             return;
         }
         self.moved.remove(&t);
+        let dropped = self.drop_preassigned(t, w);
         tracing::warn!(task = %self.tasks[t as usize].key, worker = w, ?lost, error, "inputs lost; recomputing what no one holds");
         let mut from_live = false;
         for &(i, h) in lost {
@@ -385,9 +421,11 @@ impl Core {
                     "could not fetch its inputs {} times in a row from workers that are still connected; last: {error}",
                     task.fetch_failures
                 );
-                return self.fail(t, Arc::from(reason), Some(w), 0);
+                self.fail(t, Arc::from(reason), Some(w), 0);
+                return self.settle_all(&dropped);
             }
         }
         self.settle(t);
+        self.settle_all(&dropped);
     }
 }

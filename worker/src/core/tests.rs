@@ -24,6 +24,7 @@ fn task(id: TaskIdx, inputs: &[TaskIdx], sources: &[(TaskIdx, WorkerId)]) -> Com
         priority: 0,
         timeout_ms: None,
         report_output: None,
+        after: vec![],
     }
 }
 
@@ -428,12 +429,33 @@ fn the_lifespan_retires_for_a_successor_and_retired_exits_recycled() {
         },
     );
     make_here(&mut c, 1);
-    let cmds = sched(&mut c, vec![ToWorker::Compute(task(2, &[], &[]))]);
+    sched(&mut c, vec![ToWorker::Peers(vec![peer(1)])]);
+    let cmds = sched(
+        &mut c,
+        vec![
+            ToWorker::Compute(task(2, &[], &[])),
+            // Waits for 2 here, and for a fetch from a peer.
+            ToWorker::Compute(ComputeTask {
+                after: vec![2],
+                ..task(3, &[2, 1, 7], &[(7, 1)])
+            }),
+        ],
+    );
     let cmds = done(&mut c, runs(&cmds)[0].0, 0);
     assert!(cmds.iter().any(|c| matches!(c, Command::Recycling)));
-    assert!(sent(&cmds)
-        .iter()
-        .any(|m| matches!(m, FromWorker::Retiring { successor: true })));
+    // What did not start goes back, after the retirement, and nothing more runs here.
+    let reports = sent(&cmds);
+    let find = |f: fn(&FromWorker) -> bool| reports.iter().position(|m| f(m));
+    let retiring = find(|m| matches!(m, FromWorker::Retiring { successor: true })).unwrap();
+    let returned = find(|m| matches!(m, FromWorker::Returned(ids) if ids == &vec![3]))
+        .unwrap_or_else(|| panic!("{reports:?}"));
+    assert!(retiring < returned, "{reports:?}");
+    assert!(runs(&cmds).is_empty());
+    c.check().unwrap();
+    // A task sent before the scheduler heard goes back at once.
+    let cmds = sched(&mut c, vec![ToWorker::Compute(task(4, &[1], &[]))]);
+    assert!(matches!(sent(&cmds)[..], [FromWorker::Returned(ids)] if ids == &vec![4]));
+    assert!(runs(&cmds).is_empty());
     let cmds = sched(&mut c, vec![ToWorker::Retired]);
     assert!(matches!(cmds[..], [Command::Exit(Exit::Recycled)]));
     // SIGTERM while recycling: no successor after all.
@@ -512,4 +534,100 @@ fn memory_and_fetch_time_are_reported_every_few_seconds() {
         stats(&c.handle(Event::Memory(3 << 20), at(later))),
         [(3 << 20, 0)]
     );
+}
+
+/// A task pre-assigned here after inputs being made here.
+fn after(id: TaskIdx, inputs: &[TaskIdx]) -> ComputeTask {
+    ComputeTask {
+        after: inputs.to_vec(),
+        ..task(id, inputs, &[])
+    }
+}
+
+fn fail(c: &mut WorkerCore, job: JobId) -> Vec<Command> {
+    c.handle(
+        Event::JobDone {
+            job,
+            result: Err("boom".into()),
+            duration_us: 5,
+        },
+        at(0),
+    )
+}
+
+#[test]
+fn a_pre_assigned_chain_runs_back_to_back_without_fetching() {
+    let mut c = core(1);
+    let cmds = sched(
+        &mut c,
+        vec![
+            ToWorker::Compute(task(1, &[], &[])),
+            ToWorker::Compute(after(2, &[1])),
+            ToWorker::Compute(after(3, &[2, 1])),
+        ],
+    );
+    assert!(fetches(&cmds).is_empty());
+    let r = runs(&cmds);
+    assert_eq!(r.iter().map(|r| r.1).collect::<Vec<_>>(), [1]);
+    c.check().unwrap();
+    // Each result starts the next task in the same step.
+    let cmds = done(&mut c, r[0].0, 1);
+    let r = runs(&cmds);
+    assert_eq!(r.iter().map(|r| r.1).collect::<Vec<_>>(), [2]);
+    c.check().unwrap();
+    let cmds = done(&mut c, r[0].0, 1);
+    let r = runs(&cmds);
+    assert_eq!(r.iter().map(|r| r.1).collect::<Vec<_>>(), [3]);
+    done(&mut c, r[0].0, 1);
+    c.check().unwrap();
+    assert_eq!(c.held(), vec![1, 2, 3]);
+}
+
+#[test]
+fn a_failed_input_drops_its_followers_here_all_the_way_down_without_reports() {
+    let mut c = core(1);
+    make_here(&mut c, 9);
+    let cmds = sched(
+        &mut c,
+        vec![
+            ToWorker::Compute(task(1, &[], &[])),
+            ToWorker::Compute(after(2, &[1])),
+            // Also needs a result held here: its pin is given back when it is dropped.
+            ToWorker::Compute(ComputeTask {
+                after: vec![2],
+                ..task(3, &[2, 9], &[])
+            }),
+        ],
+    );
+    let (job, _) = runs(&cmds)[0];
+    let cmds = fail(&mut c, job);
+    let reports = sent(&cmds);
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    assert!(matches!(reports[0], FromWorker::Failed { id: 1, .. }));
+    assert!(runs(&cmds).is_empty());
+    c.check().unwrap();
+    // Nothing waits any more: 9 can be freed at once.
+    let cmds = sched(&mut c, vec![ToWorker::Free(vec![9])]);
+    assert!(
+        cmds.iter()
+            .any(|c| matches!(c, Command::Drop(ids) if ids == &vec![9])),
+        "{cmds:?}"
+    );
+    assert!(c.held().is_empty());
+}
+
+#[test]
+fn a_follower_arriving_after_its_input_failed_is_dropped_and_one_after_it_succeeded_runs() {
+    let mut c = core(1);
+    let cmds = sched(&mut c, vec![ToWorker::Compute(task(1, &[], &[]))]);
+    fail(&mut c, runs(&cmds)[0].0);
+    let cmds = sched(&mut c, vec![ToWorker::Compute(after(2, &[1]))]);
+    assert!(runs(&cmds).is_empty() && sent(&cmds).is_empty(), "{cmds:?}");
+    c.check().unwrap();
+    // The retry of 1 succeeds before its follower arrives: the follower runs at once.
+    let cmds = sched(&mut c, vec![ToWorker::Compute(task(1, &[], &[]))]);
+    done(&mut c, runs(&cmds)[0].0, 1);
+    let cmds = sched(&mut c, vec![ToWorker::Compute(after(2, &[1]))]);
+    assert_eq!(runs(&cmds).iter().map(|r| r.1).collect::<Vec<_>>(), [2]);
+    c.check().unwrap();
 }
