@@ -33,6 +33,18 @@ fn the_cluster_survives_every_seed_of_the_budget() {
         u64::from(totals.runs_checked) > SEEDS,
         "the runs must mostly end and be checked"
     );
+    for (path, what) in [
+        (
+            "pre-assigned",
+            "tasks must be pre-assigned to the worker making their inputs",
+        ),
+        (
+            "tasks given back",
+            "recycled workers must give back tasks they did not start",
+        ),
+    ] {
+        assert!(totals.paths.get(path).copied().unwrap_or(0) > 0, "{what}");
+    }
 }
 
 #[test]

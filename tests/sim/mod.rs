@@ -865,6 +865,7 @@ impl World {
                             "timeouts"
                         }
                         FromWorker::Retiring { .. } => "retirements",
+                        FromWorker::Returned(_) => "tasks given back",
                         _ => "",
                     };
                     if !path.is_empty() {
@@ -1300,6 +1301,9 @@ impl World {
             for m in &msgs {
                 if let ToWorker::Compute(t) = m {
                     assigned.insert(t.id, t.key.clone());
+                    if !t.after.is_empty() {
+                        *self.outcome.paths.entry("pre-assigned").or_default() += 1;
+                    }
                 }
                 if let ToWorker::Free(ids) = m {
                     let pinned = self.sessions.get(&w).is_some_and(|s| {
@@ -1724,7 +1728,8 @@ impl World {
                 };
                 let ok = match want {
                     // Not run: only if nothing of the run needs it (not wanted, and everything
-                    // it feeds was done or skipped too).
+                    // it feeds was done or skipped too, or was made again after a loss and
+                    // failed then as suspicious, rightly, before this one was needed).
                     _ if *got == TaskStatus::Skipped => {
                         let graph = &client.graph.tasks;
                         let me = graph.iter().position(|t| &t.key == k).expect("a task");
@@ -1733,8 +1738,13 @@ impl World {
                             && graph.iter().any(|t| t.inputs.contains(&me))
                             && consumers.all(|t| {
                                 t.cell.is_none()
-                                    && client.statuses.get(&t.key).is_some_and(|(s, _)| {
+                                    && client.statuses.get(&t.key).is_some_and(|(s, e)| {
                                         matches!(s, TaskStatus::Finished | TaskStatus::Skipped)
+                                            || suspicion_is_founded(
+                                                e.as_deref(),
+                                                &t.key,
+                                                &self.deaths,
+                                            )
                                     })
                             })
                     }
