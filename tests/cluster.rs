@@ -202,9 +202,14 @@ fn drover_run_local_runs_a_json_graph() {
     let r = report(&report_path);
     assert_eq!(task(&r, "run_in_b")["pool"], "B");
     assert_eq!(task(&r, "a.mean()")["pool"], "A");
+    // `side` opted out of pools: it runs where it would start first, next to `a` or on the
+    // idle worker of B (then `a`'s 800 bytes move for it), depending on timing.
+    let side = task(&r, "side")["moved_bytes"].as_u64().unwrap();
+    assert!(side == 0 || side == 800, "{r}");
     assert_eq!(
-        r["bytes_between_pools"], 3,
-        "only a.mean()'s 3 bytes cross: {r}"
+        r["bytes_between_pools"].as_u64().unwrap(),
+        3 + side,
+        "only a.mean()'s 3 bytes cross for the pools: {r}"
     );
 }
 
