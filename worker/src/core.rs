@@ -7,7 +7,9 @@
 //! * **Queueing.** Assigned tasks whose inputs are all here wait in a queue, highest priority
 //!   first, then first come; a task is handed to the executor threads when a thread and its
 //!   consumable resources are free. Tasks without resources are handed over up to
-//!   [`THREAD_QUEUE`] per thread ahead, so a thread that finishes one finds the next at once.
+//!   [`THREAD_QUEUE`] per thread ahead, so a thread that finishes one finds the next at once,
+//!   and topped up once half of those are done (a thread that drained them is woken once per
+//!   batch, not once per task).
 //! * **Fetching.** An input not here is fetched from its sources (the holders the scheduler
 //!   named, best first), all inputs wanted from one peer in one request. An input being fetched
 //!   for one task is not fetched again for another. A source that fails (the peer does not hold
@@ -1205,6 +1207,10 @@ impl WorkerCore {
 
     /// Hands queued tasks to the threads while a thread and their resources are free.
     fn try_start(&mut self) {
+        // Resource-free tasks are topped up in batches: none while more than half of the
+        // threads' queue is still ahead of them, then up to the full queue. A thread that
+        // drained its queue is then woken once per batch, not once per task.
+        let mut topping_up = false;
         while let Some(top) = self.queue.peek() {
             let Some(p) = self.pending.get(&top.task) else {
                 self.queue.pop(); // given up since
@@ -1219,6 +1225,12 @@ impl WorkerCore {
             };
             if running >= limit {
                 return;
+            }
+            if p.task.resources.is_empty() && !topping_up {
+                if running > limit / 2 {
+                    return;
+                }
+                topping_up = true;
             }
             let fits = p.task.resources.iter().all(|(name, need)| {
                 let cap = self

@@ -2,7 +2,8 @@
 //! timed, reported step), catch panics, and report starts, results and loads on one channel in
 //! the order they happen, so a load is always reported before the task that used it.
 
-use std::sync::{Arc, Mutex};
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -90,11 +91,52 @@ pub(crate) fn load_cell(
     })
 }
 
+/// Jobs waiting for a thread, handed over in batches: a batch costs one lock and at most one
+/// wake per idle thread, where a channel woke a thread that had just drained it once per job.
+#[derive(Default)]
+struct JobQueue {
+    state: Mutex<QueueState>,
+    ready: Condvar,
+}
+
+#[derive(Default)]
+struct QueueState {
+    jobs: VecDeque<Work>,
+    /// Threads waiting for a job.
+    idle: usize,
+}
+
+impl JobQueue {
+    fn push(&self, batch: Vec<Work>) {
+        let n = batch.len();
+        let mut s = self.state.lock().expect("job queue lock");
+        s.jobs.extend(batch);
+        let idle = s.idle;
+        drop(s);
+        if n >= idle {
+            self.ready.notify_all();
+        } else {
+            (0..n).for_each(|_| self.ready.notify_one());
+        }
+    }
+
+    fn pop(&self) -> Work {
+        let mut s = self.state.lock().expect("job queue lock");
+        loop {
+            if let Some(w) = s.jobs.pop_front() {
+                return w;
+            }
+            s.idle += 1;
+            s = self.ready.wait(s).expect("job queue lock");
+            s.idle -= 1;
+        }
+    }
+}
+
 /// The executor threads: where to send work, and how to replace a thread given up on.
 #[derive(Clone)]
 pub(crate) struct Executors {
-    tx: std::sync::mpsc::Sender<Work>,
-    rx: Arc<Mutex<std::sync::mpsc::Receiver<Work>>>,
+    queue: Arc<JobQueue>,
     out: mpsc::UnboundedSender<ThreadMsg>,
     local: Arc<WorkerLocal>,
     jobs: Arc<Mutex<JobsOnThreads>>,
@@ -115,10 +157,8 @@ impl Executors {
         local: &Arc<WorkerLocal>,
         out: mpsc::UnboundedSender<ThreadMsg>,
     ) -> Executors {
-        let (tx, rx) = std::sync::mpsc::channel::<Work>();
         let e = Executors {
-            tx,
-            rx: Arc::new(Mutex::new(rx)),
+            queue: Arc::default(),
             out,
             local: local.clone(),
             jobs: Arc::default(),
@@ -130,11 +170,11 @@ impl Executors {
         e
     }
 
-    /// Hands `work` to a thread.
-    pub(crate) fn send(&self, work: Work) -> Result<(), String> {
-        self.tx
-            .send(work)
-            .map_err(|_| "the executor threads are gone".to_owned())
+    /// Hands these jobs to the threads, first to last.
+    pub(crate) fn send(&self, batch: Vec<Work>) {
+        if !batch.is_empty() {
+            self.queue.push(batch);
+        }
     }
 
     /// The thread running `job` is given up: another takes its place, and it ends once its
@@ -156,10 +196,7 @@ impl Executors {
         std::thread::Builder::new()
             .name(format!("drover-exec-{i}"))
             .spawn(move || loop {
-                let work = match e.rx.lock().map(|r| r.recv()) {
-                    Ok(Ok(work)) => work,
-                    _ => return,
-                };
+                let work = e.queue.pop();
                 let id = work.job.job;
                 e.jobs.lock().expect("executor lock").running.insert(id);
                 let (job, result, duration_us) = run(work, &e.local, &e.out);

@@ -516,6 +516,8 @@ impl Shell {
     /// Carries out `commands` in order; `Some` when the session is to end.
     fn apply(&mut self, commands: Vec<Command>) -> Option<Exit> {
         let mut exit = None;
+        // Jobs go to the threads together, after the loop (one wake, not one per job).
+        let mut work = Vec::new();
         for c in commands {
             match c {
                 Command::Send(mut msgs) => {
@@ -572,7 +574,7 @@ impl Shell {
                     if let Some(limit) = job.task.report_output {
                         self.report_output.insert(job.task.id, limit);
                     }
-                    let _ = self.jobs.send(Work {
+                    work.push(Work {
                         job,
                         func,
                         inputs,
@@ -616,6 +618,7 @@ impl Shell {
                 Command::Exit(e) => exit = Some(e),
             }
         }
+        self.jobs.send(work);
         self.bytes.clear();
         if self.bytes.capacity() > 1024 {
             self.bytes.shrink_to_fit();
