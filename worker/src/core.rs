@@ -48,6 +48,11 @@ use drover_protocol::{CellSpec, ComputeTask, FromWorker, PeerInfo, TaskIdx, ToWo
 
 use crate::context::timeout_message;
 
+/// The core's hot tables, keyed by small integers: a fast hash (foldhash), not SipHash.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+/// A set of the core's hot tables (see [`FastMap`]).
+type FastSet<T> = HashSet<T, foldhash::fast::RandomState>;
+
 /// A job's number on this worker: each hand-over of a task to the threads is a new job.
 pub type JobId = u64;
 /// A fetch's number on this worker.
@@ -270,16 +275,16 @@ pub struct WorkerCore {
     /// When the last [`FromWorker::Stats`] went.
     last_stats: Option<Instant>,
     peers: BTreeMap<WorkerId, PeerInfo>,
-    cells: HashSet<TaskIdx>,
-    store: HashMap<TaskIdx, Entry>,
-    pending: HashMap<TaskIdx, Pending>,
+    cells: FastSet<TaskIdx>,
+    store: FastMap<TaskIdx, Entry>,
+    pending: FastMap<TaskIdx, Pending>,
     queue: BinaryHeap<Queued>,
-    wanted: HashMap<TaskIdx, Wanted>,
+    wanted: FastMap<TaskIdx, Wanted>,
     /// Results being made here (queued or running) that pending tasks here wait for
     /// ([`ComputeTask::after`]), with those tasks, one entry per input occurrence.
-    after: HashMap<TaskIdx, Vec<TaskIdx>>,
-    fetches: HashMap<FetchId, FetchState>,
-    jobs: HashMap<JobId, Running>,
+    after: FastMap<TaskIdx, Vec<TaskIdx>>,
+    fetches: FastMap<FetchId, FetchState>,
+    jobs: FastMap<JobId, Running>,
     used: HashMap<String, f64>,
     next_order: u64,
     next_job: JobId,
@@ -313,14 +318,14 @@ impl WorkerCore {
             fetch_us: 0,
             last_stats: None,
             peers: BTreeMap::new(),
-            cells: HashSet::new(),
-            store: HashMap::new(),
-            pending: HashMap::new(),
+            cells: Default::default(),
+            store: Default::default(),
+            pending: Default::default(),
             queue: BinaryHeap::new(),
-            wanted: HashMap::new(),
-            after: HashMap::new(),
-            fetches: HashMap::new(),
-            jobs: HashMap::new(),
+            wanted: Default::default(),
+            after: Default::default(),
+            fetches: Default::default(),
+            jobs: Default::default(),
             used: HashMap::new(),
             next_order: 0,
             next_job: 0,
@@ -1083,7 +1088,7 @@ impl WorkerCore {
 
     /// Gives back the room of tables that emptied (at most a quarter full).
     fn shrink(&mut self) {
-        fn map<K: std::hash::Hash + Eq, V>(m: &mut HashMap<K, V>) {
+        fn map<K: std::hash::Hash + Eq, V, S: std::hash::BuildHasher>(m: &mut HashMap<K, V, S>) {
             if m.capacity() > 4 * m.len() + 64 {
                 m.shrink_to_fit();
             }

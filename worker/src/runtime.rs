@@ -360,9 +360,9 @@ async fn session(
         fetch_tx,
         out_tx,
         cells: HashMap::new(),
-        bytes: HashMap::new(),
-        job_tasks: HashMap::new(),
-        report_output: HashMap::new(),
+        bytes: HashMap::default(),
+        job_tasks: HashMap::default(),
+        report_output: HashMap::default(),
     };
     let retire = config.retire.clone().unwrap_or_default();
     // Memory is sampled every second (with a limit) or every STATS_EVERY (for the reports).
@@ -406,28 +406,7 @@ async fn session(
                     break Err(Some(e.to_string()));
                 }
             },
-            Some(msg) = thread_rx.recv() => match msg {
-                ThreadMsg::Started(job) => Event::JobStarted { job },
-                ThreadMsg::Done { job, result, duration_us } => {
-                    let task = shell.job_tasks.remove(&job);
-                    tracing::debug!(job, task, ok = result.is_ok(), "task done");
-                    Event::JobDone {
-                        job,
-                        result: result.map(|bytes| {
-                            let size = bytes.len() as u64;
-                            if let Some(t) = task {
-                                shell.bytes.insert(t, bytes);
-                            }
-                            size
-                        }),
-                        duration_us,
-                    }
-                }
-                ThreadMsg::Loaded { cell, duration_us, bytes, error } => {
-                    info!(worker = id, cell, duration_us, ok = error.is_none(), "once-cell load ended");
-                    Event::Loaded { cell, duration_us, bytes, error }
-                }
-            },
+            Some(msg) = thread_rx.recv() => shell.thread_event(msg),
             Some(f) = fetch_rx.recv() => {
                 let got = f.got.into_iter().map(|(i, b)| {
                     let size = b.len() as u64;
@@ -437,7 +416,16 @@ async fn session(
                 Event::Fetched { fetch: f.fetch, got, failed: f.failed, error: f.error }
             }
         };
-        let commands = core.handle(event, Instant::now());
+        let now = Instant::now();
+        let mut commands = core.handle(event, now);
+        // What the threads reported meanwhile is handled now too, and all of it carried out
+        // at once: one send to the scheduler and one hand-over to the threads per round.
+        for _ in 0..MAX_THREAD_EVENTS {
+            let Ok(msg) = thread_rx.try_recv() else {
+                break;
+            };
+            commands.extend(core.handle(shell.thread_event(msg), now));
+        }
         if let Some(exit) = shell.apply(commands) {
             info!(worker = id, "retired: exiting");
             break Ok(exit);
@@ -456,6 +444,9 @@ async fn session(
         }
     }
 }
+
+/// Messages from the executor threads handled in one round of the worker's loop, at most.
+const MAX_THREAD_EVENTS: usize = 256;
 
 async fn sleep_until(at: Option<Instant>) {
     match at {
@@ -505,19 +496,68 @@ struct Shell {
     /// Once-cells this session's scheduler told us of, by its ids.
     cells: HashMap<TaskIdx, (CellSpec, CellInput)>,
     /// Bytes just reported to the core, kept only if it says [`Command::Keep`].
-    bytes: HashMap<TaskIdx, Bytes>,
+    bytes: HashMap<TaskIdx, Bytes, foldhash::fast::RandomState>,
     /// The task of each job on the threads.
-    job_tasks: HashMap<crate::core::JobId, TaskIdx>,
+    job_tasks: HashMap<crate::core::JobId, TaskIdx, foldhash::fast::RandomState>,
     /// Durable tasks on the threads whose output goes with their result, up to this size.
-    report_output: HashMap<TaskIdx, u64>,
+    report_output: HashMap<TaskIdx, u64, foldhash::fast::RandomState>,
 }
 
 impl Shell {
     /// Carries out `commands` in order; `Some` when the session is to end.
+    /// The core's event for a message from the executor threads (a result's bytes wait in
+    /// `bytes` for the core's `Keep`).
+    fn thread_event(&mut self, msg: ThreadMsg) -> Event {
+        match msg {
+            ThreadMsg::Started(job) => Event::JobStarted { job },
+            ThreadMsg::Done {
+                job,
+                result,
+                duration_us,
+            } => {
+                let task = self.job_tasks.remove(&job);
+                tracing::debug!(job, task, ok = result.is_ok(), "task done");
+                Event::JobDone {
+                    job,
+                    result: result.map(|bytes| {
+                        let size = bytes.len() as u64;
+                        if let Some(t) = task {
+                            self.bytes.insert(t, bytes);
+                        }
+                        size
+                    }),
+                    duration_us,
+                }
+            }
+            ThreadMsg::Loaded {
+                cell,
+                duration_us,
+                bytes,
+                error,
+            } => {
+                info!(
+                    worker = self.id,
+                    cell,
+                    duration_us,
+                    ok = error.is_none(),
+                    "once-cell load ended"
+                );
+                Event::Loaded {
+                    cell,
+                    duration_us,
+                    bytes,
+                    error,
+                }
+            }
+        }
+    }
+
     fn apply(&mut self, commands: Vec<Command>) -> Option<Exit> {
         let mut exit = None;
-        // Jobs go to the threads together, after the loop (one wake, not one per job).
+        // Jobs go to the threads together, after the loop (one wake, not one per job), and
+        // messages to the scheduler in one batch, after what they report is kept.
         let mut work = Vec::new();
+        let mut sends = Vec::new();
         for c in commands {
             match c {
                 Command::Send(mut msgs) => {
@@ -534,7 +574,11 @@ impl Shell {
                             }
                         }
                     }
-                    let _ = self.out_tx.send(msgs);
+                    if sends.is_empty() {
+                        sends = msgs;
+                    } else {
+                        sends.append(&mut msgs);
+                    }
                 }
                 Command::Keep(ids) => {
                     for i in ids {
@@ -619,6 +663,9 @@ impl Shell {
             }
         }
         self.jobs.send(work);
+        if !sends.is_empty() {
+            let _ = self.out_tx.send(sends);
+        }
         self.bytes.clear();
         if self.bytes.capacity() > 1024 {
             self.bytes.shrink_to_fit();
