@@ -457,29 +457,40 @@ impl Run {
             return None;
         }
         let ev = self.events.recv().await?;
-        match &ev {
+        self.record(ev.clone());
+        Some(ev)
+    }
+
+    /// Keeps event `ev` in the run's log (moved, not copied: a run's events are most of what a
+    /// client of many small tasks does), and ends the run once every task is done.
+    fn record(&mut self, ev: RunEvent) {
+        match ev {
             RunEvent::Task(t) => {
                 if !t.load {
                     self.done.insert(t.key.clone(), self.log.len());
                 }
-                self.log.push(t.clone());
+                self.log.push(t);
                 self.log_ms
                     .push(self.submitted.elapsed().as_secs_f64() * 1000.0);
             }
-            RunEvent::Warning(w) => self.warnings.push(w.clone()),
-            RunEvent::Ended(why) => self.ended_why = Some(why.clone()),
+            RunEvent::Warning(w) => self.warnings.push(w),
+            RunEvent::Ended(why) => self.ended_why = Some(why),
         }
         if self.is_complete() {
             self.end();
         }
-        Some(ev)
     }
 
     /// Waits for every task and returns the report.
     pub async fn wait(&mut self) -> Result<Report, ClientError> {
         while !self.is_complete() {
-            if self.next_event().await.is_none() && !self.is_complete() {
+            if self.ended_why.is_some() {
                 return Err(self.stopped());
+            }
+            match self.events.recv().await {
+                Some(ev) => self.record(ev),
+                None if self.is_complete() => break,
+                None => return Err(self.stopped()),
             }
         }
         Ok(self.report())

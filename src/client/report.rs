@@ -132,7 +132,8 @@ impl Report {
     pub fn from_timed_events(events: &[TaskEvent], times_ms: &[f64]) -> Report {
         // Per key: the index of its latest event, and the starts of earlier schedulers' sessions. A session's
         // attempts only grow, so an event not above the previous one starts a new session.
-        let mut latest: std::collections::HashMap<&str, (usize, u32)> = Default::default();
+        let mut latest: std::collections::HashMap<&str, (usize, u32), foldhash::fast::RandomState> =
+            Default::default();
         // Rows in first-seen order: a task key, or a load (its index in `events`).
         let mut order: Vec<Result<&str, usize>> = Vec::new();
         let (mut between_workers, mut between_pools) = (0, 0);
