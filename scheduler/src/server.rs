@@ -811,8 +811,11 @@ fn dispatch(
     input: &mpsc::UnboundedSender<Input>,
     held: &mut HeldClients,
 ) {
-    let mut to_workers: HashMap<u32, Vec<ToWorker>> = HashMap::new();
-    let mut to_clients: HashMap<ClientId, Vec<ToClient>> = HashMap::new();
+    // One entry per command: a fast hash (the keys are the core's own small ids).
+    let mut to_workers: HashMap<u32, Vec<ToWorker>, foldhash::fast::RandomState> =
+        HashMap::default();
+    let mut to_clients: HashMap<ClientId, Vec<ToClient>, foldhash::fast::RandomState> =
+        HashMap::default();
     let mut commits = Vec::new();
     for c in commands.drain(..) {
         match c {

@@ -158,7 +158,7 @@ impl Client {
             ended: false,
             tasks: info.tasks,
             events: ev_rx,
-            done: HashMap::new(),
+            done: HashMap::default(),
             log: Vec::new(),
             log_ms: Vec::new(),
             submitted: std::time::Instant::now(),

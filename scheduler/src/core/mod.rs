@@ -727,7 +727,9 @@ impl Core {
             reused: false,
             done_before: false,
         };
-        for r in runs {
+        // A copy for each run but the last, which takes the event itself.
+        let (&last, others) = runs.split_last().expect("checked above");
+        for &r in others {
             let run = &self.runs[r as usize];
             let event = TaskEvent {
                 run: run.client_run,
@@ -736,6 +738,13 @@ impl Core {
             self.out
                 .push(Command::Client(run.client, ToClient::Events(vec![event])));
         }
+        let run = &self.runs[last as usize];
+        let event = TaskEvent {
+            run: run.client_run,
+            ..event
+        };
+        self.out
+            .push(Command::Client(run.client, ToClient::Events(vec![event])));
     }
 
     /// Builds the message that assigns `t` to `w`: each input not held by `w` with every
