@@ -13,6 +13,20 @@ fn afters(cmds: &[Command]) -> Vec<(WorkerId, String, Vec<String>)> {
         .collect()
 }
 
+/// A graph of `n` tasks t0 <- t1 <- ... each reading the one before.
+fn chain_of(n: u32) -> String {
+    let tasks: Vec<String> = (0..n)
+        .map(|i| match i {
+            0 => r#"{"key": "t0", "function": "f"}"#.to_owned(),
+            _ => format!(
+                r#"{{"key": "t{i}", "function": "g", "inputs": ["t{}"]}}"#,
+                i - 1
+            ),
+        })
+        .collect();
+    format!(r#"{{"tasks": [{}]}}"#, tasks.join(","))
+}
+
 const CHAIN: &str = r#"{"tasks": [
   {"key": "a", "function": "f"},
   {"key": "b", "function": "g", "inputs": ["a"]},
@@ -160,16 +174,7 @@ fn a_lost_worker_s_followers_go_back_to_the_queues() {
 fn followers_stop_at_the_worker_s_capacity() {
     let mut s = Sim::preassigning(&[("w0", "", 1)]);
     let n = 5000;
-    let tasks: Vec<String> = (0..n)
-        .map(|i| match i {
-            0 => r#"{"key": "t0", "function": "f"}"#.to_owned(),
-            _ => format!(
-                r#"{{"key": "t{i}", "function": "g", "inputs": ["t{}"]}}"#,
-                i - 1
-            ),
-        })
-        .collect();
-    let cmds = s.submit(&format!(r#"{{"tasks": [{}]}}"#, tasks.join(",")), &[]);
+    let cmds = s.submit(&chain_of(n), &[]);
     let sent = computes(&cmds).len() as u32;
     let cap = s.core.capacity(&s.core.workers[&0]);
     assert_eq!(sent, cap);
@@ -208,16 +213,7 @@ fn tasks_a_recycling_worker_gives_back_run_elsewhere() {
 #[test]
 fn waiting_followers_leave_room_for_ready_tasks() {
     let mut s = Sim::preassigning(&[("w0", "", 1), ("w1", "", 1)]);
-    let chain: Vec<String> = (0..50)
-        .map(|i| match i {
-            0 => r#"{"key": "t0", "function": "f"}"#.to_owned(),
-            _ => format!(
-                r#"{{"key": "t{i}", "function": "g", "inputs": ["t{}"]}}"#,
-                i - 1
-            ),
-        })
-        .collect();
-    s.submit(&format!(r#"{{"tasks": [{}]}}"#, chain.join(",")), &[]);
+    s.submit(&chain_of(50), &[]);
     let cap = s.core.capacity(&s.core.workers[&0]);
     assert_eq!(s.core.workers[&0].inflight, cap);
     assert_eq!(s.core.workers[&0].waiting, cap - 1);
