@@ -58,3 +58,14 @@ fn a_seed_replays_exactly() {
         assert_eq!(a, b, "seed {seed} ran differently twice");
     }
 }
+
+#[test]
+fn seeds_that_found_bugs_beyond_the_budget_pass() {
+    // 14691: a task reported skipped whose consumer was later made again after a loss and
+    // failed then as a founded suspicion (the check wrongly wanted the skipped task's value).
+    for seed in [14_691] {
+        if let Err(f) = sim::simulate(seed, false) {
+            panic!("{f}");
+        }
+    }
+}
