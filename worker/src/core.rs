@@ -699,11 +699,8 @@ impl WorkerCore {
                     input = x,
                     "dropping a task whose input made here failed"
                 );
-                for &i in &p.task.inputs {
-                    if !self.cells.contains(&i) && i != x && !self.stop_waiting_after(i, d) {
-                        self.unpin(i);
-                    }
-                }
+                // (Its waits for `x` went with `x`'s entry; `x` has no result here to unpin.)
+                self.release_inputs(d, &p.task.inputs);
                 stack.push(d);
             }
         }
