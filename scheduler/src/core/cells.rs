@@ -207,7 +207,7 @@ impl Core {
     /// Drops these once-cells on every worker (a client released them by name).
     pub(crate) fn release_cells(&mut self, keys: &[String]) {
         for k in keys {
-            if let Some(&t) = self.keys.get(k.as_str()) {
+            if let Some(t) = self.slot_of(k) {
                 if self.tasks[t as usize].cell.is_some() {
                     self.drop_cell(t);
                 }

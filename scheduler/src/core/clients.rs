@@ -47,7 +47,7 @@ impl Core {
     /// The client no longer wants these results kept.
     pub(crate) fn release_wants(&mut self, client: ClientId, keys: &[String]) {
         for k in keys {
-            let Some(&t) = self.keys.get(k.as_str()) else {
+            let Some(t) = self.slot_of(k) else {
                 continue;
             };
             let removed = self.clients.get_mut(&client).is_some_and(|w| w.remove(&t));
@@ -64,9 +64,8 @@ impl Core {
         let pending = std::mem::take(&mut self.pending_locates);
         for (client, req, keys) in pending {
             let unsettled = keys.iter().any(|k| {
-                self.keys
-                    .get(k.as_str())
-                    .is_some_and(|&t| self.tasks[t as usize].state.is_pending())
+                self.slot_of(k)
+                    .is_some_and(|t| self.tasks[t as usize].state.is_pending())
             });
             if unsettled && self.clients.contains_key(&client) {
                 self.pending_locates.push((client, req, keys));
@@ -77,7 +76,7 @@ impl Core {
             let found = keys
                 .into_iter()
                 .map(|k| {
-                    let holder = self.keys.get(k.as_str()).and_then(|&t| {
+                    let holder = self.slot_of(k.as_str()).and_then(|t| {
                         let task = &self.tasks[t as usize];
                         if task.state != State::Memory || task.cell.is_some() {
                             return None;

@@ -30,7 +30,7 @@ impl Core {
         ready.retain(|_, q| !q.is_empty());
         self.ready = ready;
         self.tasks.shrink_to(self.tasks.len().max(1024));
-        self.keys.shrink_to(self.keys.len().max(1024));
+        self.keys.shrink_to(self.keys.len().max(1024), &self.tasks);
         self.extra_runs.shrink_to_fit();
     }
 
@@ -74,10 +74,8 @@ impl Core {
                 continue;
             }
             // A redefined key names another task now: only unmap it if it names this one.
-            let key = self.tasks[t as usize].key.clone();
-            if self.keys.get(&key) == Some(&t) {
-                self.keys.remove(&key);
-            }
+            self.keys
+                .remove_if(&self.tasks[t as usize].key, t, &self.tasks);
             let inputs = std::mem::take(&mut self.tasks[t as usize].inputs);
             for &i in inputs.iter() {
                 let input = &mut self.tasks[i as usize];
@@ -149,7 +147,9 @@ impl Core {
         vec(&mut self.tasks);
         vec(&mut self.free_slots);
         vec(&mut self.forget_candidates);
-        map(&mut self.keys);
+        if self.keys.capacity() > 4 * self.keys.len() + 64 {
+            self.keys.shrink_to(0, &self.tasks);
+        }
         map(&mut self.extra_runs);
         map(&mut self.deaths);
         map(&mut self.moved);

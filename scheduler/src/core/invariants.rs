@@ -180,9 +180,15 @@ impl Core {
             }
         }
         self.check_preassigned()?;
-        for (k, &t) in &self.keys {
-            if self.tasks.get(t as usize).map(|t| &t.key) != Some(k) {
-                return Err(format!("key {k:?} maps to slot {t}, which is another task"));
+        for t in self.keys.slots() {
+            let Some(task) = self.tasks.get(t as usize) else {
+                return Err(format!("the key index names slot {t}, past the tasks"));
+            };
+            if task.key.is_empty() {
+                return Err(format!("the key index names slot {t}, a forgotten task"));
+            }
+            if self.slot_of(&task.key) != Some(t) {
+                return Err(format!("key {:?} of slot {t} is not found there", task.key));
             }
         }
         for (&id, w) in &self.workers {

@@ -26,6 +26,7 @@ mod demand;
 pub mod detached;
 mod forget;
 mod invariants;
+mod key_index;
 mod placement;
 mod preassign;
 mod retire;
@@ -339,7 +340,7 @@ impl Distinct {
 #[derive(Debug, Default)]
 pub struct Core {
     pub(crate) tasks: Vec<Task>,
-    pub(crate) keys: FastMap<Arc<str>, TaskIdx>,
+    pub(crate) keys: key_index::KeyIndex,
     pub(crate) workers: BTreeMap<WorkerId, Worker>,
     pub(crate) pools: Vec<Arc<str>>,
     pub(crate) pool_index: FastMap<Arc<str>, PoolIdx>,
@@ -531,7 +532,7 @@ impl Core {
     /// A line on the task `key` names (its state, counts, holders, inputs' states), for
     /// diagnostics; `None` for an unknown key.
     pub fn describe_key(&self, key: &str) -> Option<String> {
-        let &t = self.keys.get(key)?;
+        let t = self.slot_of(key)?;
         let task = &self.tasks[t as usize];
         let inputs: Vec<String> = task
             .inputs
@@ -553,9 +554,14 @@ impl Core {
         ))
     }
 
+    /// The slot of the task `key` names, if the core knows it.
+    pub(crate) fn slot_of(&self, key: &str) -> Option<TaskIdx> {
+        self.keys.get(key, &self.tasks)
+    }
+
     /// Why the task `key` names failed, if it is failed.
     pub fn failure_of(&self, key: &str) -> Option<String> {
-        let &t = self.keys.get(key)?;
+        let t = self.slot_of(key)?;
         match &self.tasks[t as usize].state {
             State::Failed(why) => Some(why.to_string()),
             _ => None,

@@ -99,7 +99,7 @@ impl Core {
             if let Err(e) = drover_progress::check_names(graph.namespace(), graph.key(gid)) {
                 return reject(self, format!("durable task {:?}: {e}", graph.key(gid)));
             }
-            let known = self.keys.get(graph.key(gid)).is_some_and(|&t| {
+            let known = self.slot_of(graph.key(gid)).is_some_and(|t| {
                 let task = &self.tasks[t as usize];
                 task.fingerprint == prints[gid.index()]
                     && (task.state.is_pending() || task.state == State::Memory)
@@ -191,9 +191,9 @@ impl Core {
         let mut merges: Vec<Merge> = Vec::with_capacity(graph.len());
         let mut conflicts: Vec<String> = Vec::new();
         for gid in graph.task_ids() {
-            let merge = match self.keys.get(graph.key(gid)) {
+            let merge = match self.slot_of(graph.key(gid)) {
                 None => Merge::New,
-                Some(&old) => {
+                Some(old) => {
                     let task = &self.tasks[old as usize];
                     if task.fingerprint != prints[gid.index()] {
                         if self.in_live_use(old) {
@@ -233,7 +233,7 @@ impl Core {
         // Room for the new tasks at once: growing these tables step by step (rehashing
         // every key each time) was a twentieth of a large submission.
         let new = merges.iter().filter(|m| matches!(m, Merge::New)).count();
-        self.keys.reserve(new);
+        self.keys.reserve(new, &self.tasks);
         self.tasks
             .reserve(new.saturating_sub(self.free_slots.len()));
         self.clients.entry(client).or_default().reserve(wants.len());
@@ -278,10 +278,9 @@ impl Core {
                 }
                 Merge::New => {
                     let task = self.make_task(&graph, gid, &prop, &map, &prints, run_idx);
-                    let key = task.key.clone();
                     let t = self.new_slot(task);
                     // A redefined key now names the new task; the old one stays detached.
-                    self.keys.insert(key, t);
+                    self.keys.insert(t, &self.tasks);
                     for n in 0..self.tasks[t as usize].inputs.len() {
                         let i = self.tasks[t as usize].inputs[n];
                         self.tasks[i as usize].consumers.push(t);
