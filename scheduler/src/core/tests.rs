@@ -452,8 +452,8 @@ fn a_departed_client_s_chain_of_a_hundred_thousand_tasks_is_cancelled_without_re
     ));
     s.handle(Event::ClientLeft { id: 0 });
     // Everything but the running first task is cancelled and forgotten.
-    assert!(!s.core.slot_of(&last).is_some());
-    assert!(!s.core.slot_of("c1").is_some());
+    assert!(s.core.slot_of(&last).is_none());
+    assert!(s.core.slot_of("c1").is_none());
     assert!(s.core.keys.len() <= 1, "{} keys left", s.core.keys.len());
 }
 
@@ -474,7 +474,7 @@ fn a_departed_client_s_waiting_tasks_are_cancelled_unless_shared() {
     s.handle(Event::ClientLeft { id: 0 });
     let state = |s: &Sim, k: &str| s.core.tasks[s.id(k) as usize].state.clone();
     // Only client 0 waited for c: cancelled, and forgotten with its client.
-    assert!(!s.core.slot_of("c").is_some());
+    assert!(s.core.slot_of("c").is_none());
     assert_eq!(state(&s, "b"), State::Waiting, "client 1 still needs b");
     assert!(matches!(state(&s, "a"), State::Assigned(_)));
     // a finishes, b runs for client 1, and nothing is left waiting on c.
@@ -512,7 +512,7 @@ fn tasks_of_departed_clients_are_forgotten_and_their_slots_reused() {
     assert_eq!(s.core.stats().tasks, 2);
     s.handle(Event::ClientLeft { id: 0 });
     // "b" belonged to client 0 alone: forgotten. "a" is still wanted by client 1.
-    assert!(!s.core.slot_of("b").is_some());
+    assert!(s.core.slot_of("b").is_none());
     assert_eq!(s.core.stats().tasks, 1);
     assert_eq!(s.core.tasks[s.id("a") as usize].state, State::Memory);
     s.handle(Event::ClientLeft { id: 1 });
