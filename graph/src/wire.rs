@@ -124,68 +124,171 @@ impl Graph {
 
     /// Reads a graph in the binary wire form. Bad annotations are recorded for
     /// [`Graph::validate`], as for a JSON file; bytes that are not a wire graph are an error.
+    ///
+    /// Streamed: each task is added as it is decoded, never a list of all of them (a million
+    /// decoded tasks were 170 MB of fresh memory, most of it page faults).
     pub fn from_wire(bytes: &[u8]) -> Result<Graph, WireError> {
-        let wire: WireGraph = postcard::from_bytes(bytes)?;
-        if wire.version != WIRE_VERSION {
-            return Err(WireError::Version(wire.version));
+        let mut error = None;
+        let mut de = postcard::Deserializer::from_bytes(bytes);
+        let decoded = serde::de::DeserializeSeed::deserialize(
+            stream::GraphSeed { error: &mut error },
+            &mut de,
+        );
+        match (decoded, error) {
+            (_, Some(e)) => Err(e),
+            (Ok(g), None) => Ok(g),
+            (Err(e), None) => Err(WireError::Malformed(e)),
         }
-        let edges = wire.tasks.iter().map(|t| t.inputs.len()).sum();
-        let mut g = Graph::with_capacity(wire.keys.len(), edges);
-        g.namespace = wire.namespace.map(str::to_owned);
-        g.pass = if wire.pass == 1 {
-            Pass::Linear
-        } else {
-            Pass::Optimised
-        };
-        let ids: Vec<TaskId> = wire.keys.iter().map(|k| g.slot(k)).collect();
+    }
+
+    /// Adds one decoded task; `ids` are the slots of the key table `keys`.
+    fn add_wire_task(
+        &mut self,
+        keys: &[&str],
+        ids: &[TaskId],
+        t: &WireTask<'_>,
+    ) -> Result<(), WireError> {
         let id = |i: u32| ids.get(i as usize).copied().ok_or(WireError::Index(i));
-        for t in &wire.tasks {
-            let key: &str = wire
-                .keys
-                .get(t.key as usize)
-                .ok_or(WireError::Index(t.key))?;
-            g.pending_inputs.clear();
-            for &i in &t.inputs {
-                let input = id(i)?;
-                g.pending_inputs.push(input);
-            }
-            // Canonical text, as the JSON reader makes it: the same graph, the same fingerprint.
-            let params = match t.params {
-                None => None,
-                Some(text) => {
-                    let v: serde_json::Value =
-                        serde_json::from_str(text).map_err(|e| WireError::Params {
-                            key: key.to_owned(),
-                            error: e.to_string(),
-                        })?;
-                    (!v.is_null()).then(|| v.to_string().into_boxed_str())
-                }
-            };
-            let resources: BTreeMap<String, serde_json::Value> = t
-                .resources
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), serde_json::json!(v)))
-                .collect();
-            g.add_parts(SpecParts {
-                key,
-                slot: Some(id(t.key)?),
-                function: t.function,
-                params,
-                pool: t.pool,
-                any_pool: t.any_pool,
-                resources: spec_resources(&resources),
-                priority: t.priority,
-                retries: t.retries,
-                size_hint: t.size_hint,
-                timeout: t.timeout,
-                once_cell: t.once_cell.map(|(run, lazy)| OnceCell {
-                    lifetime: if run { Lifetime::Run } else { Lifetime::Worker },
-                    lazy,
-                }),
-                durable: t.durable,
-            });
+        let key: &str = keys.get(t.key as usize).ok_or(WireError::Index(t.key))?;
+        self.pending_inputs.clear();
+        for &i in &t.inputs {
+            let input = id(i)?;
+            self.pending_inputs.push(input);
         }
-        Ok(g)
+        // Canonical text, as the JSON reader makes it: the same graph, the same fingerprint.
+        let params = match t.params {
+            None => None,
+            Some(text) => {
+                let v: serde_json::Value =
+                    serde_json::from_str(text).map_err(|e| WireError::Params {
+                        key: key.to_owned(),
+                        error: e.to_string(),
+                    })?;
+                (!v.is_null()).then(|| v.to_string().into_boxed_str())
+            }
+        };
+        let resources: BTreeMap<String, serde_json::Value> = t
+            .resources
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), serde_json::json!(v)))
+            .collect();
+        self.add_parts(SpecParts {
+            key,
+            slot: Some(id(t.key)?),
+            function: t.function,
+            params,
+            pool: t.pool,
+            any_pool: t.any_pool,
+            resources: spec_resources(&resources),
+            priority: t.priority,
+            retries: t.retries,
+            size_hint: t.size_hint,
+            timeout: t.timeout,
+            once_cell: t.once_cell.map(|(run, lazy)| OnceCell {
+                lifetime: if run { Lifetime::Run } else { Lifetime::Worker },
+                lazy,
+            }),
+            durable: t.durable,
+        });
+        Ok(())
+    }
+}
+
+/// The streaming decoder of [`WireGraph`]: the same fields in the same order, with the tasks
+/// added to the graph one by one.
+mod stream {
+    use std::fmt;
+
+    use serde::de::{self, DeserializeSeed, SeqAccess, Visitor};
+
+    use super::{WireError, WireTask, WIRE_VERSION};
+    use crate::{Graph, Pass, TaskId};
+
+    /// [`WireGraph`](super::WireGraph)'s fields.
+    const FIELDS: &[&str] = &["version", "namespace", "pass", "keys", "tasks"];
+
+    /// Decodes a graph; a problem that is not postcard's own is left in `error` (postcard's
+    /// custom errors carry no message).
+    pub(super) struct GraphSeed<'e> {
+        pub error: &'e mut Option<WireError>,
+    }
+
+    /// Stops the decoding with `e`, kept in `slot`.
+    fn fail<E: de::Error>(slot: &mut Option<WireError>, e: WireError) -> E {
+        let text = e.to_string();
+        *slot = Some(e);
+        E::custom(text)
+    }
+
+    impl<'de> DeserializeSeed<'de> for GraphSeed<'_> {
+        type Value = Graph;
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Graph, D::Error> {
+            d.deserialize_struct("WireGraph", FIELDS, self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for GraphSeed<'_> {
+        type Value = Graph;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a graph in the binary form")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Graph, A::Error> {
+            let missing = |i| de::Error::invalid_length(i, &"5 fields");
+            let version: u32 = seq.next_element()?.ok_or_else(|| missing(0))?;
+            if version != WIRE_VERSION {
+                return Err(fail(self.error, WireError::Version(version)));
+            }
+            let namespace: Option<&'de str> = seq.next_element()?.ok_or_else(|| missing(1))?;
+            let pass: u8 = seq.next_element()?.ok_or_else(|| missing(2))?;
+            let keys: Vec<&'de str> = seq.next_element()?.ok_or_else(|| missing(3))?;
+            // About 2 inputs a task: the input table rarely grows.
+            let mut g = Graph::with_capacity(keys.len(), keys.len().saturating_mul(2));
+            g.namespace = namespace.map(str::to_owned);
+            g.pass = if pass == 1 {
+                Pass::Linear
+            } else {
+                Pass::Optimised
+            };
+            let ids: Vec<TaskId> = keys.iter().map(|k| g.slot(k)).collect();
+            seq.next_element_seed(TasksSeed {
+                graph: &mut g,
+                keys: &keys,
+                ids: &ids,
+                error: self.error,
+            })?
+            .ok_or_else(|| missing(4))?;
+            Ok(g)
+        }
+    }
+
+    /// Adds the tasks of the sequence to `graph`.
+    struct TasksSeed<'a, 'k> {
+        graph: &'a mut Graph,
+        keys: &'a [&'k str],
+        ids: &'a [TaskId],
+        error: &'a mut Option<WireError>,
+    }
+
+    impl<'de> DeserializeSeed<'de> for TasksSeed<'_, '_> {
+        type Value = ();
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_seq(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for TasksSeed<'_, '_> {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a sequence of tasks")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            while let Some(t) = seq.next_element::<WireTask<'de>>()? {
+                if let Err(e) = self.graph.add_wire_task(self.keys, self.ids, &t) {
+                    return Err(fail(self.error, e));
+                }
+            }
+            Ok(())
+        }
     }
 }
 
