@@ -228,7 +228,7 @@ impl Core {
         let mut stack = vec![(t, error, worker, duration_us)];
         while let Some((t, error, worker, duration_us)) = stack.pop() {
             let was_pending = self.tasks[t as usize].state.is_pending();
-            self.tasks[t as usize].state = State::Failed(error.clone());
+            self.tasks[t as usize].state = State::Failed(Box::new(error.clone()));
             self.emit(
                 t,
                 TaskStatus::Failed,
@@ -248,7 +248,7 @@ impl Core {
                 if matches!(self.tasks[c as usize].state, State::Waiting | State::Ready) {
                     let reason: Arc<str> = Arc::from(format!("input {:?} failed: {error}", &*key));
                     // Marked now so a consumer listed twice is failed once.
-                    self.tasks[c as usize].state = State::Failed(reason.clone());
+                    self.tasks[c as usize].state = State::Failed(Box::new(reason.clone()));
                     self.leave_pending(c);
                     stack.push((c, reason, None, 0));
                 }

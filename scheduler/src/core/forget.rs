@@ -14,7 +14,7 @@
 //! the task it was made for (its queueing number), so a reused slot is never scheduled by an
 //! old entry.
 
-use super::{Core, State, Task};
+use super::{Core, Fingerprint, State, Task};
 
 impl Core {
     /// Drops every task that no connected client's run refers to and that holds no result.
@@ -178,7 +178,7 @@ impl Task {
     pub(crate) fn tombstone() -> Task {
         Task {
             key: std::sync::Arc::from(""),
-            fingerprint: 0,
+            fingerprint: Fingerprint::default(),
             function: 0,
             params: None,
             inputs: Box::new([]),

@@ -149,7 +149,8 @@ pub(crate) enum State {
     Assigned(WorkerId),
     Memory,
     Released,
-    Failed(Arc<str>),
+    /// Why (boxed: a thin pointer keeps every [`Task`] 8 bytes smaller).
+    Failed(Box<Arc<str>>),
 }
 
 impl State {
@@ -180,7 +181,7 @@ pub(crate) enum StaticPlace {
 pub(crate) struct Task {
     pub key: Arc<str>,
     /// What it computes (see `drover_graph::fingerprint`).
-    pub fingerprint: u128,
+    pub fingerprint: Fingerprint,
     pub function: FnIdx,
     pub params: Option<Arc<str>>,
     pub inputs: Box<[TaskIdx]>,
@@ -223,12 +224,29 @@ pub(crate) struct Task {
     pub ready_seq: u64,
     /// Times in a row a worker could not fetch its inputs from a holder still connected.
     pub fetch_failures: u32,
-    pub timeout_ms: Option<u64>,
+    pub timeout_ms: Option<std::num::NonZeroU64>,
     /// Durable at this version: committed to the progress store when it finishes.
     pub durable: Option<u64>,
     /// Set for once-cells: always "in memory" (every worker can load its own), never freed
     /// by waiters; `holders` are the workers that loaded it.
-    pub cell: Option<CellInfo>,
+    pub cell: Option<Box<CellInfo>>,
+}
+
+/// A task's fingerprint (see `drover_graph::fingerprint`), kept as two words: a `u128` field
+/// would align every [`Task`] to 16 bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Fingerprint([u64; 2]);
+
+impl Fingerprint {
+    /// Of the graph's fingerprint `v`.
+    pub fn new(v: u128) -> Fingerprint {
+        Fingerprint([v as u64, (v >> 64) as u64])
+    }
+
+    /// The graph's fingerprint.
+    pub fn get(self) -> u128 {
+        u128::from(self.0[0]) | (u128::from(self.0[1]) << 64)
+    }
 }
 
 /// A once-cell's settings and what the scheduler learnt of it.
@@ -782,7 +800,7 @@ impl Core {
             sources,
             resources: self.req_resources(task.req),
             priority: task.priority,
-            timeout_ms: task.timeout_ms,
+            timeout_ms: task.timeout_ms.map(std::num::NonZeroU64::get),
             report_output: task.durable.map(|_| self.config.max_output),
             after: self.preassigned.get(&t).cloned().unwrap_or_default(),
         })

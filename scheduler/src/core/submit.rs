@@ -18,7 +18,7 @@ use std::sync::Arc;
 use drover_graph::{fingerprints, propagate_pools, Graph, Place, Reason, TaskId};
 use drover_protocol::{TaskIdx, TaskStatus, ToClient};
 
-use super::{CellInfo, ClientId, Command, Core, Req, Run, State, StaticPlace, Task};
+use super::{CellInfo, ClientId, Command, Core, Fingerprint, Req, Run, State, StaticPlace, Task};
 
 /// How a task of a submitted graph maps onto the core.
 enum Merge {
@@ -101,7 +101,7 @@ impl Core {
             }
             let known = self.slot_of(graph.key(gid)).is_some_and(|t| {
                 let task = &self.tasks[t as usize];
-                task.fingerprint == prints[gid.index()]
+                task.fingerprint.get() == prints[gid.index()]
                     && (task.state.is_pending() || task.state == State::Memory)
             });
             if !known {
@@ -195,7 +195,7 @@ impl Core {
                 None => Merge::New,
                 Some(old) => {
                     let task = &self.tasks[old as usize];
-                    if task.fingerprint != prints[gid.index()] {
+                    if task.fingerprint.get() != prints[gid.index()] {
                         if self.in_live_use(old) {
                             conflicts.push(self.conflict_text(old, &graph, gid));
                         }
@@ -421,10 +421,12 @@ impl Core {
                 }
             }
         };
-        let cell = graph.once_cell(gid).map(|c| CellInfo {
-            lifetime: c.lifetime,
-            lazy: c.lazy,
-            mean_load_us: None,
+        let cell = graph.once_cell(gid).map(|c| {
+            Box::new(CellInfo {
+                lifetime: c.lifetime,
+                lazy: c.lazy,
+                mean_load_us: None,
+            })
         });
         let inputs: Box<[TaskIdx]> = graph.inputs(gid).iter().map(|i| map[i.index()]).collect();
         let function = self.intern_function(graph.function(gid));
@@ -444,7 +446,7 @@ impl Core {
         };
         Task {
             key: graph.key_shared(gid),
-            fingerprint: prints[gid.index()],
+            fingerprint: Fingerprint::new(prints[gid.index()]),
             function,
             params: graph.params(gid).map(Arc::from),
             inputs,
@@ -467,7 +469,9 @@ impl Core {
             assigned_seq: 0,
             ready_seq: 0,
             fetch_failures: 0,
-            timeout_ms: graph.timeout(gid).map(|d| d.as_millis() as u64),
+            timeout_ms: graph
+                .timeout(gid)
+                .and_then(|d| std::num::NonZeroU64::new((d.as_millis() as u64).max(1))),
             durable: graph.durable(gid),
             state: if cell.is_some() {
                 State::Memory

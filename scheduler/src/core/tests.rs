@@ -1257,3 +1257,11 @@ fn an_optimised_placement_is_re_decided_when_sizes_differ_from_the_hints() {
         [(0, "a1".to_owned())]
     );
 }
+
+/// The core keeps one `Task` per known task: a million-task graph writes (and page-faults in)
+/// a million of them before its first task starts.
+#[test]
+fn a_task_record_stays_within_256_bytes() {
+    let size = std::mem::size_of::<super::Task>();
+    assert!(size <= 256, "Task is {size} bytes");
+}

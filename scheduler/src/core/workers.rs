@@ -324,7 +324,7 @@ impl Core {
                 namespace: self.runs[task.run as usize].namespace.to_string(),
                 key: task.key.to_string(),
                 version,
-                definition: task.fingerprint,
+                definition: task.fingerprint.get(),
                 output: output.filter(|o| o.len() as u64 == size),
             });
         }

@@ -87,7 +87,7 @@ fn durable_tasks_found_done_do_not_run_and_their_stored_outputs_feed_dependents(
     // a never ran; c ran and was committed at its version with its definition.
     let ran: Vec<String> = computes(&seen).into_iter().map(|(_, k)| k).collect();
     assert_eq!(ran, ["b", "c"]);
-    let fp = s.core.tasks[s.id("c") as usize].fingerprint;
+    let fp = s.core.tasks[s.id("c") as usize].fingerprint.get();
     let c: Vec<_> = commits(&seen);
     assert_eq!(c, [("c".to_owned(), 3, fp, None)]);
 }
@@ -118,7 +118,7 @@ fn a_finished_durable_task_is_committed_with_the_output_its_worker_sent() {
             output: Some(b"out".to_vec()),
         },
     ));
-    let fp = s.core.tasks[s.id("a") as usize].fingerprint;
+    let fp = s.core.tasks[s.id("a") as usize].fingerprint.get();
     assert_eq!(
         commits(&cmds),
         [("a".to_owned(), 0, fp, Some(b"out".to_vec()))]
