@@ -14,14 +14,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::json::{spec_resources, SpecParts};
 use crate::model::Place;
-use crate::{Graph, Lifetime, OnceCell, Pass, TaskId};
+use crate::{Graph, Lifetime, OnceCell, TaskId};
 
 /// The version of the wire form: a decoder refuses others.
 pub const WIRE_VERSION: u32 = 1;
 
-/// A graph on the wire.
+/// A graph on the wire: the layout. The encoder and decoder (module `stream`) write and read
+/// its fields one by one, the tasks streamed; the tests build it whole, to check the encoder
+/// writes exactly its bytes and to craft bad input.
 /// Strings are borrowed both ways: encoding copies nothing but into the output, decoding reads
 /// keys and names in place.
+#[cfg(test)]
 #[derive(Debug, Serialize, Deserialize)]
 struct WireGraph<'a> {
     version: u32,
@@ -86,40 +89,38 @@ pub enum WireError {
 
 impl Graph {
     /// The graph in the binary wire form ([`Graph::from_wire`] reads it back).
+    ///
+    /// Streamed: the bytes of [`WireGraph`] written task by task, without a list of all the
+    /// tasks first.
     pub fn to_wire(&self) -> Vec<u8> {
-        let keys: Vec<&str> = self.task_ids().map(|t| self.key(t)).collect();
-        let tasks = self
-            .definition_order()
-            .iter()
-            .map(|&id| WireTask {
-                key: id.0,
-                function: self.function(id),
-                params: self.params(id),
-                inputs: self.inputs(id).iter().map(|i| i.0).collect(),
-                pool: match self.place(id) {
-                    Place::Pinned(p) => Some(self.pool_name(p)),
-                    _ => None,
-                },
-                any_pool: self.place(id) == Place::Any,
-                resources: self.resources(id).iter().collect(),
-                priority: self.priority(id),
-                retries: self.retries(id),
-                size_hint: self.size_hint(id),
-                timeout: self.timeout(id).map(|d| d.as_secs_f64()),
-                once_cell: self
-                    .once_cell(id)
-                    .map(|c| (c.lifetime == Lifetime::Run, c.lazy)),
-                durable: self.durable(id),
-            })
-            .collect();
-        let wire = WireGraph {
-            version: WIRE_VERSION,
-            namespace: self.namespace.as_deref(),
-            pass: u8::from(self.pass == Pass::Linear),
-            keys,
-            tasks,
-        };
-        postcard::to_stdvec(&wire).expect("wire graphs serialise")
+        // About the size of the encoding (keys and a few bytes per task and edge).
+        let guess = self.len() * 24 + self.edge_count() * 3;
+        let out = Vec::with_capacity(guess);
+        postcard::to_extend(&stream::Encode(self), out).expect("wire graphs serialise")
+    }
+
+    /// Task `id` as the wire form has it.
+    fn wire_task(&self, id: TaskId) -> WireTask<'_> {
+        WireTask {
+            key: id.0,
+            function: self.function(id),
+            params: self.params(id),
+            inputs: self.inputs(id).iter().map(|i| i.0).collect(),
+            pool: match self.place(id) {
+                Place::Pinned(p) => Some(self.pool_name(p)),
+                _ => None,
+            },
+            any_pool: self.place(id) == Place::Any,
+            resources: self.resources(id).iter().collect(),
+            priority: self.priority(id),
+            retries: self.retries(id),
+            size_hint: self.size_hint(id),
+            timeout: self.timeout(id).map(|d| d.as_secs_f64()),
+            once_cell: self
+                .once_cell(id)
+                .map(|c| (c.lifetime == Lifetime::Run, c.lazy)),
+            durable: self.durable(id),
+        }
     }
 
     /// Reads a graph in the binary wire form. Bad annotations are recorded for
@@ -200,12 +201,48 @@ mod stream {
     use std::fmt;
 
     use serde::de::{self, DeserializeSeed, SeqAccess, Visitor};
+    use serde::ser::{Serialize, SerializeStruct, Serializer};
 
     use super::{WireError, WireTask, WIRE_VERSION};
     use crate::{Graph, Pass, TaskId};
 
     /// [`WireGraph`](super::WireGraph)'s fields.
     const FIELDS: &[&str] = &["version", "namespace", "pass", "keys", "tasks"];
+
+    /// Encodes a graph as its [`WireGraph`](super::WireGraph), field by field.
+    pub(super) struct Encode<'g>(pub &'g Graph);
+
+    impl Serialize for Encode<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let g = self.0;
+            let mut st = s.serialize_struct("WireGraph", FIELDS.len())?;
+            st.serialize_field("version", &WIRE_VERSION)?;
+            st.serialize_field("namespace", &g.namespace.as_deref())?;
+            st.serialize_field("pass", &u8::from(g.pass == Pass::Linear))?;
+            st.serialize_field("keys", &Keys(g))?;
+            st.serialize_field("tasks", &Tasks(g))?;
+            st.end()
+        }
+    }
+
+    /// Every key of the graph, defined or not, by slot.
+    struct Keys<'g>(&'g Graph);
+
+    impl Serialize for Keys<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.collect_seq(self.0.task_ids().map(|t| self.0.key(t)))
+        }
+    }
+
+    /// The defined tasks in definition order.
+    struct Tasks<'g>(&'g Graph);
+
+    impl Serialize for Tasks<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let g = self.0;
+            s.collect_seq(g.definition_order().iter().map(|&id| g.wire_task(id)))
+        }
+    }
 
     /// Decodes a graph; a problem that is not postcard's own is left in `error` (postcard's
     /// custom errors carry no message).
@@ -295,7 +332,7 @@ mod stream {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fingerprints;
+    use crate::{fingerprints, Pass};
 
     fn sample() -> Graph {
         let text = r#"{"namespace": "ns", "pass": "linear", "tasks": [
@@ -306,6 +343,24 @@ mod tests {
           {"key": "c", "function": "g", "inputs": ["b"], "any_pool": true, "durable": true}
         ]}"#;
         Graph::from_json_str(text).unwrap()
+    }
+
+    #[test]
+    fn the_streamed_encoding_is_the_layout_s_bytes() {
+        for g in [sample(), Graph::from_json_str(r#"{"tasks": []}"#).unwrap()] {
+            let whole = WireGraph {
+                version: WIRE_VERSION,
+                namespace: g.namespace.as_deref(),
+                pass: u8::from(g.pass == Pass::Linear),
+                keys: g.task_ids().map(|t| g.key(t)).collect(),
+                tasks: g
+                    .definition_order()
+                    .iter()
+                    .map(|&id| g.wire_task(id))
+                    .collect(),
+            };
+            assert_eq!(g.to_wire(), postcard::to_stdvec(&whole).unwrap());
+        }
     }
 
     #[test]
