@@ -1,11 +1,12 @@
 //! String interning: each distinct string is stored once and named by a dense `u32`.
 //!
-//! All strings live in one buffer (their ends in a `Vec`), and the index is a hash table of ids
-//! alone, hashed with xxh3: about 13 bytes per string besides its text, where a map of shared
-//! strings took about 75, and one allocation per growth instead of one per string. Graphs of
-//! millions of tasks intern every key once.
-
-use hashbrown::HashTable;
+//! All strings live in one buffer (their ends in a `Vec`), and the index is an open-addressing
+//! table of 8-byte slots, each an id with 32 bits of its string's hash (xxh3), probed linearly
+//! and kept at most three quarters full. A lookup reads one slot and, only when the hash bits
+//! match, the string itself: about one cache miss for a new string and three for a known one,
+//! where a table of bare ids compared the string at every tag match. Graphs of millions of tasks
+//! intern every key once; [`Interner::prefetch`] lets a reader ask for a slot's cache line ahead
+//! of the lookup.
 
 /// Maps strings to dense ids in order of first appearance, and back.
 #[derive(Clone, Default)]
@@ -14,14 +15,18 @@ pub(crate) struct Interner {
     text: String,
     /// Where string `i` ends in `text`.
     ends: Vec<usize>,
-    /// Ids, found by their string's hash.
-    index: HashTable<u32>,
+    /// The index: [`EMPTY`], or a string's id in the low 32 bits and the high 32 bits of its
+    /// hash in the high ones, at the position of the hash's low bits (or the next free one).
+    /// A power of two long (or empty).
+    slots: Vec<u64>,
     /// The strings interned or found most recently, by a few bits of their hash (empty
     /// until the interner holds [`RECENT_FROM`] strings): graphs mostly name tasks defined
     /// shortly before, and these are found here without a probe of the large table.
     recent: Vec<(u64, u32)>,
 }
 
+/// An unused slot (no id is `u32::MAX`: ids stop below it).
+const EMPTY: u64 = u64::MAX;
 /// Slots of the recent-strings cache (a power of two).
 const RECENT: usize = 4096;
 /// Interners of fewer strings keep no cache (the table itself is in cache then).
@@ -35,7 +40,8 @@ impl std::fmt::Debug for Interner {
     }
 }
 
-fn hash(s: &str) -> u64 {
+/// The hash the index uses.
+pub(crate) fn hash(s: &str) -> u64 {
     xxhash_rust::xxh3::xxh3_64(s.as_bytes())
 }
 
@@ -46,48 +52,147 @@ fn slice<'a>(text: &'a str, ends: &[usize], id: u32) -> &'a str {
     &text[start..ends[i]]
 }
 
+/// Asks the processor to bring the cache line of `at` (a pointer into memory this interner
+/// owns) closer: a hint.
+#[inline]
+fn prefetch(at: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch never faults and changes nothing but the caches.
+    unsafe {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        _mm_prefetch::<_MM_HINT_T0>(at.cast::<i8>());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = at;
+}
+
+/// A table of `n` slots for about `strings` strings: a power of two, at most 3/4 full.
+fn slots_for(strings: usize) -> usize {
+    (strings.saturating_mul(4) / 3 + 1)
+        .next_power_of_two()
+        .max(16)
+}
+
 impl Interner {
     /// An interner with room for `n` strings.
     pub fn with_capacity(n: usize) -> Interner {
         Interner {
             text: String::with_capacity(n.saturating_mul(8)),
             ends: Vec::with_capacity(n),
-            index: HashTable::with_capacity(n),
+            slots: vec![EMPTY; slots_for(n)],
             recent: Vec::new(),
+        }
+    }
+
+    /// The slot holding `s` (hash `h`), or the free slot where it would go.
+    fn probe(&self, s: &str, h: u64) -> (usize, Option<u32>) {
+        let mask = self.slots.len() - 1;
+        let tag = h >> 32;
+        let mut i = h as usize & mask;
+        loop {
+            let e = self.slots[i];
+            if e == EMPTY {
+                return (i, None);
+            }
+            if e >> 32 == tag && slice(&self.text, &self.ends, e as u32) == s {
+                return (i, Some(e as u32));
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    /// Doubles the table (or makes the first one), placing every string again.
+    fn grow(&mut self) {
+        let n = (self.slots.len() * 2).max(16);
+        let mut slots = vec![EMPTY; n];
+        let mask = n - 1;
+        for id in 0..self.ends.len() as u32 {
+            let h = hash(slice(&self.text, &self.ends, id));
+            let mut i = h as usize & mask;
+            while slots[i] != EMPTY {
+                i = (i + 1) & mask;
+            }
+            slots[i] = (h >> 32) << 32 | u64::from(id);
+        }
+        self.slots = slots;
+    }
+
+    /// Asks the processor for the cache line of the slot where a lookup of `s` starts, and
+    /// returns the hash for [`Interner::intern_hashed`]. A hint: without it a lookup still
+    /// works, only waits for memory.
+    #[inline]
+    pub fn prefetch(&self, s: &str) -> u64 {
+        let h = hash(s);
+        if let Some(slot) = self
+            .slots
+            .get(h as usize & self.slots.len().wrapping_sub(1))
+        {
+            prefetch((slot as *const u64).cast());
+        }
+        h
+    }
+
+    /// After [`Interner::prefetch`] gave `h`: asks for the memory of the string that the first
+    /// slot probed names, if its hash bits match (`text` false: its end in `ends`; true: its
+    /// text, once that end is in cache). A hint, like `prefetch`.
+    #[inline]
+    pub fn prefetch_string(&self, h: u64, text: bool) {
+        let Some(&e) = self
+            .slots
+            .get(h as usize & self.slots.len().wrapping_sub(1))
+        else {
+            return;
+        };
+        if e == EMPTY || e >> 32 != h >> 32 {
+            return;
+        }
+        let i = e as u32 as usize;
+        let before = i.checked_sub(1).and_then(|b| self.ends.get(b));
+        if text {
+            let start = before.copied().unwrap_or(0);
+            if let Some(at) = self.text.as_bytes().get(start) {
+                prefetch(at);
+            }
+        } else if let Some(end) = before.or(self.ends.get(i)) {
+            prefetch((end as *const usize).cast());
         }
     }
 
     /// The id of `s`, adding it if new. The flag says whether it was new.
     pub fn intern(&mut self, s: &str) -> (u32, bool) {
-        let h = hash(s);
-        let Interner {
-            text,
-            ends,
-            index,
-            recent,
-        } = self;
-        // Bits the table does not use for its position (the low ones) or its tag (the top 7).
-        let r = (h >> 32) as usize & (RECENT - 1);
-        if let Some(&(rh, id)) = recent.get(r) {
-            if rh == h && slice(text, ends, id) == s {
+        self.intern_hashed(s, hash(s))
+    }
+
+    /// [`Interner::intern`] of `s` whose hash is `h` (from [`Interner::prefetch`]).
+    pub fn intern_hashed(&mut self, s: &str, h: u64) -> (u32, bool) {
+        // Bits the table does not use for its position (the low ones) but below its tag.
+        let r = (h >> 20) as usize & (RECENT - 1);
+        if let Some(&(rh, id)) = self.recent.get(r) {
+            if rh == h && slice(&self.text, &self.ends, id) == s {
                 return (id, false);
             }
         }
-        let found = index.find(h, |&id| slice(text, ends, id) == s).copied();
+        if self.slots.is_empty() || (self.ends.len() + 1) * 4 > self.slots.len() * 3 {
+            self.grow();
+        }
+        let (slot, found) = self.probe(s, h);
         let (id, new) = match found {
             Some(id) => (id, false),
             None => {
-                let id = u32::try_from(ends.len()).expect("more than 2^32 interned strings");
-                text.push_str(s);
-                ends.push(text.len());
-                index.insert_unique(h, id, |&id| hash(slice(text, ends, id)));
-                if ends.len() == RECENT_FROM {
-                    recent.resize(RECENT, (0, u32::MAX));
+                let id = u32::try_from(self.ends.len())
+                    .ok()
+                    .filter(|&id| id != u32::MAX)
+                    .expect("fewer than 2^32 - 1 interned strings");
+                self.text.push_str(s);
+                self.ends.push(self.text.len());
+                self.slots[slot] = (h >> 32) << 32 | u64::from(id);
+                if self.ends.len() == RECENT_FROM {
+                    self.recent.resize(RECENT, (0, u32::MAX));
                 }
                 (id, true)
             }
         };
-        if let Some(slot) = recent.get_mut(r) {
+        if let Some(slot) = self.recent.get_mut(r) {
             *slot = (h, id);
         }
         (id, new)
@@ -95,9 +200,10 @@ impl Interner {
 
     /// The id of `s`, if interned.
     pub fn get(&self, s: &str) -> Option<u32> {
-        self.index
-            .find(hash(s), |&id| slice(&self.text, &self.ends, id) == s)
-            .copied()
+        if self.slots.is_empty() {
+            return None;
+        }
+        self.probe(s, hash(s)).1
     }
 
     /// The string of `id`. Panics on an id this interner never gave out.
@@ -130,5 +236,39 @@ mod tests {
         assert_eq!(i.get("k9999"), Some(10_002));
         assert_eq!(i.name(10_002), "k9999");
         assert_eq!(i.get("nope"), None);
+    }
+
+    #[test]
+    fn prefetched_lookups_find_the_same_ids_through_growth_and_the_recent_cache() {
+        let mut plain = Interner::default();
+        let mut hinted = Interner::default();
+        assert_eq!(plain.get("x"), None);
+        // Hints on an empty interner are harmless.
+        let h = hinted.prefetch("x");
+        hinted.prefetch_string(h, false);
+        hinted.prefetch_string(h, true);
+        // Past the recent cache's threshold, with repeats near and far.
+        for n in 0..(RECENT_FROM + 5_000) {
+            for s in [
+                format!("k{n}"),
+                format!("k{}", n / 2),
+                format!("k{}", n % 97),
+            ] {
+                let h = hinted.prefetch(&s);
+                hinted.prefetch_string(h, false);
+                hinted.prefetch_string(h, true);
+                assert_eq!(hinted.intern_hashed(&s, h), plain.intern(&s), "{s}");
+            }
+        }
+        assert_eq!(hinted.len(), RECENT_FROM + 5_000);
+        for n in (0..hinted.len()).step_by(997) {
+            let s = format!("k{n}");
+            assert_eq!(hinted.get(&s), Some(n as u32));
+            assert_eq!(hinted.name(n as u32), s);
+        }
+        assert!(
+            hinted.slots.len() * 3 >= hinted.len() * 4,
+            "at most 3/4 full"
+        );
     }
 }

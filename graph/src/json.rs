@@ -233,34 +233,43 @@ impl Graph {
 
     /// Adds one task from its file form. Problems are recorded for [`Graph::validate`].
     pub fn add_spec(&mut self, t: &TaskSpec) -> crate::TaskId {
-        self.add_ref(&TaskRef {
-            key: Text(Cow::Borrowed(&t.key)),
-            function: Text(Cow::Borrowed(&t.function)),
-            params: Cow::Borrowed(&t.params),
-            inputs: t.inputs.iter().map(|k| Text(Cow::Borrowed(k))).collect(),
-            pool: t.pool.as_deref().map(|p| Text(Cow::Borrowed(p))),
-            any_pool: t.any_pool,
-            resources: Cow::Borrowed(&t.resources),
-            priority: t.priority,
-            retries: t.retries,
-            size_hint: t.size_hint,
-            timeout: t.timeout,
-            once_cell: t.once_cell,
-            durable: t.durable,
-        })
+        self.add_ref(
+            &TaskRef {
+                key: Text(Cow::Borrowed(&t.key)),
+                function: Text(Cow::Borrowed(&t.function)),
+                params: Cow::Borrowed(&t.params),
+                inputs: t.inputs.iter().map(|k| Text(Cow::Borrowed(k))).collect(),
+                pool: t.pool.as_deref().map(|p| Text(Cow::Borrowed(p))),
+                any_pool: t.any_pool,
+                resources: Cow::Borrowed(&t.resources),
+                priority: t.priority,
+                retries: t.retries,
+                size_hint: t.size_hint,
+                timeout: t.timeout,
+                once_cell: t.once_cell,
+                durable: t.durable,
+            },
+            None,
+        )
     }
 
-    /// Adds one task as the file reader saw it.
-    fn add_ref(&mut self, t: &TaskRef<'_>) -> crate::TaskId {
+    /// Adds one task as the file reader saw it. `hashes`, when given, are those of its inputs'
+    /// keys and then its own (from `Interner::prefetch`).
+    fn add_ref(&mut self, t: &TaskRef<'_>, hashes: Option<&[u64]>) -> crate::TaskId {
         self.pending_inputs.clear();
-        for k in &t.inputs {
-            let id = self.slot(&k.0);
+        let hash_of = |n: usize, key: &str| match hashes {
+            Some(h) => h[n],
+            None => crate::interner::hash(key),
+        };
+        for (n, k) in t.inputs.iter().enumerate() {
+            let id = self.slot_hashed(&k.0, hash_of(n, &k.0));
             self.pending_inputs.push(id);
         }
+        let slot = Some(self.slot_hashed(&t.key.0, hash_of(t.inputs.len(), &t.key.0)));
         let params = (!t.params.is_null()).then(|| t.params.to_string().into_boxed_str());
         self.add_parts(SpecParts {
             key: &t.key.0,
-            slot: None,
+            slot,
             function: &t.function.0,
             params,
             pool: t.pool.as_ref().map(|p| &*p.0),
@@ -610,6 +619,9 @@ mod stream {
 
     struct TasksSeed<'g>(&'g mut Graph);
 
+    /// Tasks read before they are added (see [`TasksSeed`]'s `visit_seq`).
+    const BATCH: usize = 32;
+
     impl<'de> DeserializeSeed<'de> for TasksSeed<'_> {
         type Value = ();
         fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
@@ -623,10 +635,43 @@ mod stream {
             f.write_str("a sequence")
         }
         fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-            while let Some(task) = seq.next_element::<TaskRef<'de>>()? {
-                self.0.add_ref(&task);
+            // Tasks are read a batch at a time: the index slots of all the batch's keys are
+            // asked for at once (so the memory fetches overlap), then the tasks are added in
+            // order, exactly as one by one.
+            let g = self.0;
+            let mut batch: Vec<TaskRef<'de>> = Vec::with_capacity(BATCH);
+            let mut hashes: Vec<u64> = Vec::with_capacity(BATCH * 4);
+            loop {
+                batch.clear();
+                while batch.len() < BATCH {
+                    match seq.next_element::<TaskRef<'de>>()? {
+                        Some(task) => batch.push(task),
+                        None => break,
+                    }
+                }
+                if batch.is_empty() {
+                    return Ok(());
+                }
+                hashes.clear();
+                for t in &batch {
+                    for k in t.inputs.iter().chain(std::iter::once(&t.key)) {
+                        hashes.push(g.keys.prefetch(&k.0));
+                    }
+                }
+                // Then the strings the first slots name, in two steps (their ends, then their
+                // text): most keys are found at their first slot.
+                for text in [false, true] {
+                    for &h in &hashes {
+                        g.keys.prefetch_string(h, text);
+                    }
+                }
+                let mut at = 0;
+                for t in &batch {
+                    let n = t.inputs.len() + 1;
+                    g.add_ref(t, Some(&hashes[at..at + n]));
+                    at += n;
+                }
             }
-            Ok(())
         }
     }
 }

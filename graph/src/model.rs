@@ -372,7 +372,12 @@ impl Graph {
 
     /// Interns `key` as a task slot (defined or not) and returns its id.
     pub(crate) fn slot(&mut self, key: &str) -> TaskId {
-        let (id, new) = self.keys.intern(key);
+        self.slot_hashed(key, crate::interner::hash(key))
+    }
+
+    /// [`Graph::slot`] of `key` whose hash is `h` (see `Interner::prefetch`).
+    pub(crate) fn slot_hashed(&mut self, key: &str, h: u64) -> TaskId {
+        let (id, new) = self.keys.intern_hashed(key, h);
         if new {
             self.tasks.push(TaskRecord::default());
         }

@@ -286,7 +286,17 @@ mod stream {
             } else {
                 Pass::Optimised
             };
-            let ids: Vec<TaskId> = keys.iter().map(|k| g.slot(k)).collect();
+            // A batch of keys at a time: their index slots are asked for at once, so the
+            // memory fetches overlap (see `Interner::prefetch`).
+            let mut ids: Vec<TaskId> = Vec::with_capacity(keys.len());
+            let mut hashes = Vec::with_capacity(64);
+            for batch in keys.chunks(64) {
+                hashes.clear();
+                hashes.extend(batch.iter().map(|k| g.keys.prefetch(k)));
+                for (k, &h) in batch.iter().zip(&hashes) {
+                    ids.push(g.slot_hashed(k, h));
+                }
+            }
             seq.next_element_seed(TasksSeed {
                 graph: &mut g,
                 keys: &keys,
