@@ -8,6 +8,8 @@
 //! intern every key once; [`Interner::prefetch`] lets a reader ask for a slot's cache line ahead
 //! of the lookup.
 
+use crate::prefetch::prefetch;
+
 /// Maps strings to dense ids in order of first appearance, and back.
 #[derive(Clone, Default)]
 pub(crate) struct Interner {
@@ -50,20 +52,6 @@ fn slice<'a>(text: &'a str, ends: &[usize], id: u32) -> &'a str {
     let i = id as usize;
     let start = if i == 0 { 0 } else { ends[i - 1] };
     &text[start..ends[i]]
-}
-
-/// Asks the processor to bring the cache line of `at` (a pointer into memory this interner
-/// owns) closer: a hint.
-#[inline]
-fn prefetch(at: *const u8) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch never faults and changes nothing but the caches.
-    unsafe {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        _mm_prefetch::<_MM_HINT_T0>(at.cast::<i8>());
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = at;
 }
 
 /// A table of `n` slots for about `strings` strings: a power of two, at most 3/4 full.
@@ -127,7 +115,7 @@ impl Interner {
             .slots
             .get(h as usize & self.slots.len().wrapping_sub(1))
         {
-            prefetch((slot as *const u64).cast());
+            prefetch(slot);
         }
         h
     }
@@ -154,7 +142,7 @@ impl Interner {
                 prefetch(at);
             }
         } else if let Some(end) = before.or(self.ends.get(i)) {
-            prefetch((end as *const usize).cast());
+            prefetch(end);
         }
     }
 

@@ -236,6 +236,13 @@ impl Graph {
         self.tasks[id.index()].defined
     }
 
+    /// Asks for task `id`'s record ahead of reading it (see `crate::prefetch`).
+    pub(crate) fn prefetch_record(&self, id: TaskId) {
+        if let Some(r) = self.tasks.get(id.index()) {
+            crate::prefetch::prefetch(r);
+        }
+    }
+
     /// The function name of task `id`.
     pub fn function(&self, id: TaskId) -> &str {
         self.functions.name(self.tasks[id.index()].function)

@@ -13,6 +13,7 @@
 //! Pinned and any-pool tasks never change. No decision depends on the order tasks were added
 //! or on hash order: the same graph always gets the same answer.
 
+use crate::prefetch::{prefetch, AHEAD};
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -264,6 +265,14 @@ impl Scratch {
             lower_bound: None,
         };
         for u in graph.task_ids() {
+            if let Some(ahead) =
+                (u.index() + AHEAD < graph.len()).then(|| TaskId(u.0 + AHEAD as u32))
+            {
+                for &c in topo.consumers(ahead) {
+                    prefetch(&pools[c.index()]);
+                    prefetch(&reasons[c.index()]);
+                }
+            }
             let size = sizes.0[u.index()];
             if size == 0 {
                 continue;
@@ -296,7 +305,21 @@ fn forward(
     let mut votes = vec![0u64; graph.pool_count()];
     let mut voted: Vec<PoolId> = Vec::new();
     scratch.mark.fill(u32::MAX);
-    for &t in topo.order() {
+    let order = topo.order();
+    for (k, &t) in order.iter().enumerate() {
+        // Tasks are visited out of id order and their inputs are anywhere: ask for the
+        // records a few tasks ahead, and for the inputs' pools and sizes of the next few.
+        if let Some(&far) = order.get(k + 2 * AHEAD) {
+            graph.prefetch_record(far);
+        }
+        if let Some(&near) = order.get(k + AHEAD) {
+            if free[near.index()] {
+                for &i in graph.inputs(near) {
+                    prefetch(&pools[i.index()]);
+                    prefetch(&sizes.0[i.index()]);
+                }
+            }
+        }
         if !free[t.index()] {
             continue;
         }
@@ -327,7 +350,13 @@ fn forward(
 }
 
 fn backward(topo: &Topology, free: &[bool], pools: &mut [Option<PoolId>], reasons: &mut [Reason]) {
-    for &t in topo.order().iter().rev() {
+    let order = topo.order();
+    for (k, &t) in order.iter().enumerate().rev() {
+        if let Some(&near) = k.checked_sub(AHEAD).map(|a| &order[a]) {
+            for &c in topo.consumers(near) {
+                prefetch(&pools[c.index()]);
+            }
+        }
         if !free[t.index()] || pools[t.index()].is_some() {
             continue;
         }

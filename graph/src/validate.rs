@@ -5,6 +5,7 @@
 use std::collections::VecDeque;
 
 use crate::error::{GraphError, InvalidGraph};
+use crate::prefetch::{prefetch, AHEAD};
 use crate::{Graph, Place, TaskId};
 
 /// The shape of a valid graph: a topological order (inputs before consumers) and, per task, the
@@ -46,6 +47,13 @@ impl Graph {
     pub fn validate(&self) -> Result<Topology, InvalidGraph> {
         let mut errors = self.errors.clone();
         for id in self.task_ids() {
+            // The inputs of a task a few ahead: their records are read at random.
+            if let Some(ahead) = self.tasks.get(id.index() + AHEAD) {
+                let start = ahead.inputs_start as usize;
+                for &i in &self.input_arena[start..start + ahead.inputs_len as usize] {
+                    prefetch(&self.tasks[i.index()]);
+                }
+            }
             if !self.is_defined(id) {
                 continue;
             }
@@ -129,7 +137,11 @@ impl Graph {
     fn topology(&self) -> Topology {
         let n = self.len();
         let mut consumer_start = vec![0u32; n + 1];
-        for &input in &self.input_arena {
+        let arena = &self.input_arena;
+        for (k, &input) in arena.iter().enumerate() {
+            if let Some(ahead) = arena.get(k + 4 * AHEAD) {
+                prefetch(&consumer_start[ahead.index() + 1]);
+            }
             consumer_start[input.index() + 1] += 1;
         }
         for i in 0..n {
@@ -138,6 +150,12 @@ impl Graph {
         let mut fill = consumer_start.clone();
         let mut consumers = vec![TaskId(0); self.input_arena.len()];
         for id in self.task_ids() {
+            if let Some(ahead) = self.tasks.get(id.index() + AHEAD) {
+                let start = ahead.inputs_start as usize;
+                for &i in &arena[start..start + ahead.inputs_len as usize] {
+                    prefetch(&fill[i.index()]);
+                }
+            }
             for &input in self.inputs(id) {
                 let slot = &mut fill[input.index()];
                 consumers[*slot as usize] = id;
@@ -154,6 +172,11 @@ impl Graph {
             &consumers[consumer_start[t.index()] as usize..consumer_start[t.index() + 1] as usize]
         };
         while let Some(t) = queue.pop_front() {
+            if let Some(&ahead) = queue.get(AHEAD) {
+                for &c in topo_consumers(ahead) {
+                    prefetch(&pending[c.index()]);
+                }
+            }
             order.push(t);
             for &c in topo_consumers(t) {
                 let p = &mut pending[c.index()];
