@@ -94,7 +94,7 @@ impl Graph {
     /// tasks first.
     pub fn to_wire(&self) -> Vec<u8> {
         // About the size of the encoding (keys and a few bytes per task and edge).
-        let guess = self.len() * 24 + self.edge_count() * 3;
+        let guess = self.len() * 32 + self.edge_count() * 3;
         let out = Vec::with_capacity(guess);
         postcard::to_extend(&stream::Encode(self), out).expect("wire graphs serialise")
     }
@@ -127,7 +127,7 @@ impl Graph {
     /// [`Graph::validate`], as for a JSON file; bytes that are not a wire graph are an error.
     ///
     /// Streamed: each task is added as it is decoded, never a list of all of them (a million
-    /// decoded tasks were 170 MB of fresh memory, most of it page faults).
+    /// decoded tasks were over 150 MB of fresh memory, most of their cost page faults).
     pub fn from_wire(bytes: &[u8]) -> Result<Graph, WireError> {
         let mut error = None;
         let mut de = postcard::Deserializer::from_bytes(bytes);
