@@ -98,3 +98,50 @@ impl KeyIndex {
         self.table.iter().copied()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(key: &str) -> Task {
+        Task {
+            key: std::sync::Arc::from(key),
+            ..Task::tombstone()
+        }
+    }
+
+    #[test]
+    fn keys_find_their_slots_through_redefinition_removal_and_growth() {
+        let mut tasks: Vec<Task> = (0..3000).map(|i| task(&format!("k{i}"))).collect();
+        let mut index = KeyIndex::default();
+        for t in 0..3000 {
+            index.insert(t, &tasks);
+        }
+        assert_eq!(index.len(), 3000);
+        assert_eq!(index.get("k17", &tasks), Some(17));
+        assert_eq!(index.get("nope", &tasks), None);
+        // A redefined key names its new slot; removing the old slot leaves it.
+        tasks.push(task("k17"));
+        index.insert(3000, &tasks);
+        assert_eq!((index.len(), index.get("k17", &tasks)), (3000, Some(3000)));
+        index.remove_if("k17", 17, &tasks);
+        assert_eq!(index.get("k17", &tasks), Some(3000));
+        index.remove_if("k17", 3000, &tasks);
+        assert_eq!(index.get("k17", &tasks), None);
+        for t in (0..3000).filter(|t| t % 2 == 0) {
+            let key = tasks[t as usize].key.clone();
+            index.remove_if(&key, t, &tasks);
+        }
+        index.shrink_to(0, &tasks);
+        index.reserve(10_000, &tasks);
+        assert!(index.capacity() >= 10_000 + index.len());
+        for t in 0..3000u32 {
+            let want = (t % 2 == 1 && t != 17).then_some(t);
+            assert_eq!(index.get(&format!("k{t}"), &tasks), want, "k{t}");
+        }
+        let mut slots: Vec<u32> = index.slots().collect();
+        slots.sort_unstable();
+        let odd: Vec<u32> = (0..3000).filter(|&t| t % 2 == 1 && t != 17).collect();
+        assert_eq!(slots, odd);
+    }
+}
