@@ -41,6 +41,9 @@ enum Settled {
     Skipped,
 }
 
+/// How many tasks ahead a merge asks for the key index's entries.
+const AHEAD: usize = 8;
+
 /// A parsed, validated submission: merged at once, or once the progress store said which of
 /// its durable tasks are done.
 #[derive(Debug)]
@@ -191,6 +194,10 @@ impl Core {
         let mut merges: Vec<Merge> = Vec::with_capacity(graph.len());
         let mut conflicts: Vec<String> = Vec::new();
         for gid in graph.task_ids() {
+            // Keys are anywhere in the index: ask for a few tasks ahead's entries early.
+            if gid.index() + AHEAD < graph.len() {
+                self.keys.prefetch(graph.key(TaskId(gid.0 + AHEAD as u32)));
+            }
             let merge = match self.slot_of(graph.key(gid)) {
                 None => Merge::New,
                 Some(old) => {
@@ -241,7 +248,11 @@ impl Core {
         let mut map: Vec<TaskIdx> = vec![0; graph.len()];
         let mut known: Vec<TaskIdx> = Vec::new();
         let mut cells: Vec<(TaskIdx, TaskId)> = Vec::new();
-        for &gid in topo.order() {
+        let order = topo.order();
+        for (k, &gid) in order.iter().enumerate() {
+            if let Some(&ahead) = order.get(k + AHEAD) {
+                self.keys.prefetch(graph.key(ahead));
+            }
             let t = match merges[gid.index()] {
                 Merge::Known(t) => {
                     self.extra_runs.entry(t).or_default().push(run_idx);
