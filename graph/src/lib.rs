@@ -22,7 +22,7 @@ mod interner;
 pub mod json;
 mod model;
 pub mod optimise;
-mod prefetch;
+pub mod prefetch;
 pub mod propagate;
 pub mod typed;
 mod validate;

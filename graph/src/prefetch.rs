@@ -4,12 +4,12 @@
 //! waiting for memory otherwise.
 
 /// How many tasks ahead a pass over a graph asks for the memory it will read.
-pub(crate) const AHEAD: usize = 8;
+pub const AHEAD: usize = 8;
 
 /// Asks the processor to bring the cache line of `at` closer. A hint: it never faults and
 /// changes nothing but the caches (a no-op off x86-64).
 #[inline]
-pub(crate) fn prefetch<T>(at: &T) {
+pub fn prefetch<T>(at: &T) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: a prefetch never faults and changes nothing but the caches; `at` is a valid
     // reference besides.

@@ -30,7 +30,7 @@ impl Core {
         ready.retain(|_, q| !q.is_empty());
         self.ready = ready;
         self.tasks.shrink_to(self.tasks.len().max(1024));
-        self.keys.shrink_to(self.keys.len().max(1024), &self.tasks);
+        self.keys.shrink_to(self.keys.len().max(1024));
         self.extra_runs.shrink_to_fit();
     }
 
@@ -148,7 +148,7 @@ impl Core {
         vec(&mut self.free_slots);
         vec(&mut self.forget_candidates);
         if self.keys.capacity() > 4 * self.keys.len() + 64 {
-            self.keys.shrink_to(0, &self.tasks);
+            self.keys.shrink_to(0);
         }
         map(&mut self.extra_runs);
         map(&mut self.deaths);

@@ -72,20 +72,12 @@ impl KeyIndex {
         }
     }
 
-    /// Asks the processor for the entry where a lookup of `key` starts (a hint: see
-    /// `drover_graph`'s prefetching of big graphs).
+    /// Asks the processor for the entry where a lookup of `key` starts (a hint, see
+    /// [`drover_graph::prefetch`]).
     #[inline]
     pub fn prefetch(&self, key: &str) {
         if let Some(e) = self.entries.get(self.hash(key) as usize & self.mask()) {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: a prefetch never faults and changes nothing but the caches; `e` is a
-            // valid reference besides.
-            unsafe {
-                use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-                _mm_prefetch::<_MM_HINT_T0>((e as *const u64).cast::<i8>());
-            }
-            #[cfg(not(target_arch = "x86_64"))]
-            let _ = e;
+            drover_graph::prefetch::prefetch(e);
         }
     }
 
@@ -141,7 +133,7 @@ impl KeyIndex {
     }
 
     /// Room for `n` more keys without growing.
-    pub fn reserve(&mut self, n: usize, _tasks: &[Task]) {
+    pub fn reserve(&mut self, n: usize) {
         let want = entries_for(self.len.saturating_add(n));
         if want > self.entries.len() {
             self.rebuild(want);
@@ -149,7 +141,7 @@ impl KeyIndex {
     }
 
     /// Gives back memory down to room for `n` keys (at least the current count).
-    pub fn shrink_to(&mut self, n: usize, _tasks: &[Task]) {
+    pub fn shrink_to(&mut self, n: usize) {
         let want = entries_for(n.max(self.len));
         if want < self.entries.len() {
             self.rebuild(want);
@@ -210,7 +202,7 @@ mod tests {
                 model.insert(key, t);
             }
             if step % 1000 == 0 {
-                index.shrink_to(0, &tasks);
+                index.shrink_to(0);
             }
             assert_eq!(index.len(), model.len());
             for k in 0..40 {
@@ -242,8 +234,8 @@ mod tests {
             let key = tasks[t as usize].key.clone();
             index.remove_if(&key, t, &tasks);
         }
-        index.shrink_to(0, &tasks);
-        index.reserve(10_000, &tasks);
+        index.shrink_to(0);
+        index.reserve(10_000);
         assert!(index.capacity() >= 10_000 + index.len());
         for t in 0..3000u32 {
             let want = (t % 2 == 1 && t != 17).then_some(t);

@@ -15,6 +15,7 @@
 
 use std::sync::Arc;
 
+use drover_graph::prefetch::AHEAD;
 use drover_graph::{fingerprints, propagate_pools, Graph, Place, Reason, TaskId};
 use drover_protocol::{TaskIdx, TaskStatus, ToClient};
 
@@ -40,9 +41,6 @@ enum Settled {
     /// Not needed: it only feeds tasks done before.
     Skipped,
 }
-
-/// How many tasks ahead a merge asks for the key index's entries.
-const AHEAD: usize = 8;
 
 /// A parsed, validated submission: merged at once, or once the progress store said which of
 /// its durable tasks are done.
@@ -240,7 +238,7 @@ impl Core {
         // Room for the new tasks at once: growing these tables step by step (rehashing
         // every key each time) was a twentieth of a large submission.
         let new = merges.iter().filter(|m| matches!(m, Merge::New)).count();
-        self.keys.reserve(new, &self.tasks);
+        self.keys.reserve(new);
         self.tasks
             .reserve(new.saturating_sub(self.free_slots.len()));
         self.clients.entry(client).or_default().reserve(wants.len());
