@@ -265,10 +265,8 @@ impl Scratch {
             lower_bound: None,
         };
         for u in graph.task_ids() {
-            if let Some(ahead) =
-                (u.index() + AHEAD < graph.len()).then(|| TaskId(u.0 + AHEAD as u32))
-            {
-                for &c in topo.consumers(ahead) {
+            if u.index() + AHEAD < graph.len() {
+                for &c in topo.consumers(TaskId(u.0 + AHEAD as u32)) {
                     prefetch(&pools[c.index()]);
                     prefetch(&reasons[c.index()]);
                 }

@@ -48,9 +48,8 @@ impl Graph {
         let mut errors = self.errors.clone();
         for id in self.task_ids() {
             // The inputs of a task a few ahead: their records are read at random.
-            if let Some(ahead) = self.tasks.get(id.index() + AHEAD) {
-                let start = ahead.inputs_start as usize;
-                for &i in &self.input_arena[start..start + ahead.inputs_len as usize] {
+            if id.index() + AHEAD < self.len() {
+                for &i in self.inputs(TaskId(id.0 + AHEAD as u32)) {
                     prefetch(&self.tasks[i.index()]);
                 }
             }
@@ -150,9 +149,8 @@ impl Graph {
         let mut fill = consumer_start.clone();
         let mut consumers = vec![TaskId(0); self.input_arena.len()];
         for id in self.task_ids() {
-            if let Some(ahead) = self.tasks.get(id.index() + AHEAD) {
-                let start = ahead.inputs_start as usize;
-                for &i in &arena[start..start + ahead.inputs_len as usize] {
+            if id.index() + AHEAD < n {
+                for &i in self.inputs(TaskId(id.0 + AHEAD as u32)) {
                     prefetch(&fill[i.index()]);
                 }
             }
