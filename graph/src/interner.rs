@@ -153,7 +153,8 @@ impl Interner {
 
     /// [`Interner::intern`] of `s` whose hash is `h` (from [`Interner::prefetch`]).
     pub fn intern_hashed(&mut self, s: &str, h: u64) -> (u32, bool) {
-        // Bits the table does not use for its position (the low ones) but below its tag.
+        // A few middle bits of the hash pick the cache slot (it compares the whole hash, so
+        // sharing bits with the table's position costs nothing).
         let r = (h >> 20) as usize & (RECENT - 1);
         if let Some(&(rh, id)) = self.recent.get(r) {
             if rh == h && slice(&self.text, &self.ends, id) == s {
