@@ -40,7 +40,7 @@ mod flow;
 
 use flow::{take, Network, INFINITE, MAX_WEIGHT, SINK, SOURCE};
 
-use crate::cost::estimated_size;
+use crate::prefetch::{prefetch, AHEAD};
 use crate::{Graph, PoolId, TaskId, Topology};
 
 /// Work units (arc visits) the refinement may spend per task plus edge of the graph.
@@ -88,6 +88,11 @@ pub(crate) struct Problem<'a> {
     pools: u32,
     /// Pool indices sorted by name: the order moves are tried.
     by_name: Vec<u32>,
+    /// Whether some weight was clamped to [`MAX_WEIGHT`]: then the refinement's costs are not
+    /// the objective's.
+    clamped: bool,
+    /// How much the accepted moves lowered the (clamped) objective in all.
+    saved: u64,
 }
 
 /// What the refinement did.
@@ -100,18 +105,23 @@ pub struct Outcome {
 }
 
 impl<'a> Problem<'a> {
-    /// The problem for `graph` with the linear pass's `pools`; `movable[t]` says which tasks
-    /// may move.
+    /// The problem for `graph` with the linear pass's `pools`; `sizes[t]` is task t's
+    /// [`crate::cost::estimated_size`] and `movable[t]` says whether it may move.
     pub(crate) fn new(
         graph: &Graph,
         topo: &'a Topology,
         pools: &[Option<PoolId>],
+        sizes: Vec<u64>,
         movable: Vec<bool>,
     ) -> Problem<'a> {
         let k = graph.pool_count() as u32;
-        let weight = graph
-            .task_ids()
-            .map(|t| estimated_size(graph, t).min(MAX_WEIGHT))
+        let mut clamped = false;
+        let weight = sizes
+            .into_iter()
+            .map(|s| {
+                clamped |= s > MAX_WEIGHT;
+                s.min(MAX_WEIGHT)
+            })
             .collect();
         let label = graph
             .task_ids()
@@ -126,6 +136,8 @@ impl<'a> Problem<'a> {
             movable,
             pools: k,
             by_name,
+            clamped,
+            saved: 0,
         };
         problem.hold_unanchored();
         problem
@@ -141,49 +153,73 @@ impl<'a> Problem<'a> {
     /// scheduler places them on real sizes. Union-find, near-linear.
     fn hold_unanchored(&mut self) {
         let n = self.label.len();
-        let mut parent: Vec<u32> = (0..n as u32).collect();
-        fn find(parent: &mut [u32], mut x: u32) -> u32 {
-            while parent[x as usize] != x {
-                let up = parent[parent[x as usize] as usize];
-                parent[x as usize] = up;
-                x = up;
-            }
-            x
+        if n > ROOT as usize {
+            // Too many tasks to mark roots in their parent entries: everything stays movable
+            // (correct, only slower to refine).
+            return;
         }
-        let mut anchored = vec![false; n];
+        // Union-find over the movable tasks: `parent[x]` is x's parent, or x itself at a
+        // root, which carries the ANCHORED bit when its set touches a pinned task (one read
+        // finds a set and whether it is anchored).
+        let mut parent: Vec<u32> = (0..n as u32).collect();
+        let mut roots: Vec<u32> = Vec::new();
         for u in 0..n {
+            if u + AHEAD < n {
+                for &c in self.topo.consumers(TaskId((u + AHEAD) as u32)) {
+                    prefetch(&self.movable[c.index()]);
+                    prefetch(&self.label[c.index()]);
+                    prefetch(&parent[c.index()]);
+                }
+            }
             let ut = TaskId(u as u32);
             if !self.relevant(ut) {
                 continue;
             }
-            let (mut first, mut pinned) = (None::<u32>, false);
+            // The roots of this hyperedge's movable members. Anchoring is all that is asked
+            // of a set, so sets are only merged while unanchored: a hyperedge that reaches an
+            // anchored set (or a pinned task) anchors the others' sets instead, which gives
+            // the same answer and keeps the trees small.
+            roots.clear();
+            let mut pinned = false;
             for m in std::iter::once(ut).chain(self.topo.consumers(ut).iter().copied()) {
                 if !self.movable[m.index()] {
                     pinned |= self.label[m.index()] < self.pools;
                     continue;
                 }
-                match first {
-                    None => first = Some(m.0),
-                    Some(f) => {
-                        let (a, b) = (find(&mut parent, f), find(&mut parent, m.0));
-                        if a != b {
-                            parent[b as usize] = a;
-                            anchored[a as usize] |= anchored[b as usize];
-                        }
+                let r = find(&mut parent, m.0);
+                pinned |= parent[r as usize] & ANCHORED != 0;
+                roots.push(r);
+            }
+            let Some((&first, rest)) = roots.split_first() else {
+                continue;
+            };
+            if pinned {
+                for &r in &roots {
+                    parent[r as usize] |= ANCHORED;
+                }
+            } else {
+                for &r in rest {
+                    // Earlier unions in this loop may have merged r already.
+                    let (a, b) = (find(&mut parent, first), find(&mut parent, r));
+                    if a != b {
+                        parent[b as usize] = a;
                     }
                 }
-            }
-            if let (Some(f), true) = (first, pinned) {
-                let r = find(&mut parent, f);
-                anchored[r as usize] = true;
             }
         }
         for t in 0..n {
             if self.movable[t] {
                 let r = find(&mut parent, t as u32);
-                self.movable[t] = anchored[r as usize];
+                self.movable[t] = parent[r as usize] & ANCHORED != 0;
             }
         }
+    }
+
+    /// The objective ([`crate::cost::cross_pool_bytes`]) after refinement, given `before`,
+    /// its value for the placement the problem started from: exact when no weight was clamped
+    /// and `before` did not saturate; `None` otherwise (then compute it anew).
+    pub(crate) fn objective_after(&self, before: u64) -> Option<u64> {
+        (!self.clamped && before < u64::MAX).then(|| before - self.saved)
     }
 
     /// The tasks' pools after refinement.
@@ -352,18 +388,29 @@ impl<'a> Problem<'a> {
             }
             let from_b = self.cost(hedges, solver);
             let done = self.expand(a, tasks, hedges, from_b, solver, budget);
-            if done.is_none() || self.cost(hedges, solver) >= start_cost {
+            let end = match done {
+                Some(_) => self.cost(hedges, solver),
+                None => start_cost,
+            };
+            if end < start_cost {
+                self.saved += start_cost - end;
+            } else {
                 for (&t, &l) in tasks.iter().zip(&start) {
                     self.label[t as usize] = l;
                 }
             }
-            return done.map(|c| u64::from(c < start_cost));
+            return done.map(|_| u64::from(end < start_cost));
         }
+        // `cost` is always the cost of the current labels: a move is applied only with the
+        // lower cost it returns.
         let mut cost = start_cost;
         for _ in 0..rounds {
             let before = cost;
             for &alpha in terminals {
-                let c = self.expand(alpha, tasks, hedges, cost, solver, budget)?;
+                let Some(c) = self.expand(alpha, tasks, hedges, cost, solver, budget) else {
+                    self.saved += start_cost - cost;
+                    return None;
+                };
                 if c < cost {
                     cost = c;
                     moves += 1;
@@ -373,6 +420,7 @@ impl<'a> Problem<'a> {
                 break;
             }
         }
+        self.saved += start_cost - cost;
         Some(moves)
     }
 
@@ -547,6 +595,24 @@ impl<'a> Problem<'a> {
     }
 }
 
+/// The bit of a union-find root's entry that says its set is anchored.
+const ANCHORED: u32 = 1 << 31;
+/// The largest task index whose entry leaves room for [`ANCHORED`].
+const ROOT: u32 = ANCHORED - 1;
+
+/// The root of `x`'s set in `parent` (see [`Problem::hold_unanchored`]), halving the path.
+fn find(parent: &mut [u32], mut x: u32) -> u32 {
+    loop {
+        let up = parent[x as usize] & ROOT;
+        if up == x {
+            return x;
+        }
+        let above = parent[up as usize] & ROOT;
+        parent[x as usize] = above;
+        x = above;
+    }
+}
+
 /// Scratch shared by every move.
 struct Solver {
     net: Network,
@@ -575,6 +641,120 @@ impl Solver {
             window: vec![0; tasks],
             hedge_seen: vec![0; tasks],
             current: 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Handle;
+
+    /// The parts that `hold_unanchored` keeps movable, found the plain way: a search over
+    /// the movable tasks joined through relevant outputs, a part kept if one of its outputs
+    /// (as producer or consumer) reaches a task with a fixed pool.
+    fn anchored_by_search(p: &Problem<'_>) -> Vec<bool> {
+        let n = p.label.len();
+        let mut neighbours: Vec<Vec<usize>> = vec![Vec::new(); n];
+        let mut touches_pin = vec![false; n];
+        for u in 0..n {
+            let ut = TaskId(u as u32);
+            if !p.relevant(ut) {
+                continue;
+            }
+            let members: Vec<usize> = std::iter::once(ut)
+                .chain(p.topo.consumers(ut).iter().copied())
+                .map(TaskId::index)
+                .collect();
+            let pinned = members
+                .iter()
+                .any(|&m| !p.movable[m] && p.label[m] < p.pools);
+            let free: Vec<usize> = members.into_iter().filter(|&m| p.movable[m]).collect();
+            for &a in &free {
+                touches_pin[a] |= pinned;
+                neighbours[a].extend(free.iter().copied());
+            }
+        }
+        let mut part = vec![usize::MAX; n];
+        let mut anchored = vec![false; n];
+        for start in (0..n).filter(|&t| p.movable[t]) {
+            if part[start] != usize::MAX {
+                continue;
+            }
+            let (mut stack, mut members) = (vec![start], Vec::new());
+            part[start] = start;
+            while let Some(t) = stack.pop() {
+                members.push(t);
+                for &m in &neighbours[t] {
+                    if part[m] == usize::MAX {
+                        part[m] = start;
+                        stack.push(m);
+                    }
+                }
+            }
+            let keep = members.iter().any(|&m| touches_pin[m]);
+            for m in members {
+                anchored[m] = keep;
+            }
+        }
+        anchored
+    }
+
+    #[test]
+    fn held_parts_match_a_plain_search() {
+        // Sparse pins, short chains and outputs of no size: many small parts, some anchored.
+        for seed in 1..=20u64 {
+            let mut x = seed;
+            let mut next = move |below: u64| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x % below
+            };
+            let mut g = Graph::new();
+            let mut handles: Vec<Handle> = Vec::new();
+            for i in 0..400 {
+                let size = if next(3) == 0 { 0 } else { 1 + next(100) };
+                let mut b = g.task("f", &()).key(format!("t{i}")).size_hint(size);
+                for _ in 0..next(3) {
+                    if i > 0 {
+                        b = b.input(handles[i - 1 - next(i.min(8) as u64) as usize]);
+                    }
+                }
+                if next(30) == 0 {
+                    b = b.pool(["A", "B"][next(2) as usize]);
+                } else if next(30) == 0 {
+                    b = b.any_pool();
+                }
+                handles.push(b.add());
+            }
+            let topo = g.validate().unwrap();
+            let pools: Vec<Option<PoolId>> = g
+                .task_ids()
+                .map(|t| match g.place(t) {
+                    crate::Place::Pinned(p) => Some(p),
+                    _ => None,
+                })
+                .collect();
+            let free: Vec<bool> = g
+                .task_ids()
+                .map(|t| g.place(t) == crate::Place::Free)
+                .collect();
+            let sizes = g
+                .task_ids()
+                .map(|t| crate::cost::estimated_size(&g, t))
+                .collect();
+            let mut unheld = Problem::new(&g, &topo, &pools, sizes, free.clone());
+            unheld.movable = free.clone();
+            let expected = anchored_by_search(&unheld);
+            unheld.hold_unanchored();
+            assert_eq!(unheld.movable, expected, "seed {seed}");
+            let kept = expected.iter().filter(|&&k| k).count();
+            let free_count = free.iter().filter(|&&f| f).count();
+            assert!(
+                kept > 0 && kept < free_count,
+                "seed {seed}: {kept} of {free_count}"
+            );
         }
     }
 }
