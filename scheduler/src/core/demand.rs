@@ -35,8 +35,10 @@ impl Core {
     /// way up), and is queued once they are all in memory. A task that was idle or released
     /// starts a new computation (its attempts count from zero).
     pub(crate) fn activate(&mut self, t: TaskIdx) {
-        let mut stack = vec![t];
-        let mut activated = Vec::new();
+        let (mut stack, mut activated) = std::mem::take(&mut self.activation);
+        stack.clear();
+        activated.clear();
+        stack.push(t);
         while let Some(x) = stack.pop() {
             let task = &mut self.tasks[x as usize];
             if matches!(task.state, State::Idle | State::Released) {
@@ -59,6 +61,10 @@ impl Core {
         // Inputs first: a task's count sees its inputs' states settled.
         for &x in activated.iter().rev() {
             self.settle(x);
+        }
+        // Kept for the next, unless one activation made them large.
+        if stack.capacity().max(activated.capacity()) <= 1 << 16 {
+            self.activation = (stack, activated);
         }
     }
 

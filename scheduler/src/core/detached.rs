@@ -190,6 +190,8 @@ impl Core {
             } => {
                 let graph =
                     drover_graph::Graph::from_json_str(&graph_json).map_err(|e| e.to_string());
+                // Freed before the graph is planned and merged (as in `Core::handle`).
+                drop(graph_json);
                 self.submit_detached(client, req, graph, wants, name, by);
             }
             RunsRequest::SubmitWire {
@@ -198,7 +200,9 @@ impl Core {
                 name,
                 by,
             } => {
-                let graph = drover_graph::Graph::from_wire(&graph).map_err(|e| e.to_string());
+                let bytes = graph;
+                let graph = drover_graph::Graph::from_wire(&bytes).map_err(|e| e.to_string());
+                drop(bytes);
                 self.submit_detached(client, req, graph, wants, name, by);
             }
             RunsRequest::Attach { run, id, from } => {

@@ -408,6 +408,9 @@ pub struct Core {
     /// Tasks assigned before their inputs finished, to the worker computing them: the inputs
     /// they still wait for there (see `preassign.rs`).
     pub(crate) preassigned: FastMap<TaskIdx, Vec<TaskIdx>>,
+    /// Scratch of [`Core::activate`] (its work list and the tasks it activated), kept so a
+    /// submission activating a million tasks does not allocate twice per task.
+    pub(crate) activation: (Vec<TaskIdx>, Vec<TaskIdx>),
 }
 
 /// Limits of the scheduler's rules.
@@ -506,18 +509,20 @@ impl Core {
                     run,
                     graph_json,
                     wants,
-                } => self.submit(
-                    c,
-                    run,
-                    drover_graph::Graph::from_json_str(&graph_json).map_err(|e| e.to_string()),
-                    &wants,
-                ),
-                FromClient::SubmitWire { run, graph, wants } => self.submit(
-                    c,
-                    run,
-                    drover_graph::Graph::from_wire(&graph).map_err(|e| e.to_string()),
-                    &wants,
-                ),
+                } => {
+                    let graph =
+                        drover_graph::Graph::from_json_str(&graph_json).map_err(|e| e.to_string());
+                    // The text is freed before the graph is planned and merged: the memory
+                    // it held serves what comes next.
+                    drop(graph_json);
+                    self.submit(c, run, graph, &wants)
+                }
+                FromClient::SubmitWire { run, graph, wants } => {
+                    let bytes = graph;
+                    let graph = drover_graph::Graph::from_wire(&bytes).map_err(|e| e.to_string());
+                    drop(bytes);
+                    self.submit(c, run, graph, &wants)
+                }
                 FromClient::Locate { req, keys } => {
                     self.pending_locates.push((c, req, keys));
                 }
@@ -570,6 +575,23 @@ impl Core {
             self.runs_of(t).collect::<Vec<_>>(),
             inputs.join(", ")
         ))
+    }
+
+    /// Asks for the parts of task `t`'s record that merging and activating a consumer of it
+    /// read and write (a hint: a slot the core does not hold is ignored). The records of a
+    /// large graph's inputs are anywhere in memory: asked for a few tasks ahead, their
+    /// fetches overlap.
+    #[inline]
+    pub(crate) fn prefetch_task(&self, t: TaskIdx) {
+        use drover_graph::prefetch::prefetch;
+        if let Some(task) = self.tasks.get(t as usize) {
+            prefetch(&task.state);
+            prefetch(&task.waiters);
+            prefetch(&task.attempts);
+            prefetch(&task.consumers);
+            prefetch(&task.live_consumers);
+            prefetch(&task.cell);
+        }
     }
 
     /// The slot of the task `key` names, if the core knows it.

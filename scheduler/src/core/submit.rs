@@ -250,6 +250,11 @@ impl Core {
         for (k, &gid) in order.iter().enumerate() {
             if let Some(&ahead) = order.get(k + AHEAD) {
                 self.keys.prefetch(graph.key(ahead));
+                // Its inputs' records, which it reads and adds itself to (an input among the
+                // next few tasks is not placed yet: a wasted hint, no harm).
+                for &i in graph.inputs(ahead) {
+                    self.prefetch_task(map[i.index()]);
+                }
             }
             let t = match merges[gid.index()] {
                 Merge::Known(t) => {
@@ -329,7 +334,14 @@ impl Core {
         };
         // New, retried and cancelled tasks run; they need their inputs, which computes again
         // the freed ones they need (and only those).
-        for &gid in topo.order() {
+        for (k, &gid) in order.iter().enumerate() {
+            if let Some(&ahead) = order.get(k + AHEAD) {
+                let t = map[ahead.index()];
+                self.prefetch_task(t);
+                for &i in self.tasks[t as usize].inputs.iter() {
+                    self.prefetch_task(i);
+                }
+            }
             let t = map[gid.index()];
             if self.tasks[t as usize].state == State::Idle && !skipped.contains(&gid) {
                 self.activate(t);
