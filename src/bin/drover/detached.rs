@@ -97,8 +97,8 @@ fn failed(e: ClientError) -> Failure {
 
 /// `drover submit`.
 pub fn submit(args: SubmitArgs) -> Result<(), Failure> {
-    let planned = load(&args.graph)?;
-    let sinks = crate::sinks_in_file_order(&planned);
+    let (graph, topology) = load(&args.graph)?;
+    let sinks = crate::sinks_in_file_order(&graph, &topology);
     let name = args.name.clone().unwrap_or_else(|| {
         args.graph
             .file_name()
@@ -107,7 +107,7 @@ pub fn submit(args: SubmitArgs) -> Result<(), Failure> {
     });
     let id = with_client(&args.access.access_file, async |client| {
         client
-            .submit_detached_with(&planned.graph, &sinks, &name)
+            .submit_detached_with(&graph, &sinks, &name)
             .await
             .map_err(|e| match e {
                 ClientError::Rejected(m) => Failure::BadGraph(m),
@@ -118,7 +118,7 @@ pub fn submit(args: SubmitArgs) -> Result<(), Failure> {
     println!("{id}");
     eprintln!(
         "submitted run {id} ({} tasks); `drover wait {id}` follows it and fetches its outputs",
-        planned.graph.len()
+        graph.len()
     );
     Ok(())
 }

@@ -18,7 +18,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use drover::{Graph, Planned};
+use drover::{Graph, Planned, Topology};
 
 /// Drover: a distributed task-graph scheduler with worker pools.
 #[derive(Debug, Parser)]
@@ -70,14 +70,24 @@ pub(crate) enum Failure {
     Lost(String),
 }
 
-/// Reads, validates and propagates a graph file (its tasks in the file's order are
-/// `graph.definition_order()`).
-pub(crate) fn load(path: &Path) -> Result<Planned, Failure> {
-    load_with(path, None)
+/// Reads and validates a graph file (its tasks in the file's order are
+/// `graph.definition_order()`): what `drover run` and `drover submit` need, the pools being
+/// the scheduler's to propagate.
+pub(crate) fn load(path: &Path) -> Result<(Graph, Topology), Failure> {
+    let graph = read_graph(path, None)?;
+    let topology = graph.validate().map_err(|e| invalid(path, e))?;
+    Ok((graph, topology))
 }
 
-/// [`load`], with the pass of `pass` instead of the one the file names (if any).
+/// Reads, validates and propagates a graph file, with the pass of `pass` instead of the one
+/// the file names (if any).
 pub(crate) fn load_with(path: &Path, pass: Option<drover::Pass>) -> Result<Planned, Failure> {
+    let graph = read_graph(path, pass)?;
+    Planned::new(graph).map_err(|e| invalid(path, e))
+}
+
+/// Reads a graph file, with the pass of `pass` if given.
+fn read_graph(path: &Path, pass: Option<drover::Pass>) -> Result<Graph, Failure> {
     let bytes = std::fs::read(path)
         .map_err(|e| Failure::Usage(format!("cannot read graph file {}: {e}", path.display())))?;
     // Not text is a malformed graph, like any other.
@@ -93,24 +103,24 @@ pub(crate) fn load_with(path: &Path, pass: Option<drover::Pass>) -> Result<Plann
     if let Some(pass) = pass {
         graph.set_pass(pass);
     }
-    drop(text);
-    let planned = Planned::new(graph).map_err(|e| {
-        let n = e.errors.len();
-        let noun = if n == 1 { "error" } else { "errors" };
-        Failure::BadGraph(format!(
-            "{}: invalid graph ({n} {noun}):\n{e}",
-            path.display()
-        ))
-    })?;
-    Ok(planned)
+    Ok(graph)
+}
+
+/// The failure of the graph file `path` that does not validate.
+fn invalid(path: &Path, e: drover::InvalidGraph) -> Failure {
+    let n = e.errors.len();
+    let noun = if n == 1 { "error" } else { "errors" };
+    Failure::BadGraph(format!(
+        "{}: invalid graph ({n} {noun}):\n{e}",
+        path.display()
+    ))
 }
 
 /// The graph's sinks (tasks nothing consumes, once-cells aside) in the file's order: the
 /// outputs `drover run` prints and keeps.
-pub(crate) fn sinks_in_file_order(planned: &Planned) -> Vec<String> {
-    let g = &planned.graph;
+pub(crate) fn sinks_in_file_order(g: &Graph, topology: &Topology) -> Vec<String> {
     let mut is_sink = vec![false; g.len()];
-    for t in planned.topology.sinks().filter(|&t| !g.is_once_cell(t)) {
+    for t in topology.sinks().filter(|&t| !g.is_once_cell(t)) {
         is_sink[t.index()] = true;
     }
     g.definition_order()

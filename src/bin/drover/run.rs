@@ -115,14 +115,11 @@ fn show(bytes: &[u8]) -> String {
 
 /// Runs the command.
 pub fn run(args: Args) -> Result<(), Failure> {
-    let planned = load(&args.graph)?;
+    let (graph, topology) = load(&args.graph)?;
     let spec = match &args.local {
         Some(s) => {
             let spec = ClusterSpec::parse(s, args.nthreads).map_err(Failure::Usage)?;
-            let durable = planned
-                .graph
-                .task_ids()
-                .any(|t| planned.graph.durable(t).is_some());
+            let durable = graph.task_ids().any(|t| graph.durable(t).is_some());
             Some(if durable {
                 spec.with_progress_dir(&args.store)
             } else {
@@ -131,7 +128,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
         }
         None => None,
     };
-    let sinks = crate::sinks_in_file_order(&planned);
+    let sinks = crate::sinks_in_file_order(&graph, &topology);
     // Each sink's file under --outputs, decided (and clashes refused) before anything runs.
     let names: std::collections::HashMap<String, String> = match &args.outputs {
         Some(_) => output_names(&sinks)?.into_iter().collect(),
@@ -162,7 +159,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
         // The graph already read and checked here goes in the binary wire form: the
         // scheduler decodes it about twice as fast as it would parse the file's JSON again.
         let mut run = client
-            .submit_with(&planned.graph, &sinks)
+            .submit_with(&graph, &sinks)
             .await
             .map_err(|e| match e {
                 drover::ClientError::Rejected(m) => Failure::BadGraph(m),
