@@ -52,7 +52,8 @@ fn table(rows: &[TaskRow]) -> String {
         |f: &dyn Fn(&TaskRow) -> usize| rows.iter().map(f).max().unwrap_or(0).clamp(4, MAX_COLUMN);
     let key_w = width(&|r| r.key.chars().count());
     let pool_w = width(&|r| r.pool.map_or(1, |p| p.chars().count()));
-    let mut out = String::new();
+    // About one line per task: reserved once, not grown a million times.
+    let mut out = String::with_capacity((rows.len() + 1) * (key_w + pool_w + 14));
     padded(&mut out, "TASK", key_w);
     out.push_str("  ");
     padded(&mut out, "POOL", pool_w);
@@ -61,7 +62,9 @@ fn table(rows: &[TaskRow]) -> String {
         padded(&mut out, r.key, key_w);
         out.push_str("  ");
         padded(&mut out, r.pool.unwrap_or("-"), pool_w);
-        out.push_str(&format!("  {}\n", r.reason));
+        out.push_str("  ");
+        out.push_str(r.reason.as_str());
+        out.push('\n');
     }
     out
 }
