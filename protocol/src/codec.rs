@@ -112,6 +112,50 @@ mod tests {
     use crate::messages::*;
 
     #[test]
+    fn byte_runs_encode_as_the_byte_sequences_they_were() {
+        // Graph bytes and outputs are written as one run (serde_bytes); postcard encodes a
+        // run exactly as the sequence of u8 it was before, so peers of either build agree.
+        #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+        enum Before {
+            Submit {
+                run: u32,
+                graph: Vec<u8>,
+                wants: Vec<String>,
+            },
+        }
+        let graph: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
+        let now = FromClient::SubmitWire {
+            run: 3,
+            graph: graph.clone(),
+            wants: vec!["k".into()],
+        };
+        let variant = postcard::to_allocvec(&now).unwrap()[0];
+        let mut before = postcard::to_allocvec(&Before::Submit {
+            run: 3,
+            graph,
+            wants: vec!["k".into()],
+        })
+        .unwrap();
+        before[0] = variant;
+        assert_eq!(postcard::to_allocvec(&now).unwrap(), before);
+        let output = |o: Option<Vec<u8>>| FromWorker::Finished {
+            id: 1,
+            size: 3,
+            duration_us: 2,
+            output: o,
+        };
+        for o in [None, Some(vec![]), Some(vec![1, 2, 255])] {
+            let bytes = postcard::to_allocvec(&output(o.clone())).unwrap();
+            let plain: Option<Vec<u8>> = o.clone();
+            let mut expected = postcard::to_allocvec(&(1 as TaskIdx, 3u64, 2u64, plain)).unwrap();
+            expected.insert(0, bytes[0]);
+            assert_eq!(bytes, expected);
+            let back: FromWorker = postcard::from_bytes(&bytes).unwrap();
+            assert!(matches!(back, FromWorker::Finished { output, .. } if output == o));
+        }
+    }
+
+    #[test]
     fn round_trip_and_length_prefix() {
         let msg = vec![
             FromWorker::Fetched {

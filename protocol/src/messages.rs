@@ -226,7 +226,8 @@ pub enum FromWorker {
         /// Run time in microseconds (not counting input fetches).
         duration_us: u64,
         /// The output itself, for a durable task whose output is small enough (see
-        /// [`ComputeTask::report_output`]).
+        /// [`ComputeTask::report_output`]), as one run of bytes.
+        #[serde(with = "serde_bytes")]
         output: Option<Vec<u8>>,
     },
     /// A task could not start: some input could be had from none of its sources. `lost` lists
@@ -287,7 +288,9 @@ pub enum FromClient {
     SubmitWire {
         /// The client's run number.
         run: u32,
-        /// The graph, `drover_graph::wire` bytes.
+        /// The graph, `drover_graph::wire` bytes (encoded as one run of bytes, not byte by
+        /// byte: the same encoding, tens of megabytes faster).
+        #[serde(with = "serde_bytes")]
         graph: Vec<u8>,
         /// Keys whose results the client will fetch: kept until released.
         wants: Vec<String>,
@@ -382,7 +385,8 @@ pub enum RunsRequest {
     /// [`RunsRequest::Submit`] with the graph in the binary wire form (`Graph::to_wire`), as
     /// the Rust client and the CLI send it.
     SubmitWire {
-        /// The graph, `drover_graph::wire` bytes.
+        /// The graph, `drover_graph::wire` bytes (as one run of bytes).
+        #[serde(with = "serde_bytes")]
         graph: Vec<u8>,
         /// Keys whose outputs are kept (usually the sinks).
         wants: Vec<String>,
