@@ -1265,3 +1265,38 @@ fn a_task_record_stays_within_256_bytes() {
     let size = std::mem::size_of::<super::Task>();
     assert!(size <= 256, "Task is {size} bytes");
 }
+
+#[test]
+fn a_large_submission_merges_over_its_prepared_room() {
+    // 200,000 tasks, then 100,000 new ones: above the size whose record memory a helper
+    // thread touches first.
+    let pairs = 100_000;
+    let graph = |prefix: &str| {
+        let mut json = String::from(r#"{"tasks": ["#);
+        for i in 0..pairs {
+            if i > 0 {
+                json.push(',');
+            }
+            json.push_str(&format!(
+                r#"{{"key": "s{i}", "function": "bytes"}},{{"key": "{prefix}{i}", "function": "len", "inputs": ["s{i}"]}}"#
+            ));
+        }
+        json + "]}"
+    };
+    let mut s = Sim::new(&[("w", "", 1)]);
+    let accepted = |cmds: &[Command], run: u32| {
+        cmds.iter().any(|c| {
+            matches!(c, Command::Client(0, ToClient::Accepted { run: r, tasks }) if *r == run && *tasks == 2 * pairs)
+        })
+    };
+    assert!(accepted(&submit_as(&mut s, 0, 1, &graph("u"), &[]), 1));
+    assert_eq!(s.core.tasks.len(), 2 * pairs as usize);
+    let (src, user) = (s.id("s99999"), s.id("u99999"));
+    assert_eq!(&*s.core.tasks[user as usize].inputs, [src]);
+    assert_eq!(s.core.tasks[src as usize].consumers, [user]);
+    // Half its keys known: the new half is counted and prepared the same way.
+    assert!(accepted(&submit_as(&mut s, 0, 2, &graph("v"), &[]), 2));
+    assert_eq!(s.core.tasks.len(), 3 * pairs as usize);
+    let v = s.id("v0");
+    assert_eq!(&*s.core.tasks[v as usize].inputs, [s.id("s0")]);
+}
