@@ -456,7 +456,8 @@ impl Core {
         let keys = &mut self.keys;
         let room = &mut self.tasks.spare_capacity_mut()[..records];
         std::thread::scope(|scope| {
-            let helper = std::thread::Builder::new()
+            // Joined as the scope ends; if it cannot start, the merge faults the pages in.
+            let _helper = std::thread::Builder::new()
                 .name("prepare-room".into())
                 .spawn_scoped(scope, move || {
                     keys.reserve(new);
@@ -468,9 +469,7 @@ impl Core {
                         *record = std::mem::MaybeUninit::zeroed();
                     }
                 });
-            let out = work();
-            drop(helper);
-            out
+            work()
         })
     }
 
