@@ -188,10 +188,7 @@ impl Core {
                 name,
                 by,
             } => {
-                let graph =
-                    drover_graph::Graph::from_json_str(&graph_json).map_err(|e| e.to_string());
-                // Freed before the graph is planned and merged (as in `Core::handle`).
-                drop(graph_json);
+                let graph = super::graph_of_json(graph_json);
                 self.submit_detached(client, req, graph, wants, name, by);
             }
             RunsRequest::SubmitWire {
@@ -200,9 +197,7 @@ impl Core {
                 name,
                 by,
             } => {
-                let bytes = graph;
-                let graph = drover_graph::Graph::from_wire(&bytes).map_err(|e| e.to_string());
-                drop(bytes);
+                let graph = super::graph_of_wire(graph);
                 self.submit_detached(client, req, graph, wants, name, by);
             }
             RunsRequest::Attach { run, id, from } => {

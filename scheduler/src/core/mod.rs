@@ -413,6 +413,17 @@ pub struct Core {
     pub(crate) activation: (Vec<TaskIdx>, Vec<TaskIdx>),
 }
 
+/// A submitted JSON graph, its text freed once read: the memory it held serves the planning
+/// and merge that follow.
+pub(crate) fn graph_of_json(text: String) -> Result<drover_graph::Graph, String> {
+    drover_graph::Graph::from_json_str(&text).map_err(|e| e.to_string())
+}
+
+/// A submitted wire graph, its bytes freed once decoded (as [`graph_of_json`]).
+pub(crate) fn graph_of_wire(bytes: Vec<u8>) -> Result<drover_graph::Graph, String> {
+    drover_graph::Graph::from_wire(&bytes).map_err(|e| e.to_string())
+}
+
 /// Limits of the scheduler's rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CoreConfig {
@@ -509,19 +520,9 @@ impl Core {
                     run,
                     graph_json,
                     wants,
-                } => {
-                    let graph =
-                        drover_graph::Graph::from_json_str(&graph_json).map_err(|e| e.to_string());
-                    // The text is freed before the graph is planned and merged: the memory
-                    // it held serves what comes next.
-                    drop(graph_json);
-                    self.submit(c, run, graph, &wants)
-                }
+                } => self.submit(c, run, graph_of_json(graph_json), &wants),
                 FromClient::SubmitWire { run, graph, wants } => {
-                    let bytes = graph;
-                    let graph = drover_graph::Graph::from_wire(&bytes).map_err(|e| e.to_string());
-                    drop(bytes);
-                    self.submit(c, run, graph, &wants)
+                    self.submit(c, run, graph_of_wire(graph), &wants)
                 }
                 FromClient::Locate { req, keys } => {
                     self.pending_locates.push((c, req, keys));
