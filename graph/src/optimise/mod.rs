@@ -154,8 +154,9 @@ impl<'a> Problem<'a> {
     fn hold_unanchored(&mut self) {
         let n = self.label.len();
         if n > ROOT as usize {
-            // Too many tasks to mark roots in their parent entries: everything stays movable
-            // (correct, only slower to refine).
+            // Too many tasks (2^31) to mark roots in their parent entries: nothing is held,
+            // so parts no pin touches may be given pools too. Still never worse than the
+            // linear pass, but the one place this rule is not kept.
             return;
         }
         // Union-find over the movable tasks: `parent[x]` is x's parent, or x itself at a
