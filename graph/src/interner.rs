@@ -146,6 +146,22 @@ impl Interner {
         }
     }
 
+    /// Asks for the memory of string `id` (`text` false: where it starts and ends; true: its
+    /// text, once those are in cache). A hint, like [`Interner::prefetch`].
+    #[inline]
+    pub fn prefetch_name(&self, id: u32, text: bool) {
+        let i = id as usize;
+        let before = i.checked_sub(1).and_then(|b| self.ends.get(b));
+        if text {
+            let start = before.copied().unwrap_or(0);
+            if let Some(at) = self.text.as_bytes().get(start) {
+                prefetch(at);
+            }
+        } else if let Some(end) = before.or(self.ends.get(i)) {
+            prefetch(end);
+        }
+    }
+
     /// The id of `s`, adding it if new. The flag says whether it was new.
     pub fn intern(&mut self, s: &str) -> (u32, bool) {
         self.intern_hashed(s, hash(s))

@@ -236,6 +236,13 @@ impl Graph {
         self.tasks[id.index()].defined
     }
 
+    /// Asks for the memory of task `id`'s key (`text` false: where it lies; true: its text,
+    /// once that is in cache; see `crate::prefetch`).
+    #[inline]
+    pub(crate) fn prefetch_key(&self, id: TaskId, text: bool) {
+        self.keys.prefetch_name(id.0, text);
+    }
+
     /// Asks for task `id`'s record ahead of reading it (see `crate::prefetch`).
     pub(crate) fn prefetch_record(&self, id: TaskId) {
         if let Some(r) = self.tasks.get(id.index()) {

@@ -10,12 +10,18 @@ pub const AHEAD: usize = 8;
 /// changes nothing but the caches (a no-op off x86-64).
 #[inline]
 pub fn prefetch<T>(at: &T) {
+    prefetch_ptr(at as *const T);
+}
+
+/// [`prefetch`] of any address, valid or not (say, where a vector's next element will go).
+#[inline]
+pub fn prefetch_ptr<T>(at: *const T) {
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch never faults and changes nothing but the caches; `at` is a valid
-    // reference besides.
+    // SAFETY: a prefetch never faults, whatever the address, and changes nothing but the
+    // caches.
     unsafe {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        _mm_prefetch::<_MM_HINT_T0>((at as *const T).cast::<i8>());
+        _mm_prefetch::<_MM_HINT_T0>(at.cast::<i8>());
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = at;

@@ -595,6 +595,18 @@ impl Core {
         }
     }
 
+    /// Asks for the memory where slot `t`'s next consumer goes, once its record is in cache
+    /// (see [`Core::prefetch_task`]).
+    #[inline]
+    pub(crate) fn prefetch_consumers(&self, t: TaskIdx) {
+        if let Some(task) = self.tasks.get(t as usize) {
+            if task.consumers.len() < task.consumers.capacity() {
+                let end = task.consumers.as_ptr().wrapping_add(task.consumers.len());
+                drover_graph::prefetch::prefetch_ptr(end);
+            }
+        }
+    }
+
     /// The slot of the task `key` names, if the core knows it.
     pub(crate) fn slot_of(&self, key: &str) -> Option<TaskIdx> {
         self.keys.get(key, &self.tasks)

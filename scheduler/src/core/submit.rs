@@ -15,7 +15,7 @@
 
 use std::sync::Arc;
 
-use drover_graph::prefetch::AHEAD;
+use drover_graph::prefetch::{prefetch, AHEAD};
 use drover_graph::{fingerprints, propagate_pools, Graph, Place, Reason, TaskId};
 use drover_protocol::{TaskIdx, TaskStatus, ToClient};
 
@@ -260,12 +260,24 @@ impl Core {
         let mut cells: Vec<(TaskIdx, TaskId)> = Vec::new();
         let order = topo.order();
         for (k, &gid) in order.iter().enumerate() {
+            // A task's inputs are anywhere in the core: their slots in `map`, then their
+            // records, then the end of their consumer lists (which the task joins) are asked
+            // for in three steps ahead, each once the previous one is in cache (an input among
+            // the next few tasks is not placed yet: a wasted hint, no harm).
+            if let Some(&far) = order.get(k + 3 * AHEAD) {
+                for &i in graph.inputs(far) {
+                    prefetch(&map[i.index()]);
+                }
+            }
+            if let Some(&mid) = order.get(k + 2 * AHEAD) {
+                for &i in graph.inputs(mid) {
+                    self.prefetch_task(map[i.index()]);
+                }
+            }
             if let Some(&ahead) = order.get(k + AHEAD) {
                 self.keys.prefetch(graph.key(ahead));
-                // Its inputs' records, which it reads and adds itself to (an input among the
-                // next few tasks is not placed yet: a wasted hint, no harm).
                 for &i in graph.inputs(ahead) {
-                    self.prefetch_task(map[i.index()]);
+                    self.prefetch_consumers(map[i.index()]);
                 }
             }
             let t = match merges[gid.index()] {
