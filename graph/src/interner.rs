@@ -134,16 +134,7 @@ impl Interner {
         if e == EMPTY || e >> 32 != h >> 32 {
             return;
         }
-        let i = e as u32 as usize;
-        let before = i.checked_sub(1).and_then(|b| self.ends.get(b));
-        if text {
-            let start = before.copied().unwrap_or(0);
-            if let Some(at) = self.text.as_bytes().get(start) {
-                prefetch(at);
-            }
-        } else if let Some(end) = before.or(self.ends.get(i)) {
-            prefetch(end);
-        }
+        self.prefetch_name(e as u32, text);
     }
 
     /// Asks for the memory of string `id` (`text` false: where it starts and ends; true: its
