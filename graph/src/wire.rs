@@ -146,10 +146,10 @@ impl Graph {
     fn add_wire_task(
         &mut self,
         keys: &[&str],
-        ids: &[TaskId],
+        ids: &Slots,
         t: &WireTask<'_>,
     ) -> Result<(), WireError> {
-        let id = |i: u32| ids.get(i as usize).copied().ok_or(WireError::Index(i));
+        let id = |i: u32| ids.get(i).ok_or(WireError::Index(i));
         let key: &str = keys.get(t.key as usize).ok_or(WireError::Index(t.key))?;
         self.pending_inputs.clear();
         for &i in &t.inputs {
@@ -195,6 +195,26 @@ impl Graph {
     }
 }
 
+/// The graph's slots of the key table's entries.
+enum Slots {
+    /// Entry `k` is slot `k`, for all `n` entries: a table without a repeated key (what the
+    /// encoder writes), decoded into an empty graph. Edges then need no lookup: a table of 4M
+    /// slots is beyond the cache, and reading it at random was most of decoding's time.
+    Identity(u32),
+    /// Any other table.
+    Table(Vec<TaskId>),
+}
+
+impl Slots {
+    /// The slot of entry `i`, if the table has one.
+    fn get(&self, i: u32) -> Option<TaskId> {
+        match self {
+            Slots::Identity(n) => (i < *n).then_some(TaskId(i)),
+            Slots::Table(ids) => ids.get(i as usize).copied(),
+        }
+    }
+}
+
 /// The streaming decoder of [`WireGraph`]: the same fields in the same order, with the tasks
 /// added to the graph one by one.
 mod stream {
@@ -203,7 +223,7 @@ mod stream {
     use serde::de::{self, DeserializeSeed, SeqAccess, Visitor};
     use serde::ser::{Serialize, SerializeStruct, Serializer};
 
-    use super::{WireError, WireTask, WIRE_VERSION};
+    use super::{Slots, WireError, WireTask, WIRE_VERSION};
     use crate::{Graph, Pass, TaskId};
 
     /// [`WireGraph`](super::WireGraph)'s fields.
@@ -289,14 +309,22 @@ mod stream {
             // A batch of keys at a time: their index slots are asked for at once, so the
             // memory fetches overlap (see `Interner::prefetch`).
             let mut ids: Vec<TaskId> = Vec::with_capacity(keys.len());
+            let mut identity = true;
             let mut hashes = Vec::with_capacity(64);
             for batch in keys.chunks(64) {
                 hashes.clear();
                 hashes.extend(batch.iter().map(|k| g.keys.prefetch(k)));
                 for (k, &h) in batch.iter().zip(&hashes) {
-                    ids.push(g.slot_hashed(k, h));
+                    let id = g.slot_hashed(k, h);
+                    identity &= id.index() == ids.len();
+                    ids.push(id);
                 }
             }
+            let ids = if identity {
+                Slots::Identity(ids.len() as u32)
+            } else {
+                Slots::Table(ids)
+            };
             seq.next_element_seed(TasksSeed {
                 graph: &mut g,
                 keys: &keys,
@@ -312,7 +340,7 @@ mod stream {
     struct TasksSeed<'a, 'k> {
         graph: &'a mut Graph,
         keys: &'a [&'k str],
-        ids: &'a [TaskId],
+        ids: &'a Slots,
         error: &'a mut Option<WireError>,
     }
 
@@ -453,5 +481,40 @@ mod tests {
         bad.version = 9;
         let err = Graph::from_wire(&postcard::to_stdvec(&bad).unwrap()).unwrap_err();
         assert!(matches!(err, WireError::Version(9)), "{err}");
+    }
+
+    #[test]
+    fn a_key_table_with_a_repeated_key_resolves_edges_through_its_slots() {
+        let task = |key: u32, inputs: Vec<u32>| WireTask {
+            key,
+            function: "f",
+            params: None,
+            inputs,
+            pool: None,
+            any_pool: false,
+            resources: vec![],
+            priority: 0,
+            retries: 0,
+            size_hint: None,
+            timeout: None,
+            once_cell: None,
+            durable: None,
+        };
+        // "a" twice: entries 0 and 2 are one slot, so entry 3 ("c") is slot 2.
+        let wire = WireGraph {
+            version: WIRE_VERSION,
+            namespace: None,
+            pass: 0,
+            keys: vec!["a", "b", "a", "c"],
+            tasks: vec![task(0, vec![]), task(1, vec![2]), task(3, vec![1, 0])],
+        };
+        let g = Graph::from_wire(&postcard::to_stdvec(&wire).unwrap()).unwrap();
+        let json = r#"{"tasks": [{"key": "a", "function": "f"},
+            {"key": "b", "function": "f", "inputs": ["a"]},
+            {"key": "c", "function": "f", "inputs": ["b", "a"]}]}"#;
+        assert_eq!(g.to_file(), Graph::from_json_str(json).unwrap().to_file());
+        let c = g.id_of("c").unwrap();
+        let names: Vec<&str> = g.inputs(c).iter().map(|&i| g.key(i)).collect();
+        assert_eq!(names, ["b", "a"]);
     }
 }

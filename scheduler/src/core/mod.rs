@@ -416,12 +416,35 @@ pub struct Core {
 /// A submitted JSON graph, its text freed once read: the memory it held serves the planning
 /// and merge that follow.
 pub(crate) fn graph_of_json(text: String) -> Result<drover_graph::Graph, String> {
-    drover_graph::Graph::from_json_str(&text).map_err(|e| e.to_string())
+    let started = std::time::Instant::now();
+    let graph = drover_graph::Graph::from_json_str(&text).map_err(|e| e.to_string());
+    log_decoded("JSON", text.len(), &graph, started);
+    graph
 }
 
 /// A submitted wire graph, its bytes freed once decoded (as [`graph_of_json`]).
 pub(crate) fn graph_of_wire(bytes: Vec<u8>) -> Result<drover_graph::Graph, String> {
-    drover_graph::Graph::from_wire(&bytes).map_err(|e| e.to_string())
+    let started = std::time::Instant::now();
+    let graph = drover_graph::Graph::from_wire(&bytes).map_err(|e| e.to_string());
+    log_decoded("wire", bytes.len(), &graph, started);
+    graph
+}
+
+/// The debug log's line for a decoded submission (with `Core::submit`'s lines for checking
+/// and merging: where a large submission's time goes).
+fn log_decoded(
+    form: &str,
+    bytes: usize,
+    graph: &Result<drover_graph::Graph, String>,
+    started: std::time::Instant,
+) {
+    tracing::debug!(
+        form,
+        bytes,
+        tasks = graph.as_ref().map_or(0, |g| g.len()),
+        ms = started.elapsed().as_secs_f64() * 1e3,
+        "submitted graph decoded"
+    );
 }
 
 /// Limits of the scheduler's rules.

@@ -78,6 +78,7 @@ impl Core {
         };
         // Validation and fingerprints need only the graph: meanwhile the memory the new tasks
         // will take is made ready on the other core.
+        let started = std::time::Instant::now();
         let new = self.new_keys(&graph);
         let checked = self.with_room_for(new, || {
             graph.validate().map(|topo| {
@@ -98,6 +99,11 @@ impl Core {
                 );
             }
         };
+        tracing::debug!(
+            tasks = graph.len(),
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "submitted graph validated and fingerprinted"
+        );
         if let Some(k) = wants.iter().find(|k| graph.id_of(k).is_none()) {
             return reject(self, format!("wanted key {k:?} is not a task of the graph"));
         }
@@ -196,6 +202,7 @@ impl Core {
             wants,
             ..
         } = sub;
+        let started = std::time::Instant::now();
         let reject = |core: &mut Core, error: String| {
             core.out
                 .push(Command::Client(client, ToClient::Rejected { run, error }));
@@ -238,6 +245,8 @@ impl Core {
             );
         }
         let prop = propagate_pools(&graph, &topo);
+        // The decide step and the pools pass, for the debug log.
+        let planned_ms = started.elapsed().as_secs_f64() * 1e3;
         self.estimated_cross_pool = self.estimated_cross_pool.saturating_add(prop.estimate.full);
         let run_idx = self.runs.len() as u32;
         self.runs.push(Run {
@@ -436,6 +445,12 @@ impl Core {
                 self.emit_settled(t, run_idx, Settled::Reused);
             }
         }
+        tracing::debug!(
+            tasks = graph.len(),
+            planned_ms,
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "submitted graph merged"
+        );
     }
 
     /// How many of a large `graph`'s keys the core does not know (each a new task at
