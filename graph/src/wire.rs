@@ -383,6 +383,25 @@ mod tests {
         Graph::from_json_str(text).unwrap()
     }
 
+    /// Task `key` (an index into the key table) running `f` on `inputs`, nothing annotated.
+    fn plain_task(key: u32, inputs: Vec<u32>) -> WireTask<'static> {
+        WireTask {
+            key,
+            function: "f",
+            params: None,
+            inputs,
+            pool: None,
+            any_pool: false,
+            resources: vec![],
+            priority: 0,
+            retries: 0,
+            size_hint: None,
+            timeout: None,
+            once_cell: None,
+            durable: None,
+        }
+    }
+
     #[test]
     fn the_streamed_encoding_is_the_layout_s_bytes() {
         for g in [sample(), Graph::from_json_str(r#"{"tasks": []}"#).unwrap()] {
@@ -430,19 +449,10 @@ mod tests {
     #[test]
     fn bad_annotations_are_recorded_like_json_and_garbage_is_an_error() {
         let task = |pool: &'static str| WireTask {
-            key: 0,
-            function: "f",
-            params: None,
-            inputs: vec![1],
             pool: Some(pool),
-            any_pool: false,
             resources: vec![("gpu", -1.0)],
-            priority: 0,
-            retries: 0,
-            size_hint: None,
             timeout: Some(-2.0),
-            once_cell: None,
-            durable: None,
+            ..plain_task(0, vec![1])
         };
         let wire = WireGraph {
             version: WIRE_VERSION,
@@ -485,28 +495,17 @@ mod tests {
 
     #[test]
     fn a_key_table_with_a_repeated_key_resolves_edges_through_its_slots() {
-        let task = |key: u32, inputs: Vec<u32>| WireTask {
-            key,
-            function: "f",
-            params: None,
-            inputs,
-            pool: None,
-            any_pool: false,
-            resources: vec![],
-            priority: 0,
-            retries: 0,
-            size_hint: None,
-            timeout: None,
-            once_cell: None,
-            durable: None,
-        };
         // "a" twice: entries 0 and 2 are one slot, so entry 3 ("c") is slot 2.
         let wire = WireGraph {
             version: WIRE_VERSION,
             namespace: None,
             pass: 0,
             keys: vec!["a", "b", "a", "c"],
-            tasks: vec![task(0, vec![]), task(1, vec![2]), task(3, vec![1, 0])],
+            tasks: vec![
+                plain_task(0, vec![]),
+                plain_task(1, vec![2]),
+                plain_task(3, vec![1, 0]),
+            ],
         };
         let g = Graph::from_wire(&postcard::to_stdvec(&wire).unwrap()).unwrap();
         let json = r#"{"tasks": [{"key": "a", "function": "f"},
